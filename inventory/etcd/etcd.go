@@ -1,0 +1,175 @@
+// Package etcd starts Kiln's embedded single-node etcd and connects to an
+// external cluster (endpoints, TLS, client certificates).
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Config says where etcd is: external endpoints, or an embedded
+// single-node server in DataDir when Endpoints is empty.
+type Config struct {
+	Endpoints []string // external cluster; empty means embedded
+	CertFile  string   // client certificate for an external cluster
+	KeyFile   string
+	CAFile    string
+
+	DataDir   string // embedded: where etcd keeps its data
+	ClientURL string // embedded: client listener, default http://127.0.0.1:2379
+	PeerURL   string // embedded: peer listener, default http://127.0.0.1:2380
+}
+
+// Embedded returns whether the config asks for an embedded server.
+func (c Config) Embedded() bool { return len(c.Endpoints) == 0 }
+
+// Embedded is a single-node etcd server running in-process.
+type Embedded struct {
+	etcd *embed.Etcd
+	URL  string
+}
+
+// StartEmbedded starts etcd in cfg.DataDir and waits until it serves.
+func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("embedded etcd: no data dir")
+	}
+	if cfg.ClientURL == "" {
+		cfg.ClientURL = "http://127.0.0.1:2379"
+	}
+	if cfg.PeerURL == "" {
+		cfg.PeerURL = "http://127.0.0.1:2380"
+	}
+	curl, err := url.Parse(cfg.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: client URL %q: %w", cfg.ClientURL, err)
+	}
+	purl, err := url.Parse(cfg.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: peer URL %q: %w", cfg.PeerURL, err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	ec := embed.NewConfig()
+	ec.Name = "kiln"
+	ec.Dir = cfg.DataDir
+	ec.ListenClientUrls = []url.URL{*curl}
+	ec.AdvertiseClientUrls = []url.URL{*curl}
+	ec.ListenPeerUrls = []url.URL{*purl}
+	ec.AdvertisePeerUrls = []url.URL{*purl}
+	ec.InitialCluster = ec.Name + "=" + purl.String()
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	ec.QuotaBackendBytes = 8 << 30
+	// Keep ten minutes of history for watchers, then compact.
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = "10m"
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd in %s (client %s, peer %s): %w", cfg.DataDir, curl.Host, purl.Host, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, errors.New("embedded etcd: not ready after 60s")
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	log.Info("embedded etcd ready", "data_dir", cfg.DataDir, "client_url", curl.String())
+	return &Embedded{etcd: e, URL: curl.String()}, nil
+}
+
+// Run blocks until ctx ends or etcd fails, then stops etcd.
+func (e *Embedded) Run(ctx context.Context) error {
+	defer e.etcd.Close()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-e.etcd.Err():
+		return fmt.Errorf("embedded etcd: %w", err)
+	}
+}
+
+// Close stops etcd.
+func (e *Embedded) Close() { e.etcd.Close() }
+
+// Connect returns a client for the configured cluster. It does not wait
+// for a connection: the first request reports an unreachable cluster.
+func Connect(cfg Config) (*clientv3.Client, error) {
+	endpoints := cfg.Endpoints
+	if len(endpoints) == 0 {
+		endpoints = []string{"http://127.0.0.1:2379"}
+	}
+	cc := clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		// A revision is written in requests of up to ~1 MiB; answers to
+		// a whole-inventory read may be larger.
+		MaxCallRecvMsgSize: 256 << 20,
+	}
+	if cfg.CertFile != "" || cfg.CAFile != "" || anyHTTPS(endpoints) {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("etcd client certificate: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("etcd CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("etcd CA %s: no PEM certificates", cfg.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+		cc.TLS = tc
+	}
+	cli, err := clientv3.New(cc)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)
+	}
+	return cli, nil
+}
+
+func anyHTTPS(endpoints []string) bool {
+	for _, e := range endpoints {
+		if strings.HasPrefix(e, "https://") {
+			return true
+		}
+	}
+	return false
+}
+
+// Unreachable wraps an error from etcd with what to check.
+func Unreachable(endpoints []string, err error) error {
+	if len(endpoints) == 0 {
+		endpoints = []string{"http://127.0.0.1:2379"}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd at %s did not answer: is `kiln server` running, or is --etcd-endpoints right? (%w)", strings.Join(endpoints, ","), err)
+	}
+	return fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
+}

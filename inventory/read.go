@@ -1,0 +1,216 @@
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/kilnhq/kiln/spec"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Snapshot is the desired state of one applied revision.
+type Snapshot struct {
+	Pointer   Pointer
+	Revision  int64 // etcd revision the snapshot was read at
+	Inventory *spec.Inventory
+	Unmanaged map[string]Unmanaged
+}
+
+// Current returns the pointer to the applied generation and the etcd
+// revision it was read at. ErrNotFound means nothing was applied yet.
+func (s *Store) Current(ctx context.Context) (Pointer, int64, error) {
+	resp, err := s.cli.Get(ctx, s.pointerKey())
+	if err != nil {
+		return Pointer{}, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return Pointer{}, resp.Header.Revision, fmt.Errorf("desired state: nothing applied yet: %w", ErrNotFound)
+	}
+	var p Pointer
+	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
+		return Pointer{}, 0, fmt.Errorf("decode desired pointer: %w", err)
+	}
+	return p, resp.Header.Revision, nil
+}
+
+// Snapshot reads the applied revision: only the given kinds (all when none
+// are given; "Unmanaged" selects the unmanaged markers).
+func (s *Store) Snapshot(ctx context.Context, kinds ...string) (*Snapshot, error) {
+	for attempt := 0; ; attempt++ {
+		snap, err := s.snapshot(ctx, kinds)
+		// A compaction between reading the pointer and the generation
+		// only means: read again.
+		if errors.Is(err, rpctypes.ErrCompacted) && attempt < 3 {
+			continue
+		}
+		return snap, err
+	}
+}
+
+func (s *Store) snapshot(ctx context.Context, kinds []string) (*Snapshot, error) {
+	p, rev, err := s.Current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(kinds) == 0 {
+		kinds = append(append([]string(nil), spec.Kinds...), "Unmanaged")
+	}
+	snap := &Snapshot{Pointer: p, Revision: rev, Inventory: spec.NewInventory(), Unmanaged: map[string]Unmanaged{}}
+	gp := s.genPrefix(p.Generation)
+	for _, kind := range kinds {
+		prefix := gp + segment(kind) + "/"
+		_, err := s.rangeAll(ctx, prefix, rev, func(k, v []byte) error {
+			return decodeInto(snap, kind, v)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read %s of generation %s: %w", strings.ToLower(kind)+"s", p.Generation, err)
+		}
+	}
+	return snap, nil
+}
+
+// segment is a kind's folder inside a generation.
+func segment(kind string) string {
+	if kind == "Unmanaged" {
+		return "unmanaged"
+	}
+	return spec.Plural(kind)
+}
+
+func decodeInto(snap *Snapshot, kind string, v []byte) error {
+	inv := snap.Inventory
+	var err error
+	switch kind {
+	case spec.KindRack:
+		var o spec.Rack
+		if err = json.Unmarshal(v, &o); err == nil {
+			inv.Racks[o.Metadata.Name] = &o
+		}
+	case spec.KindSubnet:
+		var o spec.Subnet
+		if err = json.Unmarshal(v, &o); err == nil {
+			inv.Subnets[o.Metadata.Name] = &o
+		}
+	case spec.KindImage:
+		var o spec.Image
+		if err = json.Unmarshal(v, &o); err == nil {
+			inv.Images[o.Metadata.Name] = &o
+		}
+	case spec.KindProfile:
+		var o spec.Profile
+		if err = json.Unmarshal(v, &o); err == nil {
+			inv.Profiles[o.Metadata.Name] = &o
+		}
+	case spec.KindMachine:
+		var o spec.Machine
+		if err = json.Unmarshal(v, &o); err == nil {
+			inv.Machines[o.Metadata.Name] = &o
+		}
+	case "Unmanaged":
+		var o Unmanaged
+		if err = json.Unmarshal(v, &o); err == nil {
+			snap.Unmanaged[o.Name] = o
+		}
+	default:
+		return fmt.Errorf("unknown kind %q", kind)
+	}
+	if err != nil {
+		return fmt.Errorf("decode %s: %w", kind, err)
+	}
+	return nil
+}
+
+// WatchChanges reports every change below the prefix after revision rev
+// until ctx ends. Readers re-read what they need on each notification.
+func (s *Store) WatchChanges(ctx context.Context, rev int64) clientv3.WatchChan {
+	return s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+}
+
+// Update reads key, lets fn change its value (nil when absent) and writes
+// it back only if nobody wrote it meanwhile (ModRevision compare),
+// retrying on conflict until ctx ends. fn returning nil bytes writes
+// nothing.
+func (s *Store) Update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error {
+	for attempt := 0; ; attempt++ {
+		if attempt > 2 {
+			select { // contended: back off a little, with jitter
+			case <-ctx.Done():
+				return fmt.Errorf("write %s: %w (%w)", key, ErrConflict, ctx.Err())
+			case <-time.After(time.Duration(rand.IntN(5*min(attempt, 20))+1) * time.Millisecond):
+			}
+		}
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", key, err)
+		}
+		var old []byte
+		var modRev int64
+		if len(resp.Kvs) > 0 {
+			old, modRev = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
+		}
+		b, err := fn(old)
+		if err != nil || b == nil {
+			return err
+		}
+		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+			Then(clientv3.OpPut(key, string(b))).Commit()
+		if err != nil {
+			return fmt.Errorf("write %s: %w", key, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+	}
+}
+
+// UpdateJSON is Update for a JSON-encoded value of type T.
+func UpdateJSON[T any](ctx context.Context, s *Store, key string, fn func(v *T) error) error {
+	return s.Update(ctx, key, func(old []byte) ([]byte, error) {
+		var v T
+		if old != nil {
+			if err := json.Unmarshal(old, &v); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", key, err)
+			}
+		}
+		if err := fn(&v); err != nil {
+			return nil, err
+		}
+		return json.Marshal(v)
+	})
+}
+
+// GetJSON reads a JSON value; ErrNotFound when the key is absent.
+func GetJSON[T any](ctx context.Context, s *Store, key string) (T, error) {
+	var v T
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return v, fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return v, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+		return v, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// ListJSON reads every JSON value below a key prefix.
+func ListJSON[T any](ctx context.Context, s *Store, prefix string) ([]T, error) {
+	var out []T
+	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
+		var x T
+		if err := json.Unmarshal(v, &x); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out = append(out, x)
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,59 @@
+package inventory
+
+import (
+	"time"
+
+	"github.com/kilnhq/kiln/spec"
+)
+
+// Source states.
+const (
+	SourceApplied     = "Applied"     // the observed revision is applied
+	SourceInvalid     = "Invalid"     // the observed revision failed validation; the last good one stays
+	SourceUnreachable = "Unreachable" // the source could not be read; the last good one stays
+	SourceFailed      = "Failed"      // applying to etcd failed; retrying
+)
+
+// SourceStatus is what Kiln knows about a source, stored at sources/<name>.
+type SourceStatus struct {
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Location string `json:"location"`
+	Branch   string `json:"branch,omitempty"`
+
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+
+	ObservedRevision string    `json:"observedRevision,omitempty"`
+	ObservedAt       time.Time `json:"observedAt"`
+	AppliedRevision  string    `json:"appliedRevision,omitempty"`
+	AppliedAt        time.Time `json:"appliedAt,omitzero"`
+	Generation       string    `json:"generation,omitempty"`
+
+	Errors   int            `json:"errors"`
+	Warnings int            `json:"warnings"`
+	Problems []spec.Problem `json:"problems,omitempty"` // the first maxProblems
+	Objects  map[string]int `json:"objects,omitempty"`
+}
+
+// maxProblems bounds the problems kept in a source status.
+const maxProblems = 100
+
+// MachineStatus is the observed state of a machine, stored at
+// status/machines/<name>. Reconcilers and agents of later stages fill it.
+type MachineStatus struct {
+	Phase              string      `json:"phase,omitempty"`
+	Message            string      `json:"message,omitempty"`
+	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+	Conditions         []Condition `json:"conditions,omitempty"`
+	UpdatedAt          time.Time   `json:"updatedAt,omitzero"`
+}
+
+// Condition is one named fact about a machine.
+type Condition struct {
+	Type    string    `json:"type"`
+	Status  string    `json:"status"` // True, False, Unknown
+	Reason  string    `json:"reason,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Since   time.Time `json:"since"`
+}

@@ -1,0 +1,260 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/kilnhq/kiln/spec"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Revision is one state of a source.
+type Revision struct {
+	ID  string // commit SHA; empty means "use the content digest"
+	FS  fs.FS  // the tree to load; nil when Err is set
+	Err error  // the source could not be read
+	// Note is shown in the source status, e.g. "branch was force-pushed".
+	Note string
+}
+
+// SourceInfo names and locates a source.
+type SourceInfo struct {
+	Name     string
+	Type     string // dir or git
+	Location string
+	Branch   string
+}
+
+// Source produces revisions of the inventory.
+type Source interface {
+	Info() SourceInfo
+	// Run calls sink with each new revision until ctx ends. Calls are
+	// sequential: a source coalesces changes made while sink runs.
+	Run(ctx context.Context, sink func(context.Context, Revision)) error
+}
+
+// SyncMetrics are the metrics of every Syncer sharing a registry.
+type SyncMetrics struct {
+	applies     *prometheus.CounterVec
+	lastSuccess *prometheus.GaugeVec
+	duration    *prometheus.HistogramVec
+	problems    *prometheus.GaugeVec
+	revision    *prometheus.GaugeVec
+	objects     *prometheus.GaugeVec
+	requests    *prometheus.CounterVec
+}
+
+// NewSyncMetrics registers the source metrics.
+func NewSyncMetrics(reg prometheus.Registerer) *SyncMetrics {
+	m := &SyncMetrics{
+		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_source_apply_total",
+			Help: "Source revisions handled, by result: applied, unchanged, invalid, unreachable, failed.",
+		}, []string{"source", "result"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_source_last_apply_success",
+			Help: "1 if the source's latest observed revision is applied, 0 if it was rejected or could not be applied.",
+		}, []string{"source"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kiln_source_apply_duration_seconds",
+			Help:    "Time to load, validate and apply one source revision.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"source"}),
+		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_source_problems",
+			Help: "Validation problems in the latest observed revision, by severity.",
+		}, []string{"source", "severity"}),
+		revision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_source_revision_info",
+			Help: "The applied revision of each source (value is always 1).",
+		}, []string{"source", "revision"}),
+		objects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_inventory_objects",
+			Help: "Objects in the applied desired state, by kind.",
+		}, []string{"kind"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_source_etcd_requests_total",
+			Help: "etcd requests made to apply source revisions.",
+		}, []string{"source"}),
+	}
+	reg.MustRegister(m.applies, m.lastSuccess, m.duration, m.problems, m.revision, m.objects, m.requests)
+	return m
+}
+
+func (m *SyncMetrics) init(source string) {
+	for _, r := range []string{"applied", "unchanged", "invalid", "unreachable", "failed"} {
+		m.applies.WithLabelValues(source, r)
+	}
+	for _, s := range []string{"error", "warning"} {
+		m.problems.WithLabelValues(source, s)
+	}
+	m.lastSuccess.WithLabelValues(source)
+	m.requests.WithLabelValues(source)
+	for _, k := range append(append([]string(nil), spec.Kinds...), "Unmanaged") {
+		m.objects.WithLabelValues(k)
+	}
+}
+
+// Syncer applies a source's revisions to the store. An invalid revision is
+// rejected whole and the last good one stays applied.
+type Syncer struct {
+	source  Source
+	store   *Store
+	metrics *SyncMetrics
+	log     *slog.Logger
+	loader  spec.Loader
+	applied string // revision last applied
+	// OnApplied, if set, is called after each handled revision (tests).
+	OnApplied func(SourceStatus)
+}
+
+// NewSyncer returns a Syncer for one source.
+func NewSyncer(src Source, store *Store, m *SyncMetrics, log *slog.Logger) *Syncer {
+	info := src.Info()
+	m.init(info.Name)
+	return &Syncer{source: src, store: store, metrics: m, log: log.With("source", info.Name)}
+}
+
+// Run applies revisions until ctx ends.
+func (y *Syncer) Run(ctx context.Context) error {
+	if p, _, err := y.store.Current(ctx); err == nil {
+		y.applied = p.Revision
+	}
+	return y.source.Run(ctx, y.handle)
+}
+
+func (y *Syncer) handle(ctx context.Context, rev Revision) {
+	info := y.source.Info()
+	start := time.Now()
+	st := SourceStatus{Name: info.Name, Type: info.Type, Location: info.Location, Branch: info.Branch,
+		ObservedRevision: rev.ID, ObservedAt: start.UTC()}
+	m := y.metrics
+	defer func() {
+		m.duration.WithLabelValues(info.Name).Observe(time.Since(start).Seconds())
+		y.writeStatus(ctx, st)
+		if y.OnApplied != nil {
+			y.OnApplied(st)
+		}
+	}()
+	if rev.Err != nil {
+		st.State, st.Message = SourceUnreachable, rev.Err.Error()
+		m.applies.WithLabelValues(info.Name, "unreachable").Inc()
+		m.lastSuccess.WithLabelValues(info.Name).Set(0)
+		y.log.Error("source unreachable; the last good revision stays applied", "err", rev.Err, "applied", y.applied)
+		return
+	}
+	res := y.loader.Load(rev.FS)
+	if st.ObservedRevision == "" {
+		st.ObservedRevision = res.Digest
+	}
+	st.Errors, st.Warnings = res.Problems.Errors(), len(res.Problems)-res.Problems.Errors()
+	st.Problems = res.Problems[:min(len(res.Problems), maxProblems)]
+	m.problems.WithLabelValues(info.Name, "error").Set(float64(st.Errors))
+	m.problems.WithLabelValues(info.Name, "warning").Set(float64(st.Warnings))
+	if st.Errors > 0 {
+		st.State = SourceInvalid
+		st.Message = fmt.Sprintf("revision %s rejected: %d errors; %s stays applied", short(st.ObservedRevision), st.Errors, orNone(short(y.applied)))
+		m.applies.WithLabelValues(info.Name, "invalid").Inc()
+		m.lastSuccess.WithLabelValues(info.Name).Set(0)
+		first := make([]string, 0, 5)
+		for _, p := range res.Problems {
+			if p.Severity == spec.Error && len(first) < 5 {
+				first = append(first, p.String())
+			}
+		}
+		y.log.Error("invalid revision rejected; the last good revision stays applied",
+			"revision", st.ObservedRevision, "errors", st.Errors, "first", first)
+		return
+	}
+	meta := ApplyMeta{Source: info.Name, Revision: st.ObservedRevision, Digest: res.Digest}
+	var ar ApplyResult
+	var err error
+	for attempt := 0; ; attempt++ {
+		ar, err = y.store.Apply(ctx, res.Inventory, meta)
+		m.requests.WithLabelValues(info.Name).Add(float64(ar.Requests))
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		st.State, st.Message = SourceFailed, err.Error()
+		m.applies.WithLabelValues(info.Name, "failed").Inc()
+		m.lastSuccess.WithLabelValues(info.Name).Set(0)
+		wait := backoff(attempt)
+		y.log.Error("apply failed; retrying", "revision", meta.Revision, "err", err, "retry_in", wait)
+		if !errors.Is(err, ErrConflict) {
+			y.writeStatus(ctx, st)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	if err != nil {
+		return // ctx ended
+	}
+	st.State, st.Message = SourceApplied, rev.Note
+	st.AppliedRevision, st.AppliedAt, st.Generation = meta.Revision, time.Now().UTC(), ar.Generation
+	st.Objects = map[string]int{}
+	for _, k := range spec.Kinds {
+		st.Objects[k] = len(res.Inventory.OfKind(k))
+		m.objects.WithLabelValues(k).Set(float64(st.Objects[k]))
+	}
+	m.lastSuccess.WithLabelValues(info.Name).Set(1)
+	if ar.Unchanged {
+		m.applies.WithLabelValues(info.Name, "unchanged").Inc()
+	} else {
+		m.applies.WithLabelValues(info.Name, "applied").Inc()
+	}
+	if y.applied != meta.Revision {
+		m.revision.DeletePartialMatch(prometheus.Labels{"source": info.Name})
+		m.revision.WithLabelValues(info.Name, meta.Revision).Set(1)
+	}
+	y.applied = meta.Revision
+	if len(ar.Unmanaged) > 0 {
+		y.log.Warn("machines removed from the source are now unmanaged; nothing was powered off or wiped", "machines", ar.Unmanaged)
+	}
+	y.log.Info("revision applied", "revision", meta.Revision, "generation", ar.Generation,
+		"added", ar.Added, "changed", ar.Changed, "removed", ar.Removed, "new_generation", ar.NewGeneration,
+		"etcd_requests", ar.Requests, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := UpdateJSON(ctx, y.store, y.store.SourceKey(st.Name), func(old *SourceStatus) error {
+		if st.AppliedRevision == "" { // keep what was applied before
+			st.AppliedRevision, st.AppliedAt, st.Generation, st.Objects = old.AppliedRevision, old.AppliedAt, old.Generation, old.Objects
+		}
+		*old = st
+		return nil
+	})
+	if err != nil {
+		y.log.Warn("could not record source status", "err", err)
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	d := time.Second << min(attempt, 5) // 1s … 32s
+	return d/2 + rand.N(d/2)
+}
+
+func short(rev string) string {
+	if len(rev) > 19 && rev[:7] == "sha256:" {
+		return rev[:19]
+	}
+	if len(rev) > 12 {
+		return rev[:12]
+	}
+	return rev
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nothing"
+	}
+	return s
+}
