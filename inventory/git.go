@@ -92,9 +92,11 @@ func (g *Git) Run(ctx context.Context, sink func(context.Context, Revision)) err
 	}
 }
 
+// local reports whether URL is a plain path, read in place. Anything with
+// a scheme (file:// included) is fetched into the cache.
 func (g *Git) local() bool {
 	if strings.Contains(g.URL, "://") {
-		return strings.HasPrefix(g.URL, "file://")
+		return false
 	}
 	fi, err := os.Stat(g.URL)
 	return err == nil && fi.IsDir()
@@ -106,7 +108,7 @@ func (g *Git) poll(ctx context.Context, last string) (string, fs.FS, string, err
 	var ref plumbing.ReferenceName
 	var err error
 	if g.local() {
-		repo, err = git.PlainOpen(strings.TrimPrefix(g.URL, "file://"))
+		repo, err = git.PlainOpen(g.URL)
 		if err != nil {
 			return "", nil, "", fmt.Errorf("open repository %s: %w", g.URL, err)
 		}

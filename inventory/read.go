@@ -214,3 +214,18 @@ func ListJSON[T any](ctx context.Context, s *Store, prefix string) ([]T, error) 
 	})
 	return out, err
 }
+
+// MachineStatuses reads every machine's status, by machine name.
+func (s *Store) MachineStatuses(ctx context.Context) (map[string]MachineStatus, error) {
+	out := map[string]MachineStatus{}
+	prefix := s.MachineStatusKey("")
+	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
+		var st MachineStatus
+		if err := json.Unmarshal(v, &st); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(string(k), prefix)] = st
+		return nil
+	})
+	return out, err
+}

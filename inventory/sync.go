@@ -136,7 +136,7 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 	m := y.metrics
 	defer func() {
 		m.duration.WithLabelValues(info.Name).Observe(time.Since(start).Seconds())
-		y.writeStatus(ctx, st)
+		st = y.writeStatus(ctx, st)
 		if y.OnApplied != nil {
 			y.OnApplied(st)
 		}
@@ -186,7 +186,7 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 		wait := backoff(attempt)
 		y.log.Error("apply failed; retrying", "revision", meta.Revision, "err", err, "retry_in", wait)
 		if !errors.Is(err, ErrConflict) {
-			y.writeStatus(ctx, st)
+			st = y.writeStatus(ctx, st)
 		}
 		select {
 		case <-ctx.Done():
@@ -222,7 +222,9 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 		"etcd_requests", ar.Requests, "duration", time.Since(start).Round(time.Millisecond))
 }
 
-func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) {
+// writeStatus records st, keeping the applied revision of the stored
+// status when st has none, and returns what was recorded.
+func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) SourceStatus {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	err := UpdateJSON(ctx, y.store, y.store.SourceKey(st.Name), func(old *SourceStatus) error {
@@ -235,6 +237,7 @@ func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) {
 	if err != nil {
 		y.log.Warn("could not record source status", "err", err)
 	}
+	return st
 }
 
 func backoff(attempt int) time.Duration {

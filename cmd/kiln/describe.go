@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+)
+
+func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("describe", "machine NAME [flags]", errOut)
+	var cf clientFlags
+	cf.register(fs)
+	pos, code, ok := parse(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 || resources[strings.ToLower(pos[0])] != spec.KindMachine {
+		fs.Usage()
+		return exitUsage
+	}
+	name := pos[1]
+	store, closeFn, err := cf.store()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln describe:", err)
+		return exitFail
+	}
+	defer closeFn()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	snap, err := store.Snapshot(ctx, spec.KindMachine, "Unmanaged")
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
+		return exitFail
+	}
+	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.MachineStatusKey(name))
+	hasStatus := err == nil
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
+		return exitFail
+	}
+	m := snap.Inventory.Machines[name]
+	u, unmanaged := snap.Unmanaged[name]
+	if m == nil && !unmanaged {
+		fmt.Fprintf(errOut, "kiln describe: machine %q not found in revision %s\n", name, short(snap.Pointer.Revision))
+		return exitFail
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+	kv := func(k string, v any) { fmt.Fprintf(w, "%s:\t%v\n", k, v) }
+	kv("Name", name)
+	if unmanaged {
+		kv("Managed", fmt.Sprintf("no: removed from the source in revision %s at %s", short(u.RemovedIn), u.RemovedAt.Format(time.RFC3339)))
+		kv("", "Kiln leaves this machine as it is: nothing was powered off or wiped.")
+		kv("", "Add it back to the source to manage it again.")
+	}
+	if m != nil {
+		sp := &m.Spec
+		kv("Rack", dash(sp.Rack))
+		kv("Profile", dash(sp.Profile))
+		kv("Labels", labels(m.Metadata.Labels))
+		kv("Origin", fmt.Sprintf("%s (revision %s, applied %s)", m.Origin, short(snap.Pointer.Revision), snap.Pointer.AppliedAt.Format(time.RFC3339)))
+		fmt.Fprintln(w, "Desired:")
+		kv("  State", sp.State)
+		kv("  Image", dash(sp.Image))
+		kv("  Arch/Firmware", sp.Arch+"/"+sp.Firmware)
+		kv("  Maintenance", sp.InMaintenance())
+		kv("  Erase on release", sp.Erase)
+		kv("  Generations", fmt.Sprintf("commission %d, deploy %d", sp.CommissionGeneration, sp.DeployGeneration))
+		if sp.Zone != "" || sp.Pool != "" {
+			kv("  Zone/Pool", dash(sp.Zone)+"/"+dash(sp.Pool))
+		}
+		if rd := sp.RootDisk; rd != nil {
+			kv("  Root disk", rootDisk(rd))
+		}
+		if sp.UserData != "" {
+			src := "inline"
+			if sp.UserDataFile != "" {
+				src = sp.UserDataFile
+			}
+			kv("  User data", fmt.Sprintf("%d bytes (%s)", len(sp.UserData), src))
+		}
+		fmt.Fprintln(w, "Interfaces:")
+		fmt.Fprintln(w, "  NAME\tMAC\tSUBNET\tIP\tBOOT")
+		boot := sp.BootInterface()
+		for i := range sp.Interfaces {
+			ifc := &sp.Interfaces[i]
+			ip := ifc.IP
+			if ip == "" {
+				ip = "auto"
+			}
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\n", ifc.Name, ifc.MAC, dash(ifc.Subnet), ip, ifc == boot)
+		}
+		for _, b := range sp.Bonds {
+			fmt.Fprintf(w, "  %s\tbond %s of %s\t%s\t%s\t\n", b.Name, b.Mode, strings.Join(b.Interfaces, "+"), dash(b.Subnet), dash(b.IP))
+		}
+		for _, v := range sp.VLANs {
+			fmt.Fprintf(w, "  %s\tvlan %d on %s\t%s\t%s\t\n", v.Name, v.ID, v.Link, dash(v.Subnet), dash(v.IP))
+		}
+		if b := sp.BMC; b != nil {
+			fmt.Fprintln(w, "BMC:")
+			kv("  Driver", b.Driver)
+			kv("  Address", dash(b.Address))
+			kv("  Username", dash(b.Username))
+			kv("  Password", password(b.Password))
+			if b.Insecure {
+				kv("  TLS", "not verified (insecure: true)")
+			}
+		} else {
+			kv("BMC", "none: someone must power this machine by hand")
+		}
+	}
+	fmt.Fprintln(w, "Status:")
+	if !hasStatus {
+		kv("  Phase", "- (no reconciler has reported on this machine yet)")
+		return exitOK
+	}
+	kv("  Phase", dash(st.Phase))
+	if st.Message != "" {
+		kv("  Message", st.Message)
+	}
+	kv("  Observed generation", st.ObservedGeneration)
+	if !st.UpdatedAt.IsZero() {
+		kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
+	}
+	if len(st.Conditions) > 0 {
+		fmt.Fprintln(w, "Conditions:")
+		fmt.Fprintln(w, "  TYPE\tSTATUS\tREASON\tSINCE\tMESSAGE")
+		for _, c := range st.Conditions {
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
+		}
+	}
+	return exitOK
+}
+
+func labels(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, k := range spec.SortedNames(m) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func password(p *spec.SecretRef) string {
+	switch {
+	case p == nil:
+		return "none"
+	case p.FromFile != "":
+		return "from file " + p.FromFile
+	case p.FromEnv != "":
+		return "from environment variable " + p.FromEnv
+	case p.Value != "":
+		return "<redacted> (plaintext in the source: move it to fromFile or fromEnv)"
+	}
+	return "none"
+}
+
+func rootDisk(d *spec.DiskSelector) string {
+	var parts []string
+	add := func(k, v string) {
+		if v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	add("path", d.Path)
+	add("serial", d.Serial)
+	add("model", d.Model)
+	if d.MinSize > 0 {
+		add("minSize", fmt.Sprint(int64(d.MinSize)))
+	}
+	if d.MaxSize > 0 {
+		add("maxSize", fmt.Sprint(int64(d.MaxSize)))
+	}
+	if d.Rotational != nil {
+		add("rotational", fmt.Sprint(*d.Rotational))
+	}
+	add("prefer", d.Prefer)
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+)
+
+func runDiff(ctx context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("diff", "PATH [flags]", errOut)
+	var cf clientFlags
+	cf.register(fs)
+	pos, code, ok := parse(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	res, err := loadDir(pos[0])
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln diff:", err)
+		return exitTrouble
+	}
+	if res.Problems.Errors() > 0 {
+		fmt.Fprint(errOut, res.Problems.String())
+		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", pos[0], res.Problems.Errors())
+		return exitTrouble
+	}
+	store, closeFn, err := cf.store()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln diff:", err)
+		return exitTrouble
+	}
+	defer closeFn()
+	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	snap, err := store.Snapshot(rctx)
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		snap = &inventory.Snapshot{Inventory: spec.NewInventory()}
+		fmt.Fprintln(out, "# nothing applied yet: everything is new")
+	case err != nil:
+		fmt.Fprintln(errOut, "kiln diff:", explain(cf, err))
+		return exitTrouble
+	default:
+		fmt.Fprintf(out, "# against revision %s applied %s\n", short(snap.Pointer.Revision), snap.Pointer.AppliedAt.Format("2006-01-02 15:04:05Z07:00"))
+	}
+	changes := diffInventories(snap.Inventory, res.Inventory)
+	destructive := 0
+	for _, c := range changes {
+		fmt.Fprintln(out, c.String())
+		if c.destructive() {
+			destructive++
+		}
+	}
+	if len(changes) == 0 {
+		fmt.Fprintln(out, "no differences")
+		return exitOK
+	}
+	fmt.Fprintf(out, "# %d objects differ; %d changes touch machines' disks or power (marked !)\n", len(changes), destructive)
+	return exitFail
+}
+
+// change is one object that differs.
+type change struct {
+	op     byte // + ~ -
+	kind   string
+	name   string
+	origin string
+	fields []string
+	notes  []note
+}
+
+type note struct {
+	destructive bool
+	text        string
+}
+
+func (c change) destructive() bool {
+	for _, n := range c.notes {
+		if n.destructive {
+			return true
+		}
+	}
+	return false
+}
+
+func (c change) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%c %s %s", c.op, c.kind, c.name)
+	if c.origin != "" {
+		fmt.Fprintf(&b, " (%s)", c.origin)
+	}
+	for _, f := range c.fields {
+		fmt.Fprintf(&b, "\n    %s", f)
+	}
+	for _, n := range c.notes {
+		mark := " "
+		if n.destructive {
+			mark = "!"
+		}
+		fmt.Fprintf(&b, "\n  %s %s", mark, n.text)
+	}
+	return b.String()
+}
+
+func diffInventories(old, cur *spec.Inventory) []change {
+	var out []change
+	for _, kind := range spec.Kinds {
+		before, after := byName(old.OfKind(kind)), byName(cur.OfKind(kind))
+		names := map[string]bool{}
+		for n := range before {
+			names[n] = true
+		}
+		for n := range after {
+			names[n] = true
+		}
+		for _, n := range spec.SortedNames(names) {
+			a, b := before[n], after[n]
+			switch {
+			case a == nil:
+				c := change{op: '+', kind: kind, name: n, origin: b.GetHeader().Origin.String()}
+				if m, ok := b.(*spec.Machine); ok && m.Spec.State == spec.StateDeployed {
+					c.notes = append(c.notes, note{true, "will be commissioned and deployed: its root disk will be written"})
+				}
+				out = append(out, c)
+			case b == nil:
+				c := change{op: '-', kind: kind, name: n}
+				if kind == spec.KindMachine {
+					c.notes = append(c.notes, note{false, "becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"})
+				}
+				out = append(out, c)
+			default:
+				fields := fieldDiff(a, b)
+				if len(fields) == 0 {
+					continue
+				}
+				c := change{op: '~', kind: kind, name: n, origin: b.GetHeader().Origin.String(), fields: fields}
+				if kind == spec.KindMachine {
+					c.notes = machineNotes(a.(*spec.Machine), b.(*spec.Machine))
+				}
+				if kind == spec.KindSubnet && a.(*spec.Subnet).Spec.CIDR != b.(*spec.Subnet).Spec.CIDR {
+					c.notes = append(c.notes, note{false, "the subnet's addresses change: machines on it get new leases"})
+				}
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// machineNotes explains what a machine change will make Kiln do.
+func machineNotes(a, b *spec.Machine) []note {
+	var n []note
+	as, bs := &a.Spec, &b.Spec
+	switch {
+	case as.State == spec.StateReady && bs.State == spec.StateDeployed:
+		n = append(n, note{true, fmt.Sprintf("deploys image %s: the root disk will be written", bs.Image)})
+	case as.State == spec.StateDeployed && bs.State == spec.StateReady:
+		if bs.Erase != "none" {
+			n = append(n, note{true, fmt.Sprintf("releases the machine and erases its disks (erase: %s)", bs.Erase)})
+		} else {
+			n = append(n, note{true, "releases the machine: it is powered off; disks are kept (erase: none)"})
+		}
+	}
+	if bs.State == spec.StateDeployed && as.State == spec.StateDeployed {
+		if bs.DeployGeneration > as.DeployGeneration {
+			n = append(n, note{true, fmt.Sprintf("redeploys (deployGeneration %d → %d): the root disk will be rewritten", as.DeployGeneration, bs.DeployGeneration)})
+		} else if as.Image != bs.Image {
+			n = append(n, note{false, "image changed: applies at the next deploy; raise deployGeneration to redeploy now"})
+		}
+	}
+	if bs.CommissionGeneration > as.CommissionGeneration {
+		n = append(n, note{true, fmt.Sprintf("recommissions (commissionGeneration %d → %d): the machine reboots into the ephemeral image", as.CommissionGeneration, bs.CommissionGeneration)})
+	}
+	if !as.InMaintenance() && bs.InMaintenance() {
+		n = append(n, note{false, "enters maintenance: Kiln pauses every action on it"})
+	}
+	if as.InMaintenance() && !bs.InMaintenance() {
+		n = append(n, note{false, "leaves maintenance: Kiln resumes converging it"})
+	}
+	return n
+}
+
+func byName(objs []spec.Object) map[string]spec.Object {
+	m := make(map[string]spec.Object, len(objs))
+	for _, o := range objs {
+		m[o.GetHeader().Metadata.Name] = o
+	}
+	return m
+}
+
+// fieldDiff lists changed leaf fields as "path: old → new", ignoring where
+// the object was read from.
+func fieldDiff(a, b spec.Object) []string {
+	fa, fb := flatten(a), flatten(b)
+	keys := map[string]bool{}
+	for k := range fa {
+		keys[k] = true
+	}
+	for k := range fb {
+		keys[k] = true
+	}
+	var out []string
+	for _, k := range spec.SortedNames(keys) {
+		if strings.HasPrefix(k, "origin.") || fa[k] == fb[k] {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: %s → %s", k, orAbsent(fa[k]), orAbsent(fb[k])))
+	}
+	return out
+}
+
+func orAbsent(s string) string {
+	if s == "" {
+		return "(absent)"
+	}
+	if len(s) > 60 {
+		return s[:57] + "..."
+	}
+	return s
+}
+
+func flatten(o spec.Object) map[string]string {
+	b, _ := json.Marshal(o)
+	var v any
+	json.Unmarshal(b, &v)
+	out := map[string]string{}
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			keys := make([]string, 0, len(x))
+			for k := range x {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				walk(join(path, k), x[k])
+			}
+		case []any:
+			for i, e := range x {
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		default:
+			s, _ := json.Marshal(x)
+			if path == "spec.bmc.password.value" {
+				s = []byte(`"<redacted>"`)
+			}
+			out[path] = string(s)
+		}
+	}
+	walk("", v)
+	return out
+}
+
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}

@@ -1,0 +1,461 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+	"gopkg.in/yaml.v3"
+)
+
+// resource names accepted by get, with their kind.
+var resources = map[string]string{
+	"machines": spec.KindMachine, "machine": spec.KindMachine, "m": spec.KindMachine,
+	"racks": spec.KindRack, "rack": spec.KindRack,
+	"subnets": spec.KindSubnet, "subnet": spec.KindSubnet,
+	"images": spec.KindImage, "image": spec.KindImage,
+	"profiles": spec.KindProfile, "profile": spec.KindProfile,
+	"source": "Source", "sources": "Source",
+}
+
+func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("get", "machines|racks|subnets|images|profiles|source [NAME] [flags]", errOut)
+	var cf clientFlags
+	cf.register(fs)
+	format := fs.String("o", "", "output: wide, yaml, json or name (default: a table)")
+	watch := fs.Bool("watch", false, "after listing, print changes as they happen")
+	fs.BoolVar(watch, "w", false, "short for --watch")
+	pos, code, ok := parse(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		fs.Usage()
+		return exitUsage
+	}
+	kind, ok := resources[strings.ToLower(pos[0])]
+	if !ok {
+		fmt.Fprintf(errOut, "kiln get: unknown resource %q: use machines, racks, subnets, images, profiles or source\n", pos[0])
+		return exitUsage
+	}
+	name := ""
+	if len(pos) == 2 {
+		name = pos[1]
+	}
+	switch *format {
+	case "", "wide", "yaml", "json", "name":
+	default:
+		fmt.Fprintf(errOut, "kiln get: -o %q: use wide, yaml, json or name\n", *format)
+		return exitUsage
+	}
+	store, closeFn, err := cf.store()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln get:", err)
+		return exitFail
+	}
+	defer closeFn()
+
+	g := &getter{store: store, kind: kind, name: name, format: *format}
+	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	view, rev, err := g.read(rctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln get:", explain(cf, err))
+		return exitFail
+	}
+	if name != "" && len(view.rows) == 0 {
+		fmt.Fprintf(errOut, "kiln get: %s %q not found\n", strings.ToLower(kind), name)
+		return exitFail
+	}
+	if err := g.print(out, view, true); err != nil {
+		fmt.Fprintln(errOut, "kiln get:", err)
+		return exitFail
+	}
+	if !*watch {
+		return exitOK
+	}
+	// Print what changes: rows that differ from what was printed last.
+	printed := view.byName()
+	for wr := range store.WatchChanges(ctx, rev) {
+		if err := wr.Err(); err != nil {
+			fmt.Fprintln(errOut, "kiln get: watch:", err)
+			return exitFail
+		}
+		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+		next, _, err := g.read(rctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(errOut, "kiln get:", explain(cf, err))
+			continue
+		}
+		changed := &table{header: next.header, items: map[string]any{}}
+		now := next.byName()
+		for _, r := range next.rows {
+			if printed[r[0]] != strings.Join(r, "\x00") {
+				changed.rows = append(changed.rows, r)
+				changed.items[r[0]] = next.items[r[0]]
+			}
+		}
+		for n := range printed {
+			if _, ok := now[n]; !ok {
+				gone := make([]string, len(next.header))
+				for i := range gone {
+					gone[i] = "-"
+				}
+				gone[0] = n
+				if len(gone) > 1 {
+					gone[1] = "<deleted>"
+				}
+				changed.rows = append(changed.rows, gone)
+			}
+		}
+		if len(changed.rows) > 0 {
+			g.print(out, changed, false)
+		}
+		printed = now
+	}
+	return exitOK
+}
+
+func explain(cf clientFlags, err error) error {
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		return fmt.Errorf("%w: has `kiln server` applied a source yet? (`kiln get source` says)", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("etcd at %s did not answer within %s: is `kiln server` running? Point --etcd-endpoints at it", cf.endpoints, cf.timeout)
+	}
+	return err
+}
+
+// table is what get prints: a header, rows keyed by their first column,
+// and the objects behind them for -o yaml|json.
+type table struct {
+	header []string
+	rows   [][]string
+	items  map[string]any
+}
+
+func (t *table) byName() map[string]string {
+	m := map[string]string{}
+	for _, r := range t.rows {
+		m[r[0]] = strings.Join(r, "\x00")
+	}
+	return m
+}
+
+type getter struct {
+	store  *inventory.Store
+	kind   string
+	name   string
+	format string
+}
+
+// read returns the table and the etcd revision it reflects.
+func (g *getter) read(ctx context.Context) (*table, int64, error) {
+	if g.kind == "Source" {
+		return g.readSources(ctx)
+	}
+	kinds := []string{g.kind}
+	if g.kind == spec.KindMachine {
+		kinds = append(kinds, "Unmanaged")
+	}
+	if g.kind == spec.KindRack || g.kind == spec.KindProfile {
+		kinds = append(kinds, spec.KindMachine, spec.KindSubnet)
+	}
+	snap, err := g.store.Snapshot(ctx, kinds...)
+	if err != nil {
+		return nil, 0, err
+	}
+	var statuses map[string]inventory.MachineStatus
+	if g.kind == spec.KindMachine {
+		if statuses, err = g.store.MachineStatuses(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+	t := buildTable(snap, g.kind, g.format == "wide", statuses)
+	if g.name != "" {
+		keep := t.rows[:0]
+		for _, r := range t.rows {
+			if r[0] == g.name {
+				keep = append(keep, r)
+			}
+		}
+		t.rows = keep
+	}
+	return t, snap.Revision, nil
+}
+
+func (g *getter) readSources(ctx context.Context) (*table, int64, error) {
+	list, err := inventory.ListJSON[inventory.SourceStatus](ctx, g.store, g.store.SourceKey(""))
+	if err != nil {
+		return nil, 0, err
+	}
+	_, rev, err := g.store.Current(ctx)
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		return nil, 0, err
+	}
+	t := &table{header: []string{"NAME", "TYPE", "STATE", "APPLIED", "OBSERVED", "ERRORS", "WARNINGS", "AGE", "MESSAGE"}, items: map[string]any{}}
+	if g.format == "wide" {
+		t.header = append(t.header, "LOCATION", "BRANCH", "GENERATION")
+	}
+	for _, s := range list {
+		if g.name != "" && s.Name != g.name {
+			continue
+		}
+		row := []string{s.Name, s.Type, s.State, short(s.AppliedRevision), short(s.ObservedRevision),
+			fmt.Sprint(s.Errors), fmt.Sprint(s.Warnings), age(s.ObservedAt), s.Message}
+		if g.format == "wide" {
+			row = append(row, s.Location, dash(s.Branch), dash(s.Generation))
+		}
+		t.rows = append(t.rows, row)
+		t.items[s.Name] = s
+	}
+	return t, rev, nil
+}
+
+func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[string]inventory.MachineStatus) *table {
+	inv := snap.Inventory
+	t := &table{items: map[string]any{}}
+	add := func(name string, item any, cols ...string) {
+		t.rows = append(t.rows, append([]string{name}, cols...))
+		t.items[name] = item
+	}
+	switch kind {
+	case spec.KindMachine:
+		t.header = []string{"NAME", "RACK", "STATE", "PHASE", "IP", "MAC", "IMAGE", "BMC"}
+		if wide {
+			t.header = append(t.header, "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
+		}
+		names := spec.SortedNames(inv.Machines)
+		for n := range snap.Unmanaged {
+			if inv.Machines[n] == nil {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			m := inv.Machines[n]
+			if m == nil {
+				u := snap.Unmanaged[n]
+				cols := []string{"-", "unmanaged", dash(statuses[n].Phase), "-", "-", "-", "-"}
+				if wide {
+					cols = append(cols, "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
+				}
+				add(n, u, cols...)
+				continue
+			}
+			sp := &m.Spec
+			ip, mac := "-", "-"
+			if b := sp.BootInterface(); b != nil {
+				mac = b.MAC
+				if b.IP != "" {
+					ip = b.IP
+				}
+			}
+			bmc := "-"
+			if sp.BMC != nil {
+				bmc = sp.BMC.Driver
+			}
+			cols := []string{dash(sp.Rack), sp.State, dash(statuses[n].Phase), ip, mac, dash(sp.Image), bmc}
+			if wide {
+				cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
+					fmt.Sprint(sp.InMaintenance()), m.Origin.String())
+			}
+			add(n, redact(m), cols...)
+		}
+	case spec.KindRack:
+		t.header = []string{"NAME", "ZONE", "SUBNETS", "MACHINES", "SWITCHES"}
+		for _, n := range spec.SortedNames(inv.Racks) {
+			r := inv.Racks[n]
+			var subnets []string
+			for _, sn := range spec.SortedNames(inv.Subnets) {
+				if inv.Subnets[sn].Spec.Rack == n {
+					subnets = append(subnets, sn)
+				}
+			}
+			machines := 0
+			for _, m := range inv.Machines {
+				if m.Spec.Rack == n {
+					machines++
+				}
+			}
+			add(n, r, dash(r.Spec.Zone), dash(strings.Join(subnets, ",")), fmt.Sprint(machines), fmt.Sprint(len(r.Spec.Switches)))
+		}
+	case spec.KindSubnet:
+		t.header = []string{"NAME", "CIDR", "RACK", "MODE", "GATEWAY", "DYNAMIC", "VLAN"}
+		if wide {
+			t.header = append(t.header, "DNS", "DOMAIN", "MTU", "LEASE")
+		}
+		for _, n := range spec.SortedNames(inv.Subnets) {
+			s := inv.Subnets[n]
+			dyn := "-"
+			if s.Spec.DynamicRange != nil {
+				dyn = s.Spec.DynamicRange.String()
+			}
+			cols := []string{s.Spec.CIDR, s.Spec.Rack, s.Spec.Mode, dash(s.Spec.Gateway), dyn, fmt.Sprint(s.Spec.VLAN)}
+			if wide {
+				cols = append(cols, dash(strings.Join(s.Spec.DNS, ",")), dash(s.Spec.Domain), fmt.Sprint(s.Spec.MTU), s.Spec.LeaseTime.String())
+			}
+			add(n, s, cols...)
+		}
+	case spec.KindImage:
+		t.header = []string{"NAME", "PURPOSE", "ARCH", "FORMAT", "URL"}
+		for _, n := range spec.SortedNames(inv.Images) {
+			im := inv.Images[n]
+			url := "-"
+			switch {
+			case im.Spec.Disk != nil:
+				url = im.Spec.Disk.URL
+			case im.Spec.Kernel != nil:
+				url = im.Spec.Kernel.URL
+			}
+			add(n, im, im.Spec.Purpose, im.Spec.Arch, dash(im.Spec.Format), url)
+		}
+	case spec.KindProfile:
+		t.header = []string{"NAME", "SELECTOR", "MACHINES"}
+		for _, n := range spec.SortedNames(inv.Profiles) {
+			p := inv.Profiles[n]
+			sel := "-"
+			if p.Spec.Selector != nil {
+				var parts []string
+				for _, k := range spec.SortedNames(p.Spec.Selector.MatchLabels) {
+					parts = append(parts, k+"="+p.Spec.Selector.MatchLabels[k])
+				}
+				sel = strings.Join(parts, ",")
+			}
+			machines := 0
+			for _, m := range inv.Machines {
+				if m.Spec.Profile == n {
+					machines++
+				}
+			}
+			add(n, p, sel, fmt.Sprint(machines))
+		}
+	}
+	return t
+}
+
+// redact returns a machine safe to print: no plaintext secrets.
+func redact(m *spec.Machine) *spec.Machine {
+	if m.Spec.BMC == nil || m.Spec.BMC.Password == nil || m.Spec.BMC.Password.Value == "" {
+		return m
+	}
+	c := *m
+	b := *m.Spec.BMC
+	p := *b.Password
+	p.Value = "<redacted>"
+	b.Password, c.Spec.BMC = &p, &b
+	return &c
+}
+
+func (g *getter) print(out io.Writer, t *table, header bool) error {
+	switch g.format {
+	case "", "wide":
+		tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
+		if header {
+			fmt.Fprintln(tw, strings.Join(t.header, "\t"))
+		}
+		for _, r := range t.rows {
+			fmt.Fprintln(tw, strings.Join(r, "\t"))
+		}
+		return tw.Flush()
+	case "name":
+		for _, r := range t.rows {
+			fmt.Fprintf(out, "%s/%s\n", strings.ToLower(g.kind), r[0])
+		}
+		return nil
+	case "json":
+		items := make([]any, 0, len(t.rows))
+		for _, r := range t.rows {
+			if it := t.items[r[0]]; it != nil {
+				items = append(items, it)
+			}
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if g.name != "" && len(items) == 1 {
+			return enc.Encode(items[0])
+		}
+		return enc.Encode(map[string]any{"items": items})
+	case "yaml":
+		for _, r := range t.rows {
+			it := t.items[r[0]]
+			if it == nil {
+				continue
+			}
+			b, err := toYAML(it)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "---\n%s", b)
+		}
+	}
+	return nil
+}
+
+// toYAML prints a value through its JSON form, so field names and
+// omitted fields match what is stored in etcd.
+func toYAML(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(b, &n); err != nil {
+		return nil, err
+	}
+	// JSON is YAML in flow style with quoted strings; print it in block
+	// style and let the encoder quote only what needs it.
+	var clear func(*yaml.Node)
+	clear = func(n *yaml.Node) {
+		n.Style = 0
+		for _, c := range n.Content {
+			clear(c)
+		}
+	}
+	clear(&n)
+	return yaml.Marshal(&n)
+}
+
+func short(rev string) string {
+	switch {
+	case rev == "":
+		return "-"
+	case strings.HasPrefix(rev, "sha256:") && len(rev) > 19:
+		return rev[:19]
+	case len(rev) > 12:
+		return rev[:12]
+	}
+	return rev
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

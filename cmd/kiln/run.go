@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcd"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFail    = 1 // validation failed, differences found, command failed
+	exitUsage   = 2
+	exitTrouble = 2
+)
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, out, errOut io.Writer) int
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"server":   {"run a region server: embedded etcd, inventory source, metrics", runServer},
+		"validate": {"validate an inventory folder; exit 1 on errors", runValidate},
+		"diff":     {"show what applying a folder would add, change and remove", runDiff},
+		"get":      {"list machines, racks, subnets, images, profiles or the source", runGet},
+		"describe": {"show one machine in detail", runDescribe},
+		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},
+		"version":  {"print the version", runVersion},
+	}
+}
+
+func run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(errOut, cmds)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	c, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(errOut, "kiln: unknown command %q\n\n", args[0])
+		usage(errOut, cmds)
+		return exitUsage
+	}
+	return c.run(ctx, args[1:], out, errOut)
+}
+
+func usage(w io.Writer, cmds map[string]command) {
+	fmt.Fprintln(w, "Kiln provisions bare-metal fleets from an inventory kept in git.")
+	fmt.Fprintln(w, "\nUsage: kiln COMMAND [flags]\n\nCommands:")
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'kiln COMMAND -h' for a command's flags.")
+}
+
+// newFlags returns a flag set that reports errors to errOut.
+func newFlags(name, args string, errOut io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("kiln "+name, flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.Usage = func() {
+		fmt.Fprintf(errOut, "Usage: kiln %s %s\n\nFlags:\n", name, args)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags, allowing them after positional arguments too.
+func parse(fs *flag.FlagSet, args []string) ([]string, int, bool) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			return pos, 0, true
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// clientFlags are the flags of commands that talk to etcd.
+type clientFlags struct {
+	endpoints string
+	cert, key string
+	ca        string
+	prefix    string
+	timeout   time.Duration
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.endpoints, "etcd-endpoints", envOr("KILN_ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated ($KILN_ETCD_ENDPOINTS)")
+	fs.StringVar(&c.cert, "etcd-cert", os.Getenv("KILN_ETCD_CERT"), "client certificate for etcd ($KILN_ETCD_CERT)")
+	fs.StringVar(&c.key, "etcd-key", os.Getenv("KILN_ETCD_KEY"), "client key for etcd ($KILN_ETCD_KEY)")
+	fs.StringVar(&c.ca, "etcd-ca", os.Getenv("KILN_ETCD_CA"), "CA bundle for etcd ($KILN_ETCD_CA)")
+	fs.StringVar(&c.prefix, "prefix", inventory.DefaultPrefix, "key prefix in etcd")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for etcd")
+}
+
+func (c *clientFlags) config() etcd.Config {
+	return etcd.Config{Endpoints: splitList(c.endpoints), CertFile: c.cert, KeyFile: c.key, CAFile: c.ca}
+}
+
+// store connects to etcd; the caller closes the returned client.
+func (c *clientFlags) store() (*inventory.Store, func(), error) {
+	cli, err := etcd.Connect(c.config())
+	if err != nil {
+		return nil, nil, err
+	}
+	return inventory.NewStore(cli, c.prefix, discardLogger()), func() { cli.Close() }, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func runVersion(_ context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("version", "", errOut)
+	if _, code, ok := parse(fs, args); !ok {
+		return code
+	}
+	fmt.Fprintf(out, "kiln %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return exitOK
+}

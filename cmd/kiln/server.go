@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+)
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "kiln")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "kiln")
+	}
+	return "kiln-data"
+}
+
+func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("server", "[flags]", errOut)
+	var (
+		cf          clientFlags
+		source      = fs.String("source", "", "inventory folder to watch (e.g. examples/lab)")
+		gitURL      = fs.String("git", "", "git repository to follow: a local path or URL (instead of --source)")
+		gitBranch   = fs.String("git-branch", "main", "branch to follow")
+		gitPath     = fs.String("git-path", "", "folder inside the repository holding the inventory")
+		gitInterval = fs.Duration("git-interval", 30*time.Second, "how often to poll the repository")
+		dataDir     = fs.String("data-dir", defaultDataDir(), "where embedded etcd and the git cache live")
+		clientURL   = fs.String("etcd-listen-client", "http://127.0.0.1:2379", "embedded etcd: client URL")
+		peerURL     = fs.String("etcd-listen-peer", "http://127.0.0.1:2380", "embedded etcd: peer URL")
+		embedded    = fs.Bool("embedded-etcd", true, "run etcd in-process; false uses --etcd-endpoints")
+		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz, /readyz and the sync trigger")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", "text or json")
+	)
+	cf.register(fs)
+	if _, code, ok := parse(fs, args); !ok {
+		return code
+	}
+	log, err := newLogger(errOut, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln server:", err)
+		return exitUsage
+	}
+	if (*source == "") == (*gitURL == "") {
+		fmt.Fprintln(errOut, "kiln server: give exactly one of --source DIR or --git URL")
+		return exitUsage
+	}
+	if err := serve(ctx, log, serverConfig{
+		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
+		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
+		embedded: *embedded, listen: *listen,
+	}); err != nil {
+		log.Error("server stopped", "err", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+type serverConfig struct {
+	clientFlags
+	source, gitURL, gitBranch, gitPath string
+	gitInterval                        time.Duration
+	dataDir, clientURL, peerURL        string
+	embedded                           bool
+	listen                             string
+}
+
+func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g, ctx := errgroup.WithContext(ctx)
+
+	ecfg := c.config()
+	if c.embedded {
+		e, err := etcd.StartEmbedded(ctx, etcd.Config{DataDir: filepath.Join(c.dataDir, "etcd"), ClientURL: c.clientURL, PeerURL: c.peerURL}, log)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return e.Run(ctx) })
+		ecfg = etcd.Config{Endpoints: []string{e.URL}}
+	}
+	cli, err := etcd.Connect(ecfg)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	store := inventory.NewStore(cli, c.prefix, log)
+
+	var src inventory.Source
+	var sync func()
+	if c.source != "" {
+		src = &inventory.Dir{Name: "default", Path: c.source, Log: log}
+	} else {
+		gs := inventory.NewGit("default", c.gitURL, c.gitBranch, log)
+		gs.Path, gs.Interval = c.gitPath, c.gitInterval
+		gs.CacheDir = filepath.Join(c.dataDir, "git")
+		gs.Username, gs.Password = os.Getenv("KILN_GIT_USERNAME"), os.Getenv("KILN_GIT_PASSWORD")
+		src, sync = gs, gs.Sync
+	}
+	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
+	g.Go(func() error { return syncer.Run(ctx) })
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, err := cli.Get(rctx, "health"); err != nil {
+			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
+		if sync == nil {
+			http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
+			return
+		}
+		sync()
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "sync requested\n")
+	})
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", c.listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	log.Info("kiln server running", "version", version, "http", ln.Addr().String(), "etcd", strings.Join(ecfg.Endpoints, ","), "source", src.Info().Location)
+	return g.Wait()
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: use text or json", format)
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
