@@ -132,7 +132,7 @@ func TestDirSource(t *testing.T) {
 
 	// A broken edit is rejected whole; the last good revision stays.
 	editorWrite(t, filepath.Join(dir, "machines.yaml"), func(s string) string {
-		s = strings.Replace(s, "name: vm-3", "name: vm-1", 1)          // duplicate name
+		s = strings.Replace(s, "name: vm-3", "name: vm-1", 1)           // duplicate name
 		return strings.Replace(s, "ip: 10.42.0.13", "ip: 10.99.0.1", 1) // outside the subnet
 	})
 	bad := h.next(SourceInvalid)

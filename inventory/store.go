@@ -78,7 +78,7 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 // Prefix returns the key prefix.
 func (s *Store) Prefix() string { return s.prefix }
 
-func (s *Store) pointerKey() string       { return s.prefix + "desired/current" }
+func (s *Store) pointerKey() string          { return s.prefix + "desired/current" }
 func (s *Store) genIndexKey(g string) string { return s.prefix + "desired/gens/" + g }
 func (s *Store) genPrefix(g string) string   { return s.prefix + "desired/g/" + g + "/" }
 

@@ -18,7 +18,6 @@ import (
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-
 func mustLoad(t testing.TB, r *spec.Result) *spec.Inventory {
 	t.Helper()
 	if r.Problems.Errors() > 0 {
