@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // deepCopy returns a copy of v that shares nothing mutable with it.
@@ -18,10 +19,10 @@ func deepCopy(v reflect.Value) reflect.Value {
 		return n
 	case reflect.Struct:
 		n := reflect.New(v.Type()).Elem()
-		n.Set(v)
-		for i := 0; i < v.NumField(); i++ {
-			if v.Type().Field(i).IsExported() {
-				n.Field(i).Set(deepCopy(v.Field(i)))
+		n.Set(v) // unexported fields (the document reference) are shared
+		for _, f := range fieldInfos(v.Type()) {
+			if k := v.Field(f.index).Kind(); k == reflect.Pointer || k == reflect.Slice || k == reflect.Map || k == reflect.Struct {
+				n.Field(f.index).Set(deepCopy(v.Field(f.index)))
 			}
 		}
 		return n
@@ -56,16 +57,13 @@ func copyOf[T any](p *T) *T {
 // recursing into nested structs and merging maps; dst's values win. A field
 // tagged merge:"replace" (a secret reference) is taken whole from one side.
 func fill(dst, src reflect.Value) {
-	for i := 0; i < dst.NumField(); i++ {
-		if !dst.Type().Field(i).IsExported() {
-			continue
-		}
-		d, s := dst.Field(i), src.Field(i)
+	for _, f := range fieldInfos(dst.Type()) {
+		d, s := dst.Field(f.index), src.Field(f.index)
 		switch {
 		case s.IsZero():
 		case d.IsZero():
 			d.Set(deepCopy(s))
-		case dst.Type().Field(i).Tag.Get("merge") == "replace":
+		case f.replace:
 		case d.Kind() == reflect.Struct:
 			fill(d, s)
 		case d.Kind() == reflect.Pointer && d.Elem().Kind() == reflect.Struct:
@@ -81,6 +79,50 @@ func fill(dst, src reflect.Value) {
 	}
 }
 
+// fieldInfo is what the resolver needs to know of one struct field; it is
+// computed once per type, since tags are slow to parse on every object.
+type fieldInfo struct {
+	index      int
+	path       string // YAML name; empty for inline fields
+	enum       []string
+	def        string
+	hasDefault bool
+	replace    bool // merge:"replace"
+	leaf       bool // nothing below it can carry tags
+}
+
+var fieldInfoCache sync.Map // reflect.Type → []fieldInfo
+
+func fieldInfos(t reflect.Type) []fieldInfo {
+	if c, ok := fieldInfoCache.Load(t); ok {
+		return c.([]fieldInfo)
+	}
+	var out []fieldInfo
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		fi := fieldInfo{index: i, path: name, replace: f.Tag.Get("merge") == "replace"}
+		if strings.Contains(opts, "inline") {
+			fi.path = ""
+		}
+		if e, ok := f.Tag.Lookup("enum"); ok {
+			fi.enum = strings.Split(e, ",")
+		}
+		fi.def, fi.hasDefault = f.Tag.Lookup("default")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		fi.leaf = ft.Kind() != reflect.Struct
+		out = append(out, fi)
+	}
+	fieldInfoCache.Store(t, out)
+	return out
+}
+
 // applyDefaults sets zero fields that carry a `default` tag, recursing into
 // structs, non-nil pointers and slices. v must be addressable and owned.
 func applyDefaults(v reflect.Value) {
@@ -94,18 +136,14 @@ func applyDefaults(v reflect.Value) {
 			applyDefaults(v.Index(i))
 		}
 	case reflect.Struct:
-		t := v.Type()
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
+		for _, f := range fieldInfos(v.Type()) {
+			fv := v.Field(f.index)
+			switch {
+			case f.hasDefault && fv.IsZero():
+				setScalar(fv, f.def)
+			case !f.leaf:
+				applyDefaults(fv)
 			}
-			fv := v.Field(i)
-			if def, ok := f.Tag.Lookup("default"); ok && fv.IsZero() {
-				setScalar(fv, def)
-				continue
-			}
-			applyDefaults(fv)
 		}
 	}
 }
@@ -146,30 +184,21 @@ func checkEnums(v reflect.Value, path string, report func(path, msg string)) {
 			checkEnums(v.Index(i), path+"["+strconv.Itoa(i)+"]", report)
 		}
 	case reflect.Struct:
-		t := v.Type()
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
-			}
-			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			p := path
-			if !strings.Contains(opts, "inline") {
-				p = join(path, name)
-			}
-			fv := v.Field(i)
-			if enum, ok := f.Tag.Lookup("enum"); ok && fv.Kind() == reflect.String && fv.String() != "" {
-				allowed := strings.Split(enum, ",")
-				if !contains(allowed, fv.String()) {
-					msg := strconv.Quote(fv.String()) + " is not one of " + strings.Join(allowed, ", ")
-					if s := suggest(fv.String(), allowed); s != "" {
-						msg += " (did you mean " + strconv.Quote(s) + "?)"
+		for _, f := range fieldInfos(v.Type()) {
+			fv := v.Field(f.index)
+			if f.enum != nil {
+				if s := fv.String(); s != "" && !contains(f.enum, s) {
+					msg := strconv.Quote(s) + " is not one of " + strings.Join(f.enum, ", ")
+					if sug := suggest(s, f.enum); sug != "" {
+						msg += " (did you mean " + strconv.Quote(sug) + "?)"
 					}
-					report(p, msg)
+					report(join(path, f.path), msg)
 				}
 				continue
 			}
-			checkEnums(fv, p, report)
+			if !f.leaf {
+				checkEnums(fv, join(path, f.path), report)
+			}
 		}
 	}
 }
