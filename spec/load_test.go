@@ -1,0 +1,104 @@
+package spec
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestExamplesValid loads every folder under ../examples.
+func TestExamplesValid(t *testing.T) {
+	dirs, err := os.ReadDir("../examples")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		n++
+		t.Run(d.Name(), func(t *testing.T) {
+			r := Load(os.DirFS(filepath.Join("../examples", d.Name())))
+			for _, p := range r.Problems {
+				if p.Severity == Error {
+					t.Error(p)
+				} else {
+					t.Log(p)
+				}
+			}
+			if r.Inventory.Len() == 0 {
+				t.Errorf("no objects loaded")
+			}
+			t.Logf("%d files, %d racks, %d subnets, %d images, %d profiles, %d machines",
+				r.Files, len(r.Inventory.Racks), len(r.Inventory.Subnets), len(r.Inventory.Images),
+				len(r.Inventory.Profiles), len(r.Inventory.Machines))
+		})
+	}
+	if n == 0 {
+		t.Fatal("no examples found")
+	}
+}
+
+// TestInvalid loads each folder under testdata/invalid and compares the
+// problems with testdata/invalid/<case>.golden (rewritten with -update).
+func TestInvalid(t *testing.T) {
+	const dir = "testdata/invalid"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]bool{}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		name := e.Name()
+		cases[name] = true
+		t.Run(name, func(t *testing.T) {
+			r := Load(os.DirFS(filepath.Join(dir, name)))
+			got := r.Problems.String()
+			golden := filepath.Join(dir, name+".golden")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./spec -run TestInvalid -update)", err)
+			}
+			if got != string(want) {
+				t.Errorf("problems differ from %s (run with -update to accept):\n--- got\n%s--- want\n%s", golden, got, want)
+			}
+			if len(r.Problems) == 0 {
+				t.Errorf("an invalid case with no problems")
+			}
+			for i, p := range r.Problems {
+				if p.Pos.File == "" || (p.Pos.Line == 0 && !strings.HasPrefix(p.Message, "cannot")) {
+					t.Errorf("problem without a position: %v", p)
+				}
+				if i > 0 && less(p.Pos, r.Problems[i-1].Pos) {
+					t.Errorf("problems not sorted: %v after %v", p, r.Problems[i-1])
+				}
+			}
+		})
+	}
+	// A golden file whose case folder is gone is stale.
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".golden"); ok && !cases[name] {
+			t.Errorf("%s: no folder %s", e.Name(), name)
+		}
+	}
+}
+
+func less(a, b Pos) bool {
+	if a.File != b.File {
+		return a.File < b.File
+	}
+	if a.Line != b.Line {
+		return a.Line < b.Line
+	}
+	return a.Col < b.Col
+}
