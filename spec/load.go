@@ -104,7 +104,9 @@ func (l *Loader) Load(fsys fs.FS) *Result {
 		}
 		if d.IsDir() || !isYAML(p) {
 			if d.Type()&fs.ModeSymlink != 0 {
-				if fi, err := fs.Stat(fsys, p); err == nil && fi.IsDir() {
+				if fi, err := fs.Stat(fsys, p); err != nil {
+					problems = append(problems, Problem{Pos: Pos{File: p}, Severity: Warning, Message: fmt.Sprintf("symbolic link not followed: %v", unwrapPath(err))})
+				} else if fi.IsDir() {
 					problems = append(problems, Problem{Pos: Pos{File: p}, Severity: Warning, Message: "symbolic link to a directory is not followed"})
 				}
 			}

@@ -241,9 +241,12 @@ type BMC struct {
 	Address  string            `yaml:"address,omitempty" json:"address,omitempty" doc:"host[:port] for ipmi, URL or host for redfish, base URL for webhook."`
 	Username string            `yaml:"username,omitempty" json:"username,omitempty"`
 	Password *SecretRef        `yaml:"password,omitempty" json:"password,omitempty" merge:"replace"`
-	Insecure bool              `yaml:"insecure,omitempty" json:"insecure,omitempty" doc:"Skip TLS verification (redfish, webhook). Not for production."`
+	Insecure *bool             `yaml:"insecure,omitempty" json:"insecure,omitempty" doc:"Skip TLS verification (redfish, webhook). Not for production."`
 	Options  map[string]string `yaml:"options,omitempty" json:"options,omitempty" doc:"Driver-specific settings, e.g. cipherSuite, systemID, caFile."`
 }
+
+// SkipVerify reports whether TLS verification is turned off.
+func (b *BMC) SkipVerify() bool { return b != nil && b.Insecure != nil && *b.Insecure }
 
 // SecretRef points at a secret outside git. A plain string is accepted but
 // draws a warning: secrets do not belong in a repository.

@@ -109,7 +109,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 			kv("  Address", dash(b.Address))
 			kv("  Username", dash(b.Username))
 			kv("  Password", password(b.Password))
-			if b.Insecure {
+			if b.SkipVerify() {
 				kv("  TLS", "not verified (insecure: true)")
 			}
 		} else {
