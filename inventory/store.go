@@ -29,6 +29,9 @@ var (
 	// ErrConflict means another writer changed the data first; read again
 	// and retry.
 	ErrConflict = errors.New("changed concurrently")
+	// ErrTooLarge means an object can't be stored in one etcd request;
+	// retrying does not help.
+	ErrTooLarge = errors.New("object too large for etcd")
 )
 
 // etcd's default limits: 128 operations per transaction and 1.5 MiB per
@@ -177,7 +180,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 			return res, fmt.Errorf("encode %s %s: %w", h.Kind, h.Metadata.Name, err)
 		}
 		if len(b) > s.MaxBytes {
-			return res, fmt.Errorf("%s %s (%s) is %d bytes, more than one etcd request takes (%d)", h.Kind, h.Metadata.Name, h.Origin, len(b), s.MaxBytes)
+			return res, fmt.Errorf("%s %s (%s) is %d bytes, more than one etcd request takes (%d): %w", h.Kind, h.Metadata.Name, h.Origin, len(b), s.MaxBytes, ErrTooLarge)
 		}
 		next[spec.Plural(h.Kind)+"/"+h.Metadata.Name] = b
 		counts[h.Kind]++

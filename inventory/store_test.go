@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -318,5 +319,19 @@ func TestEtcdUnreachable(t *testing.T) {
 	inv := mustLoad(t, spec.Load(os.DirFS("../examples/lab")))
 	if _, err := st.Apply(ctx, inv, ApplyMeta{Source: "s", Revision: "1"}); err == nil {
 		t.Fatal("apply to an unreachable etcd succeeded")
+	}
+}
+
+func TestObjectTooLargeIsNotRetried(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	st := NewStore(cli, "", quiet())
+	inv := mustLoad(t, spec.Load(os.DirFS("../examples/lab")))
+	inv.Machines["vm-1"].Spec.UserData = "#cloud-config\n#" + strings.Repeat("x", 2<<20)
+	_, err := st.Apply(context.Background(), inv, ApplyMeta{Source: "s", Revision: "big"})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "vm-1") {
+		t.Fatalf("got %v, want ErrTooLarge naming vm-1", err)
+	}
+	if _, _, err := st.Current(context.Background()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("nothing should have been applied: %v", err)
 	}
 }

@@ -183,6 +183,10 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 		st.State, st.Message = SourceFailed, err.Error()
 		m.applies.WithLabelValues(info.Name, "failed").Inc()
 		m.lastSuccess.WithLabelValues(info.Name).Set(0)
+		if errors.Is(err, ErrTooLarge) {
+			y.log.Error("revision can't be stored; the last good revision stays applied", "revision", meta.Revision, "err", err)
+			return // retrying can't help; the next revision may
+		}
 		wait := backoff(attempt)
 		y.log.Error("apply failed; retrying", "revision", meta.Revision, "err", err, "retry_in", wait)
 		if !errors.Is(err, ErrConflict) {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 // TestExamplesValid loads every folder under ../examples.
@@ -101,4 +102,16 @@ func less(a, b Pos) bool {
 		return a.Line < b.Line
 	}
 	return a.Col < b.Col
+}
+
+func TestUserDataLimit(t *testing.T) {
+	doc := "apiVersion: kiln.dev/v1alpha1\nkind: Rack\nmetadata: {name: r}\n---\n" +
+		"apiVersion: kiln.dev/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {cidr: 10.0.0.0/24, rack: r}\n---\n" +
+		"apiVersion: kiln.dev/v1alpha1\nkind: Machine\nmetadata: {name: m}\nspec:\n  bmc: {driver: manual}\n" +
+		"  interfaces: [{name: eno1, mac: \"02:00:00:00:00:01\", subnet: s}]\n  userData: |\n    #cloud-config\n    # " +
+		strings.Repeat("x", MaxUserData) + "\n"
+	r := Load(fstest.MapFS{"m.yaml": &fstest.MapFile{Data: []byte(doc)}})
+	if r.Problems.Errors() != 1 || !strings.Contains(r.Problems.String(), "user-data is limited to 512 KiB") {
+		t.Fatalf("got:\n%s", r.Problems)
+	}
 }

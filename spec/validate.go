@@ -703,6 +703,10 @@ func (v *validator) desired(m *Machine) {
 	}
 }
 
+// MaxUserData bounds a machine's user-data, so that every resolved object
+// fits in one etcd request.
+const MaxUserData = 512 << 10
+
 func (v *validator) userData(m *Machine) {
 	sp := &m.Spec
 	if sp.UserDataFile != "" {
@@ -741,7 +745,9 @@ func (v *validator) userData(m *Machine) {
 	default:
 		v.errorf(m, "spec.userData", "must start with #cloud-config, #!, #include or be MIME multipart")
 	}
-	if len(ud) > 16<<10 {
+	if len(ud) > MaxUserData {
+		v.errorf(m, "spec.userData", "%d bytes: user-data is limited to %d KiB", len(ud), MaxUserData>>10)
+	} else if len(ud) > 16<<10 {
 		v.warnf(m, "spec.userData", "%d bytes: some clouds' cloud-init cap user-data at 16 KiB", len(ud))
 	}
 }
