@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -158,7 +159,7 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 	m.problems.WithLabelValues(info.Name, "warning").Set(float64(st.Warnings))
 	if st.Errors > 0 {
 		st.State = SourceInvalid
-		st.Message = fmt.Sprintf("revision %s rejected: %d errors; %s stays applied", short(st.ObservedRevision), st.Errors, orNone(short(y.applied)))
+		st.Message = fmt.Sprintf("revision %s rejected: %d errors; %s stays applied", ShortRevision(st.ObservedRevision), st.Errors, orNone(ShortRevision(y.applied)))
 		m.applies.WithLabelValues(info.Name, "invalid").Inc()
 		m.lastSuccess.WithLabelValues(info.Name).Set(0)
 		first := make([]string, 0, 5)
@@ -249,11 +250,13 @@ func backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2)
 }
 
-func short(rev string) string {
-	if len(rev) > 19 && rev[:7] == "sha256:" {
+// ShortRevision abbreviates a commit SHA to 12 digits and a content digest
+// to "sha256:" and 12 digits, for people to read.
+func ShortRevision(rev string) string {
+	if strings.HasPrefix(rev, "sha256:") && len(rev) > 19 {
 		return rev[:19]
 	}
-	if len(rev) > 12 {
+	if len(rev) > 12 && !strings.HasPrefix(rev, "sha256:") {
 		return rev[:12]
 	}
 	return rev

@@ -425,17 +425,7 @@ func toYAML(v any) ([]byte, error) {
 	return yaml.Marshal(&n)
 }
 
-func short(rev string) string {
-	switch {
-	case rev == "":
-		return "-"
-	case strings.HasPrefix(rev, "sha256:") && len(rev) > 19:
-		return rev[:19]
-	case len(rev) > 12:
-		return rev[:12]
-	}
-	return rev
-}
+func short(rev string) string { return dash(inventory.ShortRevision(rev)) }
 
 func dash(s string) string {
 	if s == "" {
