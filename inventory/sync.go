@@ -222,7 +222,11 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 	if len(ar.Unmanaged) > 0 {
 		y.log.Warn("machines removed from the source are now unmanaged; nothing was powered off or wiped", "machines", ar.Unmanaged)
 	}
-	y.log.Info("revision applied", "revision", meta.Revision, "generation", ar.Generation,
+	msg := "revision applied"
+	if ar.Unchanged {
+		msg = "revision already applied"
+	}
+	y.log.Info(msg, "revision", meta.Revision, "generation", ar.Generation,
 		"added", ar.Added, "changed", ar.Changed, "removed", ar.Removed, "new_generation", ar.NewGeneration,
 		"etcd_requests", ar.Requests, "duration", time.Since(start).Round(time.Millisecond))
 }
