@@ -37,4 +37,3 @@ func (m *manual) SetBoot(_ context.Context, b Boot) error {
 }
 
 func (m *manual) Close() error { return nil }
-

@@ -228,4 +228,3 @@ func clip(b []byte) string {
 	}
 	return s
 }
-
