@@ -39,6 +39,7 @@ func commands() map[string]command {
 		"diff":     {"show what applying a folder would add, change and remove", runDiff},
 		"get":      {"list machines, racks, subnets, images, profiles or the source", runGet},
 		"describe": {"show one machine in detail", runDescribe},
+		"power":    {"power a machine on or off, read its state, choose its next boot device", runPower},
 		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},
 		"version":  {"print the version", runVersion},
 	}
