@@ -91,9 +91,10 @@ func (r *redfishDriver) with(ctx context.Context, fn func(*schemas.ComputerSyste
 		if err == nil {
 			return nil
 		}
-		var re *schemas.Error
-		if attempt == 0 && errors.As(err, &re) && re.HTTPReturnedStatusCode == http.StatusUnauthorized && r.t.Options["auth"] != "basic" {
-			r.client = nil // the session expired: log in again
+		// Refused after a successful login: the session expired or the BMC
+		// dropped it. Log in again, once.
+		if attempt == 0 && errors.Is(err, ErrAuth) && r.t.Options["auth"] != "basic" {
+			r.client = nil
 			continue
 		}
 		return err
