@@ -8,6 +8,7 @@ import (
 // drivers is the one list of power drivers. Its names are the values a
 // Machine's bmc.driver may take (spec.BMCDrivers; a test keeps them equal).
 var drivers = map[string]Factory{
+	"ipmi":    newIPMI,
 	"redfish": newRedfish,
 	"webhook": newWebhook,
 	"manual":  newManual,
