@@ -42,6 +42,7 @@ func commands() map[string]command {
 		"power":    {"power a machine on or off, read its state, choose its next boot device", runPower},
 		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},
 		"version":  {"print the version", runVersion},
+		"vbmc":     {"run virtual BMCs (IPMI and Redfish) that drive QEMU VMs", runVBMC},
 	}
 }
 
