@@ -1,0 +1,133 @@
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Keys of the rack stage:
+//
+//	election/rack/<rack>/…     rack agents' leader election
+//	leases/<subnet>/<ip>       DHCP leases (written by the rack leader, fenced)
+//	discovered/<mac>           unknown MACs that network-booted
+//	timeline/<machine>         a machine's boot timeline, newest last
+
+// ElectionPrefix is where a rack's agents campaign.
+func (s *Store) ElectionPrefix(rack string) string { return s.prefix + "election/rack/" + rack + "/" }
+
+// LeasePrefix is where DHCP leases live.
+func (s *Store) LeasePrefix() string { return s.prefix + "leases/" }
+
+// LeaseKey is one lease's key.
+func (s *Store) LeaseKey(subnet, ip string) string { return s.prefix + "leases/" + subnet + "/" + ip }
+
+// DiscoveredPrefix is where discovered MACs live.
+func (s *Store) DiscoveredPrefix() string { return s.prefix + "discovered/" }
+
+// TimelineKey is where a machine's boot timeline lives.
+func (s *Store) TimelineKey(machine string) string { return s.prefix + "timeline/" + machine }
+
+// DesiredPrefix is the prefix of everything applied from the source.
+func (s *Store) DesiredPrefix() string { return s.prefix + "desired/" }
+
+// Discovered is an unknown MAC that network-booted on a rack's subnet.
+type Discovered struct {
+	MAC         string    `json:"mac"`
+	Rack        string    `json:"rack"`
+	Subnet      string    `json:"subnet,omitempty"`
+	IP          string    `json:"ip,omitempty"`
+	FirstSeen   time.Time `json:"firstSeen"`
+	LastSeen    time.Time `json:"lastSeen"`
+	Arch        string    `json:"arch,omitempty"`
+	VendorClass string    `json:"vendorClass,omitempty"`
+	CircuitID   string    `json:"circuitID,omitempty"`
+	Relay       string    `json:"relay,omitempty"`
+}
+
+// TimelineEvent is one step of a machine's boot: DHCP seen, offered,
+// acked; later TFTP, HTTP and agent reports.
+type TimelineEvent struct {
+	Time   time.Time `json:"time"`
+	Type   string    `json:"type"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// Timeline is a machine's recent boot events, oldest first.
+type Timeline struct {
+	Events []TimelineEvent `json:"events"`
+}
+
+// TimelineLimit bounds the events kept per machine.
+const TimelineLimit = 100
+
+// AppendTimeline adds events to a machine's timeline, keeping the newest
+// TimelineLimit.
+func (s *Store) AppendTimeline(ctx context.Context, machine string, events ...TimelineEvent) error {
+	return UpdateJSON(ctx, s, s.TimelineKey(machine), func(t *Timeline) error {
+		t.Events = append(t.Events, events...)
+		if n := len(t.Events) - TimelineLimit; n > 0 {
+			t.Events = append([]TimelineEvent(nil), t.Events[n:]...)
+		}
+		return nil
+	})
+}
+
+// PutDiscovered records discovered MACs, in transactions within etcd's
+// limits.
+func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered) error {
+	var ops []clientv3.Op
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		_, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		ops = ops[:0]
+		return err
+	}
+	for _, d := range ds {
+		b, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(s.DiscoveredPrefix()+d.MAC, string(b)))
+		if len(ops) == defaultMaxOps {
+			if err := flush(); err != nil {
+				return fmt.Errorf("record discovered MACs: %w", err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return fmt.Errorf("record discovered MACs: %w", err)
+	}
+	return nil
+}
+
+// ListDiscovered reads every discovered MAC.
+func (s *Store) ListDiscovered(ctx context.Context) ([]Discovered, error) {
+	return ListJSON[Discovered](ctx, s, s.DiscoveredPrefix())
+}
+
+// WatchPrefix reports changes below prefix (a full key prefix, e.g.
+// LeasePrefix()) after revision rev.
+func (s *Store) WatchPrefix(ctx context.Context, prefix string, rev int64) clientv3.WatchChan {
+	return s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+}
+
+// RangeAt calls fn for every key below prefix at revision rev (0: now)
+// and returns the revision read.
+func (s *Store) RangeAt(ctx context.Context, prefix string, rev int64, fn func(key string, value []byte) error) (int64, error) {
+	if rev == 0 {
+		resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		rev = resp.Header.Revision
+	}
+	_, err := s.rangeAll(ctx, prefix, rev, func(k, v []byte) error { return fn(strings.Clone(string(k)), v) })
+	return rev, err
+}
