@@ -116,6 +116,13 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 			kv("BMC", "none: someone must power this machine by hand")
 		}
 	}
+	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(name)); err == nil && len(tl.Events) > 0 {
+		fmt.Fprintln(w, "Boot timeline (newest last):")
+		evs := tl.Events[max(0, len(tl.Events)-20):]
+		for _, ev := range evs {
+			fmt.Fprintf(w, "  %s\t%s\t%s\n", ev.Time.Format("2006-01-02 15:04:05.000"), ev.Type, ev.Detail)
+		}
+	}
 	fmt.Fprintln(w, "Status:")
 	if !hasStatus {
 		kv("  Phase", "- (no reconciler has reported on this machine yet)")

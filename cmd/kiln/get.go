@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/spec"
 	"gopkg.in/yaml.v3"
 )
@@ -24,10 +25,12 @@ var resources = map[string]string{
 	"images": spec.KindImage, "image": spec.KindImage,
 	"profiles": spec.KindProfile, "profile": spec.KindProfile,
 	"source": "Source", "sources": "Source",
+	"leases": "Lease", "lease": "Lease",
+	"discovered": "Discovered",
 }
 
 func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
-	fs := newFlags("get", "machines|racks|subnets|images|profiles|source [NAME] [flags]", errOut)
+	fs := newFlags("get", "machines|racks|subnets|images|profiles|source|leases|discovered [NAME] [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
 	format := fs.String("o", "", "output: wide, yaml, json or name (default: a table)")
@@ -43,7 +46,7 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	kind, ok := resources[strings.ToLower(pos[0])]
 	if !ok {
-		fmt.Fprintf(errOut, "kiln get: unknown resource %q: use machines, racks, subnets, images, profiles or source\n", pos[0])
+		fmt.Fprintf(errOut, "kiln get: unknown resource %q: use machines, racks, subnets, images, profiles, source, leases or discovered\n", pos[0])
 		return exitUsage
 	}
 	name := ""
@@ -160,8 +163,11 @@ type getter struct {
 
 // read returns the table and the etcd revision it reflects.
 func (g *getter) read(ctx context.Context) (*table, int64, error) {
-	if g.kind == "Source" {
+	switch g.kind {
+	case "Source":
 		return g.readSources(ctx)
+	case "Lease", "Discovered":
+		return g.readRackState(ctx)
 	}
 	kinds := []string{g.kind}
 	if g.kind == spec.KindMachine {
@@ -219,6 +225,56 @@ func (g *getter) readSources(ctx context.Context) (*table, int64, error) {
 		t.items[s.Name] = s
 	}
 	return t, rev, nil
+}
+
+// readRackState lists what rack agents wrote: leases or discovered MACs.
+func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
+	t := &table{items: map[string]any{}}
+	var rev int64
+	var err error
+	if g.kind == "Lease" {
+		t.header = []string{"IP", "SUBNET", "MAC", "MACHINE", "KIND", "EXPIRES", "UPDATED"}
+		rev, err = g.store.RangeAt(ctx, g.store.LeasePrefix(), 0, func(k string, v []byte) error {
+			var l dhcp.Lease
+			if err := json.Unmarshal(v, &l); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			kind, expires := "dynamic", until(l.Expires)
+			if l.Reserved {
+				kind, expires = "reserved", "never"
+			}
+			if g.name == "" || g.name == l.IP.String() || g.name == l.MAC || g.name == l.Machine {
+				t.rows = append(t.rows, []string{l.IP.String(), l.Subnet, l.MAC, dash(l.Machine), kind, expires, age(l.Updated)})
+				t.items[l.IP.String()] = l
+			}
+			return nil
+		})
+	} else {
+		t.header = []string{"MAC", "RACK", "SUBNET", "IP", "ARCH", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN"}
+		rev, err = g.store.RangeAt(ctx, g.store.DiscoveredPrefix(), 0, func(k string, v []byte) error {
+			var d inventory.Discovered
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			if g.name == "" || g.name == d.MAC {
+				t.rows = append(t.rows, []string{d.MAC, d.Rack, dash(d.Subnet), dash(d.IP), dash(d.Arch), dash(d.VendorClass), age(d.FirstSeen), age(d.LastSeen)})
+				t.items[d.MAC] = d
+			}
+			return nil
+		})
+	}
+	return t, rev, err
+}
+
+func until(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Until(t)
+	if d < 0 {
+		return "expired"
+	}
+	return "in " + d.Round(time.Second).String()
 }
 
 func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[string]inventory.MachineStatus) *table {

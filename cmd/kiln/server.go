@@ -2,22 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/kilnhq/kiln/agents/rack"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -47,8 +45,10 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz, /readyz and the sync trigger")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
+		rf          rackFlags
 	)
 	cf.register(fs)
+	rf.register(fs) // --rack NAME also runs that rack's agent in-process
 	if _, code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -64,7 +64,7 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err := serve(ctx, log, serverConfig{
 		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
 		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
-		embedded: *embedded, listen: *listen,
+		embedded: *embedded, listen: *listen, rack: rf,
 	}); err != nil {
 		log.Error("server stopped", "err", err)
 		return exitFail
@@ -79,6 +79,7 @@ type serverConfig struct {
 	dataDir, clientURL, peerURL        string
 	embedded                           bool
 	listen                             string
+	rack                               rackFlags
 }
 
 func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
@@ -116,45 +117,38 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
 	g.Go(func() error { return syncer.Run(ctx) })
 
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if _, err := cli.Get(rctx, "health"); err != nil {
-			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
-		if sync == nil {
-			http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
-			return
-		}
-		sync()
-		w.WriteHeader(http.StatusAccepted)
-		io.WriteString(w, "sync requested\n")
-	})
-	ln, err := net.Listen("tcp", c.listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", c.listen, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	if c.rack.rack != "" {
+		rc, err := c.rack.config()
+		if err != nil {
 			return err
 		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-	log.Info("kiln server running", "version", version, "http", ln.Addr().String(), "etcd", strings.Join(ecfg.Endpoints, ","), "source", src.Info().Location)
+		agent := rack.New(rc, store, reg, log)
+		g.Go(func() error { return agent.Run(ctx) })
+	}
+	err = serveHTTP(ctx, g, c.listen, reg, func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if _, err := cli.Get(rctx, "health"); err != nil {
+				http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			io.WriteString(w, "ok\n")
+		})
+		mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
+			if sync == nil {
+				http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
+				return
+			}
+			sync()
+			w.WriteHeader(http.StatusAccepted)
+			io.WriteString(w, "sync requested\n")
+		})
+	}, log)
+	if err != nil {
+		return err
+	}
+	log.Info("kiln server running", "version", version, "http", c.listen, "etcd", strings.Join(ecfg.Endpoints, ","), "source", src.Info().Location)
 	return g.Wait()
 }
 

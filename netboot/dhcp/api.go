@@ -54,9 +54,12 @@ type BootConfig struct {
 	// HTTPBootURL is given to UEFI HTTP boot clients (vendor class
 	// HTTPClient, arch 16 or 19) as their boot file.
 	HTTPBootURL string // default "http://{server}:8080/ipxe/ipxe.efi"
-	BIOSFile    string // TFTP boot file for BIOS PXE (arch 0), default "undionly.kpxe"
-	EFIFile     string // TFTP boot file for UEFI x64 PXE (arch 7, 9), default "ipxe.efi"
-	EFIARM64    string // TFTP boot file for UEFI arm64 PXE (arch 11), default "snp-arm64.efi"
+	// HTTPBootARM64URL is given to UEFI arm64 HTTP boot clients (arch
+	// 19) instead of HTTPBootURL.
+	HTTPBootARM64URL string // default "http://{server}:8080/ipxe/snp-arm64.efi"
+	BIOSFile         string // TFTP boot file for BIOS PXE (arch 0), default "undionly.kpxe"
+	EFIFile          string // TFTP boot file for UEFI x64 PXE (arch 7, 9), default "ipxe.efi"
+	EFIARM64         string // TFTP boot file for UEFI arm64 PXE (arch 11), default "snp-arm64.efi"
 	// TFTPServer is the next-server (siaddr); zero: the serving address.
 	TFTPServer netip.Addr
 }
@@ -77,11 +80,18 @@ type Lease struct {
 	Machine  string     `json:"machine,omitempty"` // empty for an unknown (discovered) MAC
 	Hostname string     `json:"hostname,omitempty"`
 	// Reserved leases belong to a Machine interface (its static IP, or
-	// the one allocated for it once); they never expire.
+	// the one allocated for it once); they never expire. Their Expires
+	// is still the end of the lease time last given to the client.
 	Reserved bool      `json:"reserved,omitempty"`
 	Expires  time.Time `json:"expires,omitzero"`
 	Updated  time.Time `json:"updated"`
 }
+
+// Ended reports whether the lease was ended (released, declined, or
+// replaced by another address of the same MAC): the server saves such a
+// lease with Reserved false and Expires equal to Updated. A store may
+// delete it; the address is free.
+func (l Lease) Ended() bool { return !l.Reserved && !l.Expires.After(l.Updated) }
 
 // LeaseStore persists leases. The rack agent implements it on etcd with
 // the leader's lease as a fencing token.
@@ -89,6 +99,10 @@ type LeaseStore interface {
 	// Save stores a batch of leases durably and returns only when they
 	// are stored, or with an error (then none of the batch may be relied
 	// on). ErrNotLeader means this agent must stop serving.
+	//
+	// A batch is in the order the server decided; the same address or
+	// MAC may appear more than once, the last one wins. Saves never
+	// overlap: the server calls Save again only after it returned.
 	Save(ctx context.Context, leases []Lease) error
 }
 

@@ -5,5 +5,8 @@
 // memory and persists leases in batches before acknowledging them.
 //
 // It knows nothing of etcd or elections: the rack agent gives it a Config,
-// the leases it knows, a LeaseStore and an EventSink (api.go).
+// the leases it knows, a LeaseStore and an EventSink (api.go). Server.Handle
+// is the transport-free core (a decoded request in, a reply and its
+// destination out); Server.Run binds one socket per interface and feeds it.
+// See docs/dhcp.md.
 package dhcp

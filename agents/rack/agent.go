@@ -1,0 +1,349 @@
+// Package rack is the rack agent: one or more per rack, one elected leader
+// that runs the rack's network services (DHCP now; TFTP and HTTP boot in
+// the next stage). Standbys keep a warm cache of the rack's desired state
+// and leases, so that they take over within a session TTL of the leader's
+// death. The leader's writes are fenced by its election key.
+package rack
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/spec"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
+)
+
+// Config configures an agent.
+type Config struct {
+	Rack string
+	// ID names this agent in the election (default hostname-pid).
+	ID string
+	// TTL is the election session's TTL: a dead leader is replaced
+	// within about this long (default 2s; etcd's minimum is about 1.5s).
+	TTL  time.Duration
+	Boot dhcp.BootConfig
+	DHCP dhcp.Options
+}
+
+// Agent is a rack agent.
+type Agent struct {
+	cfg   Config
+	store *inventory.Store
+	log   *slog.Logger
+	dhcpM *dhcp.Metrics
+
+	leaderGauge prometheus.Gauge
+	transitions prometheus.Counter
+	events      *eventLog
+
+	mu     sync.Mutex
+	view   dhcp.Config
+	ready  chan struct{} // closed when the first view is known
+	leases map[string]dhcp.Lease
+	server *dhcp.Server // while leading
+}
+
+// New returns an agent; its metrics go to reg.
+func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slog.Logger) *Agent {
+	if cfg.TTL == 0 {
+		cfg.TTL = 2 * time.Second
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	log = log.With("rack", cfg.Rack, "agent", cfg.ID)
+	a := &Agent{cfg: cfg, store: store, log: log, ready: make(chan struct{}), leases: map[string]dhcp.Lease{},
+		dhcpM: dhcp.NewMetrics(reg)}
+	a.leaderGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_rack_leader", Help: "1 while this agent leads its rack.",
+		ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
+	a.transitions = prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_rack_leader_changes_total",
+		Help: "Times this agent became or stopped being its rack's leader.", ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_rack_events_dropped_total",
+		Help: "Boot events dropped because etcd could not keep up.", ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
+	reg.MustRegister(a.leaderGauge, a.transitions, dropped)
+	a.events = newEventLog(cfg.Rack, store, log, dropped)
+	return a
+}
+
+// Run follows the desired state and the leases, campaigns, and serves
+// while leading, until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.followDesired(ctx) })
+	g.Go(func() error { return a.followLeases(ctx) })
+	g.Go(func() error { return a.events.Run(ctx) })
+	g.Go(func() error { return a.lead(ctx) })
+	return g.Wait()
+}
+
+// followDesired keeps the rack's view of the desired state current.
+func (a *Agent) followDesired(ctx context.Context) error {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		snap, err := a.store.Snapshot(ctx, spec.KindSubnet, spec.KindMachine)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("cannot read the desired state; serving from cache", "err", err)
+			}
+			sleep(ctx, backoff(attempt))
+			continue
+		}
+		attempt = 0
+		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot))
+		// Wait for the next change of the desired state, then read again.
+		wctx, cancel := context.WithCancel(ctx)
+		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
+		for wr := range wch {
+			if wr.Err() != nil || len(wr.Events) > 0 {
+				break
+			}
+		}
+		cancel()
+		sleep(ctx, 50*time.Millisecond) // a revision arrives in a burst of events
+	}
+	return nil
+}
+
+func (a *Agent) setView(v dhcp.Config) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.view = v
+	select {
+	case <-a.ready:
+	default:
+		close(a.ready)
+		a.log.Info("rack view loaded", "subnets", len(v.Subnets), "hosts", len(v.Hosts))
+	}
+	if a.server != nil {
+		a.server.Update(v)
+	}
+}
+
+// followLeases keeps a warm copy of the leases, so a standby can take
+// over with them at once.
+func (a *Agent) followLeases(ctx context.Context) error {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		fresh := map[string]dhcp.Lease{}
+		prefix := a.store.LeasePrefix()
+		rev, err := a.store.RangeAt(ctx, prefix, 0, func(k string, v []byte) error {
+			var l dhcp.Lease
+			if err := json.Unmarshal(v, &l); err != nil {
+				a.log.Warn("ignoring an undecodable lease", "key", k, "err", err)
+				return nil
+			}
+			fresh[k] = l
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("cannot read leases; keeping the cached ones", "err", err)
+			}
+			sleep(ctx, backoff(attempt))
+			continue
+		}
+		attempt = 0
+		a.mu.Lock()
+		a.leases = fresh
+		a.mu.Unlock()
+		wctx, cancel := context.WithCancel(ctx)
+		for wr := range a.store.WatchPrefix(wctx, prefix, rev) {
+			if wr.Err() != nil {
+				break
+			}
+			a.mu.Lock()
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(a.leases, k)
+					continue
+				}
+				var l dhcp.Lease
+				if json.Unmarshal(ev.Kv.Value, &l) == nil {
+					a.leases[k] = l
+				}
+			}
+			a.mu.Unlock()
+		}
+		cancel()
+	}
+	return nil
+}
+
+// lead campaigns for the rack and serves while leading.
+func (a *Agent) lead(ctx context.Context) error {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		err := a.term(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			a.log.Warn("leadership attempt ended", "err", err)
+			sleep(ctx, backoff(attempt))
+			continue
+		}
+		attempt = 0
+	}
+	return nil
+}
+
+// term is one campaign and, if won, one term of service.
+func (a *Agent) term(ctx context.Context) error {
+	ttl := max(int(a.cfg.TTL.Round(time.Second)/time.Second), 1)
+	cli := a.store.Client()
+	session, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("election session: %w", err)
+	}
+	defer session.Orphan() // Resign below deletes our key when we can reach etcd
+	el := concurrency.NewElection(session, a.store.ElectionPrefix(a.cfg.Rack))
+	if err := el.Campaign(ctx, a.cfg.ID); err != nil {
+		session.Close()
+		return fmt.Errorf("campaign: %w", err)
+	}
+	a.becomeLeader(true)
+	defer a.becomeLeader(false)
+
+	a.mu.Lock()
+	view := a.view
+	known := make([]dhcp.Lease, 0, len(a.leases))
+	for _, l := range a.leases {
+		known = append(known, l)
+	}
+	a.mu.Unlock()
+	store := &fencedLeases{store: a.store, key: el.Key(), rev: el.Rev()}
+	srv, err := dhcp.New(view, known, store, a.events, a.cfg.DHCP, a.dhcpM, a.log)
+	if err != nil {
+		a.resign(ctx, el, session)
+		return fmt.Errorf("start DHCP: %w", err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(sctx) }()
+	a.mu.Lock()
+	a.server = srv
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.server = nil
+		a.mu.Unlock()
+	}()
+	a.log.Info("leading the rack: serving DHCP", "subnets", len(view.Subnets), "hosts", len(view.Hosts), "leases", len(known))
+
+	select {
+	case <-ctx.Done():
+		stop()
+		<-done
+		a.resign(ctx, el, session)
+		return nil
+	case err := <-done:
+		a.resign(ctx, el, session)
+		return fmt.Errorf("DHCP server stopped: %w", err)
+	case <-session.Done():
+	}
+	// The session is gone: etcd is unreachable, or our lease expired.
+	// Keep answering known reservations (the server can't store anything
+	// new) until we know who leads.
+	a.log.Warn("lost the election session; serving known reservations until etcd answers")
+	for {
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := cli.Get(lctx, a.store.ElectionPrefix(a.cfg.Rack), clientv3.WithFirstCreate()...)
+		cancel()
+		if err == nil {
+			leader := ""
+			if len(resp.Kvs) > 0 {
+				leader = string(resp.Kvs[0].Value)
+			}
+			a.log.Info("etcd answers again; stepping down to campaign anew", "current_leader", leader)
+			stop()
+			<-done
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			stop()
+			<-done
+			return nil
+		case err := <-done:
+			return fmt.Errorf("DHCP server stopped: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) becomeLeader(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+		a.log.Info("became the rack leader")
+	}
+	a.leaderGauge.Set(v)
+	a.transitions.Inc()
+}
+
+func (a *Agent) resign(ctx context.Context, el *concurrency.Election, s *concurrency.Session) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := el.Resign(rctx); err != nil {
+		a.log.Debug("resign", "err", err)
+	}
+	s.Close()
+}
+
+// fencedLeases writes leases only while our election key is the one that
+// won: a deposed leader's writes fail with dhcp.ErrNotLeader.
+type fencedLeases struct {
+	store *inventory.Store
+	key   string
+	rev   int64
+}
+
+func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
+	cli := f.store.Client()
+	for start := 0; start < len(leases); start += 120 {
+		var ops []clientv3.Op
+		for _, l := range leases[start:min(start+120, len(leases))] {
+			b, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(l.Subnet, l.IP.String()), string(b)))
+		}
+		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev)).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("save leases: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("save leases: %w", dhcp.ErrNotLeader)
+		}
+	}
+	return nil
+}
+
+func backoff(attempt int) time.Duration {
+	d := 200 * time.Millisecond << min(attempt, 5)
+	return d/2 + rand.N(d/2)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

@@ -1,0 +1,70 @@
+package rack
+
+import (
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/spec"
+)
+
+// viewOf is what a rack serves: its subnets, and every machine interface
+// on them. The inventory was validated when applied, so unparsable
+// values are skipped rather than reported.
+func viewOf(rack string, inv *spec.Inventory, boot dhcp.BootConfig) dhcp.Config {
+	cfg := dhcp.Config{Rack: rack, Boot: boot}
+	mine := map[string]bool{}
+	for _, name := range spec.SortedNames(inv.Subnets) {
+		s := inv.Subnets[name]
+		if s.Spec.Rack != rack {
+			continue
+		}
+		p, err := netip.ParsePrefix(s.Spec.CIDR)
+		if err != nil {
+			continue
+		}
+		sub := dhcp.Subnet{
+			Name: name, Prefix: p, Mode: s.Spec.Mode, Domain: s.Spec.Domain,
+			MTU: s.Spec.MTU, LeaseTime: s.Spec.LeaseTime.Duration,
+			Gateway: addr(s.Spec.Gateway),
+		}
+		for _, d := range s.Spec.DNS {
+			if a := addr(d); a.IsValid() {
+				sub.DNS = append(sub.DNS, a)
+			}
+		}
+		if r := s.Spec.DynamicRange; r != nil {
+			sub.Dynamic = &dhcp.Range{Start: addr(r.Start), End: addr(r.End)}
+		}
+		for _, r := range s.Spec.Reserved {
+			sub.Reserved = append(sub.Reserved, dhcp.Range{Start: addr(r.Start), End: addr(r.End)})
+		}
+		cfg.Subnets = append(cfg.Subnets, sub)
+		mine[name] = true
+	}
+	for _, name := range spec.SortedNames(inv.Machines) {
+		m := inv.Machines[name]
+		for _, ifc := range m.Spec.Interfaces {
+			if !mine[ifc.Subnet] {
+				continue
+			}
+			mac, err := net.ParseMAC(ifc.MAC)
+			if err != nil {
+				continue
+			}
+			cfg.Hosts = append(cfg.Hosts, dhcp.Host{Machine: name, MAC: mac, Subnet: ifc.Subnet, IP: addr(ifc.IP), Hostname: name})
+		}
+	}
+	sort.SliceStable(cfg.Hosts, func(i, j int) bool { return cfg.Hosts[i].MAC.String() < cfg.Hosts[j].MAC.String() })
+	return cfg
+}
+
+// addr parses an address; "", "auto" and garbage give the zero Addr.
+func addr(s string) netip.Addr {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/kilnhq/kiln/agents/rack"
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+)
+
+// rackFlags configure a rack agent, in `kiln rack` and `kiln server --rack`.
+type rackFlags struct {
+	rack, id, interfaces string
+	ttl                  time.Duration
+	scriptURL, httpBoot  string
+	tftpServer           string
+	biosFile, efiFile    string
+	dhcpPort, proxyPort  int
+}
+
+func (r *rackFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+	IntVar(*int, string, int, string)
+}) {
+	fs.StringVar(&r.rack, "rack", "", "the rack this agent serves")
+	fs.StringVar(&r.id, "agent-id", "", "this agent's name in the election (default hostname-pid)")
+	fs.StringVar(&r.interfaces, "interfaces", "", "interfaces to serve DHCP on, comma-separated (default: those with an address in one of the rack's subnets)")
+	fs.DurationVar(&r.ttl, "leader-ttl", 2*time.Second, "election session TTL: a dead leader is replaced within about this long")
+	fs.StringVar(&r.scriptURL, "script-url", "", `iPXE script URL for iPXE clients (default "http://{server}:8080/boot/{mac}/script.ipxe")`)
+	fs.StringVar(&r.httpBoot, "http-boot-url", "", `boot file URL for UEFI HTTP boot clients (default "http://{server}:8080/ipxe/ipxe.efi")`)
+	fs.StringVar(&r.tftpServer, "tftp-server", "", "next-server for TFTP boot (default: the serving address)")
+	fs.StringVar(&r.biosFile, "bios-file", "", "TFTP boot file for BIOS PXE (default undionly.kpxe)")
+	fs.StringVar(&r.efiFile, "efi-file", "", "TFTP boot file for UEFI x64 PXE (default ipxe.efi)")
+	fs.IntVar(&r.dhcpPort, "dhcp-port", 67, "DHCP server port")
+	fs.IntVar(&r.proxyPort, "proxy-port", 4011, "proxyDHCP (PXE boot server) port")
+}
+
+func (r *rackFlags) config() (rack.Config, error) {
+	c := rack.Config{Rack: r.rack, ID: r.id, TTL: r.ttl,
+		Boot: dhcp.BootConfig{ScriptURL: r.scriptURL, HTTPBootURL: r.httpBoot, BIOSFile: r.biosFile, EFIFile: r.efiFile},
+		DHCP: dhcp.Options{Interfaces: splitList(r.interfaces), Port: r.dhcpPort, ProxyPort: r.proxyPort}}
+	if r.tftpServer != "" {
+		a, err := netip.ParseAddr(r.tftpServer)
+		if err != nil {
+			return c, fmt.Errorf("--tftp-server %q: %w", r.tftpServer, err)
+		}
+		c.Boot.TFTPServer = a
+	}
+	return c, nil
+}
+
+func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
+	fs := newFlags("rack", "--rack NAME [flags]", errOut)
+	var (
+		cf        clientFlags
+		rf        rackFlags
+		listen    = fs.String("listen", "127.0.0.1:9421", "HTTP address for /metrics, /healthz and /readyz")
+		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat = fs.String("log-format", "text", "text or json")
+	)
+	cf.register(fs)
+	rf.register(fs)
+	if _, code, ok := parse(fs, args); !ok {
+		return code
+	}
+	log, err := newLogger(errOut, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln rack:", err)
+		return exitUsage
+	}
+	if rf.rack == "" {
+		fmt.Fprintln(errOut, "kiln rack: --rack is required")
+		return exitUsage
+	}
+	cfg, err := rf.config()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln rack:", err)
+		return exitUsage
+	}
+	cli, err := etcd.Connect(cf.config())
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln rack:", err)
+		return exitFail
+	}
+	defer cli.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	agent := rack.New(cfg, inventory.NewStore(cli, cf.prefix, log), reg, log)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return agent.Run(ctx) })
+	if err := serveHTTP(ctx, g, *listen, reg, nil, log); err != nil {
+		log.Error("rack agent stopped", "err", err)
+		return exitFail
+	}
+	log.Info("kiln rack agent running", "version", version, "etcd", cf.endpoints, "http", *listen)
+	if err := g.Wait(); err != nil {
+		log.Error("rack agent stopped", "err", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// serveHTTP serves /metrics, /healthz and extra routes on addr within g,
+// shutting down when ctx ends.
+func serveHTTP(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, routes func(*http.ServeMux), log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	if routes != nil {
+		routes(mux)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return nil
+}
