@@ -1,9 +1,11 @@
 package dhcp
 
 import (
+	"maps"
 	"math/bits"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -172,6 +174,10 @@ func newPool(name string, offerHold, declineHold time.Duration) *pool {
 func (p *pool) setGeometry(g *geometry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if sameShape(p.geo, g) {
+		p.geo = g // same addresses: the bitmap stands
+		return
+	}
 	p.geo = g
 	p.dyn, p.dynSize, p.dynUsable, p.autoHint = nil, 0, 0, 0
 	if g == nil {
@@ -219,6 +225,16 @@ func (p *pool) setGeometry(g *geometry) {
 	if p.cursor >= n {
 		p.cursor = 0
 	}
+}
+
+// sameShape reports whether two geometries allow the same addresses.
+func sameShape(a, b *geometry) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.prefix == b.prefix && a.first == b.first && a.last == b.last && a.gateway == b.gateway &&
+		a.hasDynamic == b.hasDynamic && a.dynamic == b.dynamic && slices.Equal(a.reserved, b.reserved) &&
+		maps.Equal(a.statics, b.statics) && maps.Equal(a.locals, b.locals)
 }
 
 // load adds a stored lease. For an address or MAC seen twice, the lease

@@ -108,7 +108,7 @@ func New(cfg Config, known []Lease, store LeaseStore, events EventSink, opts Opt
 	if events == nil {
 		events = discard{}
 	}
-	log = log.With("component", "dhcp", "rack", cfg.Rack)
+	log = log.With("component", "dhcp")
 	s := &Server{
 		opts:       opts,
 		log:        log,
