@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e bench lint run ci schema fuzz clean
+.PHONY: help build test e2e bench bench-inventory bench-dhcp lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -18,7 +18,9 @@ test: ## run the unit and integration tests (embedded etcd, real git, real socke
 e2e: ## run the end-to-end suite (root: network namespaces, QEMU); skipped parts say why
 	$(GO) test -count=1 -tags e2e -timeout 60m ./e2e/...
 
-bench: ## apply 10k and 100k machines side by side with a raw etcd loop; edit latency
+bench: bench-inventory bench-dhcp ## every benchmark, each beside its peer
+
+bench-inventory: ## apply 10k and 100k machines side by side with a raw etcd loop; edit latency
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./inventory/
 
 lint: ## gofmt, go vet, staticcheck
@@ -32,8 +34,9 @@ run: ## run a server on embedded etcd against examples/lab
 schema: ## regenerate docs/kiln.schema.json
 	$(GO) test ./spec -run TestSchemaUpToDate -update
 
-fuzz: ## fuzz the YAML decoder for a minute
+fuzz: ## fuzz the YAML decoder and the DHCP handler, a minute each
 	$(GO) test ./spec -run '^$$' -fuzz FuzzLoad -fuzztime 60s
+	$(GO) test ./netboot/dhcp -run '^$$' -fuzz FuzzHandle -fuzztime 60s
 
 ci: lint test e2e ## what CI runs
 

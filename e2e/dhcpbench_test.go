@@ -19,17 +19,20 @@ import (
 // one veth between them, the server's pool a /10 so it never runs out.
 //
 //   - the highest DORA rate with at most 2.5% of exchanges lost: a short
-//     search over rates (doubling from 250/s, then three bisections), each
-//     step 5 s against a freshly started server (fresh lease file), a
-//     failed step tried twice, reporting the best step's completed rate
-//     and latencies (avg: DISCOVER-OFFER plus REQUEST-ACK; max: the worst
-//     of either);
+//     search over rates (doubling or halving from 250/s, then three
+//     bisections), each step 5 s against a freshly started server (fresh
+//     lease file), a failed step tried twice, reporting the best step's
+//     completed rate and latencies (avg: DISCOVER-OFFER plus REQUEST-ACK;
+//     max: the worst of either);
 //   - an avalanche: 1,000 new clients at once (perfdhcp --scenario
 //     avalanche, with its own retransmissions), all of which must be
 //     served, and the time to the last one.
 //
 // Run it with `make bench-dhcp` (root; go test -tags e2e -run '^$' -bench
-// BenchmarkDHCP -benchtime 1x ./e2e/).
+// BenchmarkDHCP -benchtime 1x ./e2e/) on an otherwise idle machine: the
+// two cores carry perfdhcp and the server, and anything else running
+// (builds, other tests, disk writers) moves the figures a lot; each step
+// prints the load average.
 func BenchmarkDHCP(b *testing.B) {
 	netlab.RequireBinary(b, "perfdhcp")
 	for _, s := range dhcpServers {
@@ -44,15 +47,17 @@ func BenchmarkDHCP(b *testing.B) {
 // dhcpServer starts a DHCP server in p.Srv on p.Iface serving p.Prefix,
 // handing out netlab.PairPoolFrom..PairPoolTo with leases stored on disk,
 // ready to answer when it returns. stop stops it (the Lab would anyway).
+// check, when set, skips the benchmark early when the server can't run.
 type dhcpServer struct {
 	name  string
 	start func(tb testing.TB, p *netlab.PairNet) (stop func())
+	check func(tb testing.TB)
 }
 
 var dhcpServers = []dhcpServer{
-	{"kea", startKea},
-	{"dnsmasq", startDnsmasq},
-	{"kiln", kilnServer},
+	{"kea", startKea, nil},
+	{"dnsmasq", startDnsmasq, nil},
+	{"kiln", kilnServer, kilnReady},
 }
 
 // startKea: kea-dhcp4 2.2 single-threaded (its default), memfile leases
@@ -93,9 +98,7 @@ func startDnsmasq(tb testing.TB, p *netlab.PairNet) func() {
 // (flags, inventory, readiness).
 func kilnServer(tb testing.TB, p *netlab.PairNet) func() {
 	tb.Helper()
-	if out, err := exec.Command(kilnBin, "rack", "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--interfaces") {
-		tb.Skip("kiln: this binary has no rack agent (`kiln rack --interfaces`) yet; see kilnServer in e2e/dhcpbench_test.go")
-	}
+	kilnReady(tb)
 	src := tb.TempDir()
 	inv := fmt.Sprintf(`apiVersion: kiln.dev/v1alpha1
 kind: Rack
@@ -129,6 +132,14 @@ spec:
 	return func() {
 		agent.Stop()
 		server.Stop()
+	}
+}
+
+// kilnReady skips until the binary has a rack agent.
+func kilnReady(tb testing.TB) {
+	tb.Helper()
+	if out, _ := exec.Command(kilnBin, "rack", "--help").CombinedOutput(); !strings.Contains(string(out), "-interfaces") {
+		tb.Skip("kiln: this binary has no rack agent (`kiln rack --interfaces`) yet; see kilnServer in e2e/dhcpbench_test.go")
 	}
 }
 
@@ -184,6 +195,9 @@ type rateStep struct {
 }
 
 func benchDHCP(b *testing.B, s dhcpServer) {
+	if s.check != nil {
+		s.check(b)
+	}
 	p := netlab.Pair(b)
 	if p.RcvBuf > 0 && p.RcvBuf < 4<<20 {
 		fmt.Printf("    net.core.rmem_max in cli is only %d\n", p.RcvBuf)
@@ -222,21 +236,36 @@ func benchDHCP(b *testing.B, s dhcpServer) {
 		return once(target)
 	}
 
-	// Double until a step fails, then bisect three times.
+	// From 250/s, double until a step fails (or halve until one passes),
+	// then bisect three times between the best pass and the first failure.
 	var best *rateStep
 	lo, hi := 0, 0
-	for target := 250; target <= 64000; target *= 2 {
-		st := run(target)
-		if !st.ok {
-			hi = target
-			break
+	first := run(250)
+	if first.ok {
+		best, lo = &first, 250
+		for target := 500; target <= 64000; target *= 2 {
+			st := run(target)
+			if !st.ok {
+				hi = target
+				break
+			}
+			best, lo = &st, target
 		}
-		best, lo = &st, target
+	} else {
+		hi = 250
+		for target := 125; target >= 15; target /= 2 {
+			st := run(target)
+			if st.ok {
+				best, lo = &st, target
+				break
+			}
+			hi = target
+		}
 	}
 	for i := 0; i < 3 && hi > 0 && lo > 0 && hi-lo > lo/8; i++ {
 		mid := (lo + hi) / 2
 		if st := run(mid); st.ok {
-			if best == nil || st.res.Rate > best.res.Rate {
+			if st.res.Rate > best.res.Rate {
 				best = &st
 			}
 			lo = mid
@@ -245,7 +274,7 @@ func benchDHCP(b *testing.B, s dhcpServer) {
 		}
 	}
 	if best == nil {
-		b.Fatalf("%s: even %d/s lost more than %.1f%%", s.name, 250, 100*benchMaxDrops)
+		b.Fatalf("%s: even %d/s lost more than %.1f%%", s.name, hi, 100*benchMaxDrops)
 	}
 	r := best.res
 	b.ReportMetric(r.Rate, "dora/s")
