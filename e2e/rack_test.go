@@ -89,10 +89,20 @@ spec:
 
 // kilnRack is Kiln running in srv.
 type kilnRack struct {
-	t      *testing.T
-	r      *netlab.RackNet
-	server *netlab.Proc
-	agents []*netlab.Proc
+	t         *testing.T
+	r         *netlab.RackNet
+	src, data string
+	server    *netlab.Proc
+	agents    []*netlab.Proc
+}
+
+// startServer (re)starts kiln server and its embedded etcd on the same
+// data directory.
+func (k *kilnRack) startServer() {
+	k.t.Helper()
+	k.server = k.r.Srv.Start("kiln-server", kilnBin, "server", "--source", k.src, "--data-dir", k.data,
+		"--etcd-listen-client", "http://127.0.0.1:2379", "--etcd-listen-peer", "http://127.0.0.1:2380", "--listen", "127.0.0.1:9420")
+	k.server.Expect(`revision (already )?applied`, 60*time.Second)
 }
 
 func startKilnRack(t *testing.T, r *netlab.RackNet, mode string, agents int) *kilnRack {
@@ -101,10 +111,8 @@ func startKilnRack(t *testing.T, r *netlab.RackNet, mode string, agents int) *ki
 	if err := os.WriteFile(filepath.Join(src, "rack.yaml"), []byte(fmt.Sprintf(rackInventory, mode)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	k := &kilnRack{t: t, r: r}
-	k.server = r.Srv.Start("kiln-server", kilnBin, "server", "--source", src, "--data-dir", t.TempDir(),
-		"--etcd-listen-client", "http://127.0.0.1:2379", "--etcd-listen-peer", "http://127.0.0.1:2380", "--listen", "127.0.0.1:9420")
-	k.server.Expect(`revision applied`, 60*time.Second)
+	k := &kilnRack{t: t, r: r, src: src, data: t.TempDir()}
+	k.startServer()
 	for i := 0; i < agents; i++ {
 		k.startAgent(fmt.Sprintf("agent-%d", i))
 	}
@@ -439,6 +447,60 @@ func TestRackFailoverKill9(t *testing.T) {
 		}
 		owner[l.IP] = l.MAC
 	}
+}
+
+// With etcd gone, the leader keeps answering known reservations from its
+// cache and stores nothing new; when etcd returns it catches up.
+func TestRackServesReservationsWhileEtcdIsAway(t *testing.T) {
+	netlab.Require(t)
+	r := netlab.Rack(t)
+	k := startKilnRack(t, r, "managed", 1)
+	agent, _ := k.leader()
+	known, err := netlab.NewProbe(r.Cli, r.Iface, netlab.ProbeOpts{MAC: "52:54:00:00:00:11", Wait: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer known.Close()
+	if _, ack, _, err := known.DORA(); err != nil || ack == nil || ack.YIAddr != addr("10.42.0.11") {
+		t.Fatalf("before: %v %+v", err, ack)
+	}
+
+	mark := agent.Mark()
+	if err := k.server.Stop(); err != nil {
+		t.Logf("kiln server stop: %v", err)
+	}
+	if _, err := agent.WaitLogFrom(mark, `lost the election session; serving known reservations`, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, ack, _, err := known.DORA(); err != nil || ack == nil || ack.YIAddr != addr("10.42.0.11") {
+		t.Fatalf("a known reservation while etcd is away: %v %+v", err, ack)
+	}
+	stranger, err := netlab.NewProbe(r.Cli, r.AddClientIface("new0", "02:ee:00:00:00:01"), netlab.ProbeOpts{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if _, ack, _, _ := stranger.DORA(); ack != nil {
+		t.Fatalf("a new client was acknowledged %s while nothing could be stored", ack.YIAddr)
+	}
+
+	// etcd returns: the agent leads again and serves new clients.
+	mark = agent.Mark()
+	k.startServer()
+	if _, err := agent.WaitLogFrom(mark, `leading the rack`, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var got netip.Addr
+	deadline := time.Now().Add(30 * time.Second)
+	for !got.IsValid() && time.Now().Before(deadline) {
+		if _, ack, _, _ := stranger.DORA(); ack != nil {
+			got = ack.YIAddr
+		}
+	}
+	if got.Compare(addr("10.42.0.200")) < 0 || got.Compare(addr("10.42.0.250")) > 0 {
+		t.Fatalf("after etcd returned the new client got %v", got)
+	}
+	k.waitCLI("the new lease to be stored", func(s string) bool { return strings.Contains(s, got.String()) }, "get", "leases")
 }
 
 // The rack agent as an unprivileged user with only the two capabilities
