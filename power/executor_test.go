@@ -332,8 +332,7 @@ func TestSerialPerBMCAndGlobalLimit(t *testing.T) {
 		p.hang = gate
 		pdus = append(pdus, p)
 	}
-	var inFlight func() int
-	inFlight = func() int {
+	inFlight := func() int {
 		n := 0
 		for _, p := range pdus {
 			p.mu.Lock()
