@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e bench bench-inventory bench-dhcp lint run ci schema fuzz clean
+.PHONY: help build test e2e bench bench-inventory bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ test: ## run the unit and integration tests (embedded etcd, real git, real socke
 e2e: ## run the end-to-end suite (root: network namespaces, QEMU); skipped parts say why
 	$(GO) test -count=1 -tags e2e -timeout 60m ./e2e/...
 
-bench: bench-inventory bench-dhcp ## every benchmark, each beside its peer
+bench: bench-inventory bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
 
 bench-inventory: ## apply 10k and 100k machines side by side with a raw etcd loop; edit latency
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./inventory/
@@ -45,3 +45,9 @@ clean:
 
 bench-dhcp: ## DHCP servers under perfdhcp (root): best DORA rate at ≤2.5% loss, 1,000-client avalanche
 	$(GO) test -tags e2e -run '^$$' -bench BenchmarkDHCP -benchtime 1x -timeout 60m ./e2e/
+
+bench-http: ## image transfers: 100 clients download one 64 MB image at once from Kiln's cache handler, then from nginx
+	$(GO) test -tags e2e -run '^$$' -bench BenchmarkHTTPImage -benchtime 1x -timeout 30m ./e2e/
+
+bench-tftp: ## TFTP servers (root): 200 concurrent 1 MB fetches, Kiln vs tftpd-hpa (in.tftpd)
+	$(GO) test -tags e2e -run '^$$' -bench BenchmarkTFTP -benchtime 1x -timeout 20m ./e2e/

@@ -1,0 +1,10 @@
+// Package tftp is Kiln's read-only TFTP server for network booting: it
+// serves the firmware stage (iPXE binaries such as undionly.kpxe and
+// ipxe.efi) from one directory, opened through os.OpenRoot so that no
+// request, symlink or ".." can reach a file outside it. Write requests are
+// refused with an access-violation error, the tsize and blksize options are
+// negotiated, and concurrent transfers are bounded: beyond the bound a
+// request is refused at once rather than queued. Every request ends in an
+// Event (file, peer, bytes, result) that the rack agent turns into the
+// machine's boot timeline, and in the kiln_tftp_* metrics.
+package tftp
