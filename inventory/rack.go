@@ -131,3 +131,18 @@ func (s *Store) RangeAt(ctx context.Context, prefix string, rev int64, fn func(k
 	_, err := s.rangeAll(ctx, prefix, rev, func(k, v []byte) error { return fn(strings.Clone(string(k)), v) })
 	return rev, err
 }
+
+// ImageStatusKey is where a rack records an Image's state in its cache.
+func (s *Store) ImageStatusKey(image, rack string) string {
+	return s.prefix + "status/images/" + image + "/" + rack
+}
+
+// PutImageStatus records an Image's state on one rack.
+func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = s.cli.Put(ctx, s.ImageStatusKey(image, st.Rack), string(b))
+	return err
+}

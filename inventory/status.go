@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -42,11 +43,34 @@ const maxProblems = 100
 // MachineStatus is the observed state of a machine, stored at
 // status/machines/<name>. Reconcilers and agents of later stages fill it.
 type MachineStatus struct {
-	Phase              string      `json:"phase,omitempty"`
+	Phase string `json:"phase,omitempty"`
+	// BootPurpose is what the machine does on its next network boot:
+	// discover, commission, deploy, erase, local or off. The region
+	// reconciler sets it; empty means local.
+	BootPurpose        string      `json:"bootPurpose,omitempty"`
 	Message            string      `json:"message,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	UpdatedAt          time.Time   `json:"updatedAt,omitzero"`
+	// What the machine agent last reported.
+	Facts    json.RawMessage `json:"facts,omitempty"`
+	Progress *AgentProgress  `json:"progress,omitempty"`
+	Result   *AgentResult    `json:"result,omitempty"`
+}
+
+// AgentProgress is the machine agent's last progress report.
+type AgentProgress struct {
+	Phase        string    `json:"phase"`
+	BytesWritten int64     `json:"bytesWritten,omitempty"`
+	TotalBytes   int64     `json:"totalBytes,omitempty"`
+	At           time.Time `json:"at"`
+}
+
+// AgentResult is how the machine agent's last task ended.
+type AgentResult struct {
+	Success bool      `json:"success"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
 }
 
 // Condition is one named fact about a machine.
@@ -56,4 +80,13 @@ type Condition struct {
 	Reason  string    `json:"reason,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Since   time.Time `json:"since"`
+}
+
+// ImageStatus is one rack's view of an Image: whether its files are in
+// the rack's cache, verified, or why not.
+type ImageStatus struct {
+	Rack      string    `json:"rack"`
+	State     string    `json:"state"` // ready, fetching, failed, missing
+	Message   string    `json:"message,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }

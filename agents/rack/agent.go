@@ -12,11 +12,15 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/netboot/tftp"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -34,6 +38,16 @@ type Config struct {
 	TTL  time.Duration
 	Boot dhcp.BootConfig
 	DHCP dhcp.Options
+
+	// Boot servers, run by the leader beside DHCP. An empty HTTPAddr
+	// turns the HTTP boot server (scripts, metadata, agent API, images)
+	// off; an empty TFTPAddr turns TFTP off.
+	HTTPAddr string // e.g. ":8080"
+	TFTPAddr string // e.g. ":69"
+	TFTP     tftp.Options
+	BootHTTP boot.Options
+	// Cache is the rack's image cache; an empty Dir turns it off.
+	Cache cache.Options
 }
 
 // Agent is a rack agent.
@@ -42,12 +56,17 @@ type Agent struct {
 	store *inventory.Store
 	log   *slog.Logger
 	dhcpM *dhcp.Metrics
+	tftpM *tftp.Metrics
+	bootM *boot.Metrics
+	cache *cache.Cache
 
 	leaderGauge prometheus.Gauge
 	transitions prometheus.Counter
 	events      *eventLog
 
 	mu     sync.Mutex
+	inv    *spec.Inventory
+	byMAC  map[string]*spec.Machine
 	view   dhcp.Config
 	ready  chan struct{} // closed when the first view is known
 	leases map[string]dhcp.Lease
@@ -65,7 +84,21 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 	}
 	log = log.With("rack", cfg.Rack, "agent", cfg.ID)
 	a := &Agent{cfg: cfg, store: store, log: log, ready: make(chan struct{}), leases: map[string]dhcp.Lease{},
-		dhcpM: dhcp.NewMetrics(reg)}
+		dhcpM: dhcp.NewMetrics(reg), inv: spec.NewInventory(), byMAC: map[string]*spec.Machine{}}
+	if cfg.TFTPAddr != "" {
+		a.tftpM = tftp.NewMetrics(reg)
+	}
+	if cfg.HTTPAddr != "" {
+		a.bootM = boot.NewMetrics(reg)
+	}
+	if cfg.Cache.Dir != "" {
+		c, err := cache.New(cfg.Cache, cache.NewMetrics(reg), log.With("component", "cache"))
+		if err != nil {
+			log.Error("image cache unavailable; images will not be served", "dir", cfg.Cache.Dir, "err", err)
+		} else {
+			a.cache = c
+		}
+	}
 	a.leaderGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_rack_leader", Help: "1 while this agent leads its rack.",
 		ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
 	a.transitions = prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_rack_leader_changes_total",
@@ -91,7 +124,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // followDesired keeps the rack's view of the desired state current.
 func (a *Agent) followDesired(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		snap, err := a.store.Snapshot(ctx, spec.KindSubnet, spec.KindMachine)
+		snap, err := a.store.Snapshot(ctx, spec.KindSubnet, spec.KindMachine, spec.KindImage)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("cannot read the desired state; serving from cache", "err", err)
@@ -100,7 +133,8 @@ func (a *Agent) followDesired(ctx context.Context) error {
 			continue
 		}
 		attempt = 0
-		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot))
+		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot), snap.Inventory)
+		a.stage(ctx, snap.Inventory)
 		// Wait for the next change of the desired state, then read again.
 		wctx, cancel := context.WithCancel(ctx)
 		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
@@ -115,10 +149,16 @@ func (a *Agent) followDesired(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) setView(v dhcp.Config) {
+func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
+	byMAC := map[string]*spec.Machine{}
+	for _, m := range inv.Machines {
+		for _, i := range m.Spec.Interfaces {
+			byMAC[strings.ToLower(i.MAC)] = m
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.view = v
+	a.view, a.inv, a.byMAC = v, inv, byMAC
 	select {
 	case <-a.ready:
 	default:
@@ -236,6 +276,14 @@ func (a *Agent) term(ctx context.Context) error {
 	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(sctx) }()
+	bootDone, err := a.startBootServers(sctx)
+	if err != nil {
+		stop()
+		<-done
+		a.resign(ctx, el, session)
+		return fmt.Errorf("start boot servers: %w", err)
+	}
+	defer func() { stop(); <-bootDone }()
 	a.mu.Lock()
 	a.server = srv
 	a.mu.Unlock()

@@ -15,10 +15,12 @@ import (
 // records. Record never blocks: when the buffer is full, events are
 // dropped and counted.
 type eventLog struct {
-	rack    string
-	store   *inventory.Store
-	log     *slog.Logger
-	ch      chan dhcp.Event
+	rack  string
+	store *inventory.Store
+	log   *slog.Logger
+	ch    chan dhcp.Event
+	// other carries timeline events of the boot servers (TFTP, HTTP).
+	other   chan machineEvent
 	dropped prometheus.Counter
 	every   time.Duration
 
@@ -26,8 +28,22 @@ type eventLog struct {
 }
 
 func newEventLog(rack string, store *inventory.Store, log *slog.Logger, dropped prometheus.Counter) *eventLog {
-	return &eventLog{rack: rack, store: store, log: log, ch: make(chan dhcp.Event, 8192), dropped: dropped,
+	return &eventLog{rack: rack, store: store, log: log, ch: make(chan dhcp.Event, 8192), other: make(chan machineEvent, 1024), dropped: dropped,
 		every: 250 * time.Millisecond, discovered: map[string]*inventory.Discovered{}}
+}
+
+type machineEvent struct {
+	machine string
+	ev      inventory.TimelineEvent
+}
+
+// RecordTimeline adds a boot-server event to a machine's timeline.
+func (l *eventLog) RecordTimeline(machine, typ, detail string) {
+	select {
+	case l.other <- machineEvent{machine, inventory.TimelineEvent{Time: time.Now().UTC(), Type: typ, Detail: detail}}:
+	default:
+		l.dropped.Inc()
+	}
 }
 
 func (l *eventLog) Record(ev dhcp.Event) {
@@ -43,8 +59,12 @@ func (l *eventLog) Run(ctx context.Context) error {
 	t := time.NewTicker(l.every)
 	defer t.Stop()
 	var batch []dhcp.Event
+	var others []machineEvent
 	for {
 		select {
+		case me := <-l.other:
+			others = append(others, me)
+			continue
 		case ev := <-l.ch:
 			batch = append(batch, ev)
 			if len(batch) < 4096 {
@@ -62,19 +82,22 @@ func (l *eventLog) Run(ctx context.Context) error {
 				break
 			}
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			l.flush(fctx, batch)
+			l.flush(fctx, batch, others)
 			cancel()
 			return nil
 		}
-		if len(batch) > 0 {
-			l.flush(ctx, batch)
-			batch = batch[:0]
+		if len(batch) > 0 || len(others) > 0 {
+			l.flush(ctx, batch, others)
+			batch, others = batch[:0], others[:0]
 		}
 	}
 }
 
-func (l *eventLog) flush(ctx context.Context, batch []dhcp.Event) {
+func (l *eventLog) flush(ctx context.Context, batch []dhcp.Event, others []machineEvent) {
 	timelines := map[string][]inventory.TimelineEvent{}
+	for _, me := range others {
+		timelines[me.machine] = append(timelines[me.machine], me.ev)
+	}
 	var changed []inventory.Discovered
 	for _, ev := range batch {
 		if ev.Machine != "" {

@@ -14,7 +14,10 @@ import (
 	"github.com/kilnhq/kiln/agents/rack"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/netboot/tftp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +32,9 @@ type rackFlags struct {
 	tftpServer           string
 	biosFile, efiFile    string
 	dhcpPort, proxyPort  int
+	httpAddr, tftpAddr   string
+	tftpRoot, bootURL    string
+	cacheDir, cacheSeed  string
 }
 
 func (r *rackFlags) register(fs interface {
@@ -47,12 +53,22 @@ func (r *rackFlags) register(fs interface {
 	fs.StringVar(&r.efiFile, "efi-file", "", "TFTP boot file for UEFI x64 PXE (default ipxe.efi)")
 	fs.IntVar(&r.dhcpPort, "dhcp-port", 67, "DHCP server port")
 	fs.IntVar(&r.proxyPort, "proxy-port", 4011, "proxyDHCP (PXE boot server) port")
+	fs.StringVar(&r.httpAddr, "http", "", `HTTP boot server address (iPXE scripts, metadata, agent API, images), e.g. ":8080"; empty: off`)
+	fs.StringVar(&r.tftpAddr, "tftp", "", `TFTP address for the iPXE binaries, e.g. ":69"; empty: off`)
+	fs.StringVar(&r.tftpRoot, "tftp-root", "/usr/lib/ipxe", "folder TFTP serves (read-only)")
+	fs.StringVar(&r.bootURL, "boot-url", "", "the HTTP boot server's URL as machines reach it (default: from each request's Host)")
+	fs.StringVar(&r.cacheDir, "cache-dir", "", "the rack's image cache (content-addressed); empty: no image serving")
+	fs.StringVar(&r.cacheSeed, "cache-seed", "", "folders to seed the image cache from, comma-separated (offline sites)")
 }
 
 func (r *rackFlags) config() (rack.Config, error) {
 	c := rack.Config{Rack: r.rack, ID: r.id, TTL: r.ttl,
-		Boot: dhcp.BootConfig{ScriptURL: r.scriptURL, HTTPBootURL: r.httpBoot, BIOSFile: r.biosFile, EFIFile: r.efiFile},
-		DHCP: dhcp.Options{Interfaces: splitList(r.interfaces), Port: r.dhcpPort, ProxyPort: r.proxyPort}}
+		Boot:     dhcp.BootConfig{ScriptURL: r.scriptURL, HTTPBootURL: r.httpBoot, BIOSFile: r.biosFile, EFIFile: r.efiFile},
+		DHCP:     dhcp.Options{Interfaces: splitList(r.interfaces), Port: r.dhcpPort, ProxyPort: r.proxyPort},
+		HTTPAddr: r.httpAddr, TFTPAddr: r.tftpAddr,
+		TFTP:     tftp.Options{Root: r.tftpRoot},
+		BootHTTP: boot.Options{BaseURL: r.bootURL},
+		Cache:    cache.Options{Dir: r.cacheDir, SeedDirs: splitList(r.cacheSeed)}}
 	if r.tftpServer != "" {
 		a, err := netip.ParseAddr(r.tftpServer)
 		if err != nil {

@@ -1,0 +1,76 @@
+package rack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/tftp"
+)
+
+// startBootServers starts TFTP and the HTTP boot server (scripts,
+// metadata, agent API, and the image cache under /images/) for this term
+// of leadership. The returned channel closes once both have stopped after
+// ctx ends.
+func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
+	done := make(chan struct{})
+	var stops []func()
+	if a.cfg.TFTPAddr != "" {
+		o := a.cfg.TFTP
+		o.Addr = a.cfg.TFTPAddr
+		srv, err := tftp.New(o, a.tftpM, func(ev tftp.Event) {
+			if m, ok := (bootBackend{a}).MachineByPeer(ev.Peer.Addr().String()); ok {
+				a.events.RecordTimeline(m, "tftp-"+ev.Result, fmt.Sprintf("file=%s bytes=%d", ev.File, ev.Bytes))
+			}
+		}, a.log.With("component", "tftp"))
+		if err != nil {
+			return nil, fmt.Errorf("tftp: %w", err)
+		}
+		tdone := make(chan struct{})
+		go func() {
+			defer close(tdone)
+			if err := srv.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("tftp server stopped", "err", err)
+			}
+		}()
+		stops = append(stops, func() { <-tdone })
+	}
+	if a.cfg.HTTPAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/", boot.New(a.cfg.BootHTTP, bootBackend{a}, a.bootM, a.log.With("component", "boot")).Handler())
+		if a.cache != nil {
+			mux.Handle("/images/", a.cache.Handler())
+		}
+		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("boot http: %w", err)
+		}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		hdone := make(chan struct{})
+		go func() {
+			defer close(hdone)
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("boot http server stopped", "err", err)
+			}
+		}()
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+		stops = append(stops, func() { <-hdone })
+		a.log.Info("serving HTTP boot", "addr", ln.Addr().String())
+	}
+	go func() {
+		for _, s := range stops {
+			s()
+		}
+		close(done)
+	}()
+	return done, nil
+}

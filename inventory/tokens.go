@@ -1,0 +1,50 @@
+package inventory
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Keys of the boot stage:
+//
+//	tokens/<machine>           the machine's current boot token (its SHA-256 only)
+
+// TokenKey is where a machine's current boot token lives.
+func (s *Store) TokenKey(machine string) string { return s.prefix + "tokens/" + machine }
+
+// BootToken is what is stored of the token handed to a machine at boot:
+// never the token itself, only its SHA-256. Each boot replaces it.
+type BootToken struct {
+	SHA256   string    `json:"sha256"` // lower-case hex SHA-256 of the token
+	Expires  time.Time `json:"expires"`
+	IssuedAt time.Time `json:"issuedAt"`
+	BootID   string    `json:"bootID"`
+}
+
+// Tokens stores boot tokens in etcd; the boot server's TokenStore.
+type Tokens struct{ s *Store }
+
+// Tokens returns the store's boot token store.
+func (s *Store) Tokens() *Tokens { return &Tokens{s: s} }
+
+// Put replaces the machine's boot token.
+func (t *Tokens) Put(ctx context.Context, machine string, tok BootToken) error {
+	err := UpdateJSON(ctx, t.s, t.s.TokenKey(machine), func(v *BootToken) error {
+		*v = tok
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store boot token of %s: %w", machine, err)
+	}
+	return nil
+}
+
+// Get reads the machine's boot token; ErrNotFound when none was issued.
+func (t *Tokens) Get(ctx context.Context, machine string) (BootToken, error) {
+	tok, err := GetJSON[BootToken](ctx, t.s, t.s.TokenKey(machine))
+	if err != nil {
+		return BootToken{}, fmt.Errorf("boot token of %s: %w", machine, err)
+	}
+	return tok, nil
+}

@@ -1,0 +1,122 @@
+package boot
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+)
+
+// Boot purposes: what a machine does on its next network boot.
+const (
+	PurposeDiscover   = "discover"   // unknown MAC: boot the ephemeral image and report facts
+	PurposeCommission = "commission" // inventory the hardware
+	PurposeDeploy     = "deploy"     // write the OS image to the root disk
+	PurposeErase      = "erase"      // wipe the disks
+	PurposeLocal      = "local"      // boot from the local disk
+	PurposeOff        = "off"        // power off
+)
+
+// Purposes lists every purpose.
+var Purposes = []string{PurposeDiscover, PurposeCommission, PurposeDeploy, PurposeErase, PurposeLocal, PurposeOff}
+
+// ephemeral reports whether the purpose boots the ephemeral image.
+func ephemeral(p string) bool {
+	switch p {
+	case PurposeDiscover, PurposeCommission, PurposeDeploy, PurposeErase:
+		return true
+	}
+	return false
+}
+
+// Backend is what the boot server needs from the rack agent. Lookups read
+// the agent's in-memory snapshot of the inventory and must be cheap.
+type Backend interface {
+	MachineByMAC(mac string) (*spec.Machine, bool) // mac: lower-case, colon-separated
+	Machine(name string) (*spec.Machine, bool)
+	Subnet(name string) (*spec.Subnet, bool)
+	Image(name string) (*spec.Image, bool)
+	// EphemeralImage is the ephemeral image machines of arch boot.
+	EphemeralImage(arch string) (*spec.Image, bool)
+	// Purpose is the machine's boot purpose, from its status.
+	Purpose(ctx context.Context, machine string) (string, error)
+	Tokens() TokenStore
+	// Report stores what a machine agent reported.
+	Report(ctx context.Context, machine string, r Report) error
+	// Record adds an event to the machine's boot timeline; it must not block.
+	Record(machine, event, detail string)
+}
+
+// TokenStore keeps each machine's current boot token (its hash).
+// *inventory.Tokens implements it on etcd.
+type TokenStore interface {
+	Put(ctx context.Context, machine string, t inventory.BootToken) error
+	// Get returns an error wrapping inventory.ErrNotFound when the machine
+	// has no token.
+	Get(ctx context.Context, machine string) (inventory.BootToken, error)
+}
+
+// Report is one report of a machine agent: exactly one field is set.
+type Report struct {
+	Facts    json.RawMessage `json:"facts,omitempty"` // a JSON object, as the agent sent it
+	Progress *Progress       `json:"progress,omitempty"`
+	Result   *Result         `json:"result,omitempty"`
+}
+
+// Progress is how far the agent is.
+type Progress struct {
+	Phase        string `json:"phase"`
+	BytesWritten int64  `json:"bytesWritten,omitempty"`
+	TotalBytes   int64  `json:"totalBytes,omitempty"`
+}
+
+// Result ends a task.
+type Result struct {
+	Success bool   `json:"success"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// Task tells the machine agent what to do.
+type Task struct {
+	Machine  string             `json:"machine"`
+	Purpose  string             `json:"purpose"`
+	BootID   string             `json:"bootID,omitempty"`
+	Image    *TaskImage         `json:"image,omitempty"`    // deploy
+	RootDisk *spec.DiskSelector `json:"rootDisk,omitempty"` // deploy
+	Erase    string             `json:"erase,omitempty"`    // erase: quick, full, secure
+	// MetadataURL is the NoCloud seed (ds=nocloud;s=…) the deployed OS
+	// reads its cloud-init data from; it carries the token.
+	MetadataURL string `json:"metadataURL,omitempty"`
+}
+
+// TaskImage is the OS image to write, from the rack's image cache.
+type TaskImage struct {
+	Name   string `json:"name"`
+	URL    string `json:"url"`
+	SHA256 string `json:"sha256"`
+	Format string `json:"format"` // raw, raw.gz, raw.zst
+}
+
+// Options configure the server.
+type Options struct {
+	// BaseURL is the server's URL as machines reach it, e.g.
+	// http://10.42.0.1:8080. Empty: http://<Host header of the request>.
+	BaseURL string
+	// TokenTTL is how long a boot token is valid; default 2h.
+	TokenTTL time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// DefaultTokenTTL is the default lifetime of a boot token.
+const DefaultTokenTTL = 2 * time.Hour
+
+// Boot timeline events.
+const (
+	EventScript   = "http-script"   // an iPXE script was served (detail: purpose)
+	EventMetadata = "http-metadata" // a NoCloud file was fetched (detail: file)
+	EventAgent    = "agent-report"  // the machine agent reported (detail: what)
+	EventTask     = "agent-task"    // the machine agent fetched its task
+)

@@ -1,0 +1,56 @@
+package boot
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+)
+
+// TestEtcdTokens runs the token model against the etcd-backed store.
+func TestEtcdTokens(t *testing.T) {
+	t.Parallel()
+	cli, _ := etcdtest.Start(t)
+	store := inventory.NewStore(cli, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tokens := store.Tokens()
+	ctx := t.Context()
+
+	if _, err := tokens.Get(ctx, "vm-1"); !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("get before put: %v, want ErrNotFound", err)
+	}
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	want := inventory.BootToken{SHA256: strings.Repeat("ab", 32), IssuedAt: now, Expires: now.Add(time.Hour), BootID: "0102"}
+	if err := tokens.Put(ctx, "vm-1", want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tokens.Get(ctx, "vm-1")
+	if err != nil || !got.Expires.Equal(want.Expires) || got.SHA256 != want.SHA256 || got.BootID != want.BootID {
+		t.Fatalf("get: %+v %v, want %+v", got, err, want)
+	}
+	resp, err := cli.Get(ctx, store.TokenKey("vm-1"))
+	if err != nil || len(resp.Kvs) != 1 || !strings.HasSuffix(string(resp.Kvs[0].Key), "/tokens/vm-1") {
+		t.Fatalf("key %s: %v %v", store.TokenKey("vm-1"), resp, err)
+	}
+
+	// The server with the etcd store: rotation and the token check.
+	b := newMemBackend(loadInventory(t, "../../examples/lab"), tokens)
+	ts := newTestServer(t, b)
+	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	_, s2 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	t1, t2 := tokenOf(t, s1), tokenOf(t, s2)
+	if code, _ := curl(t, ts.URL+"/metadata/vm-1/meta-data?token="+t1); code != 403 {
+		t.Errorf("rotated-out token: %d, want 403", code)
+	}
+	if code, _ := curl(t, ts.URL+"/metadata/vm-1/meta-data?token="+t2); code != 200 {
+		t.Errorf("current token: %d, want 200", code)
+	}
+	stored, err := tokens.Get(ctx, "vm-1")
+	if err != nil || strings.Contains(resp.Kvs[0].String(), t2) || len(stored.SHA256) != 64 {
+		t.Errorf("stored %+v %v", stored, err)
+	}
+}
