@@ -114,7 +114,7 @@ func startKilnRack(t *testing.T, r *netlab.RackNet, mode string, agents int) *ki
 	k := &kilnRack{t: t, r: r, src: src, data: t.TempDir()}
 	k.startServer()
 	for i := 0; i < agents; i++ {
-		k.startAgent(fmt.Sprintf("agent-%d", i))
+		k.startAgent(fmt.Sprintf("agent-%d", i), nil)
 	}
 	if agents > 0 {
 		k.leader()
@@ -139,10 +139,13 @@ func (k *kilnRack) leader() (*netlab.Proc, []*netlab.Proc) {
 	return nil, nil
 }
 
-func (k *kilnRack) startAgent(id string, wrap ...string) *netlab.Proc {
+// startAgent runs `kiln rack` in srv, behind the command prefix wrap
+// (e.g. setpriv), with extra flags.
+func (k *kilnRack) startAgent(id string, wrap []string, extra ...string) *netlab.Proc {
 	k.t.Helper()
-	args := append(wrap, kilnBin, "rack", "--rack", "r1", "--agent-id", id, "--interfaces", k.r.Iface,
+	args := append(append([]string(nil), wrap...), kilnBin, "rack", "--rack", "r1", "--agent-id", id, "--interfaces", k.r.Iface,
 		"--listen", "127.0.0.1:"+fmt.Sprint(9500+len(k.agents)), "--log-level", "debug")
+	args = append(args, extra...)
 	p := k.r.Srv.StartCmd(netlab.Cmd{Name: id, Args: args})
 	k.agents = append(k.agents, p)
 	return p
@@ -513,9 +516,9 @@ func TestRackAgentWithoutRoot(t *testing.T) {
 	}
 	r := netlab.Rack(t)
 	k := startKilnRack(t, r, "managed", 0)
-	agent := k.startAgent("agent-nobody", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+	agent := k.startAgent("agent-nobody", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 		"--inh-caps", "-all,+net_bind_service,+net_raw", "--ambient-caps", "-all,+net_bind_service,+net_raw",
-		"--bounding-set", "-all,+net_bind_service,+net_raw")
+		"--bounding-set", "-all,+net_bind_service,+net_raw"})
 	agent.Expect(`leading the rack`, 60*time.Second)
 	l := netlab.Dhclient(r.Cli, r.Iface, netlab.ClientOpts{MAC: "52:54:00:00:00:11", NoAssign: true}).Lease()
 	if l.IP != addr("10.42.0.11") {

@@ -45,6 +45,9 @@ type Config struct {
 	HTTPAddr string // e.g. ":8080"
 	TFTPAddr string // e.g. ":69"
 	TFTP     tftp.Options
+	// IPXEDir, when set, is copied into TFTP.Root at start (links
+	// resolved): the distribution's iPXE binaries.
+	IPXEDir  string
 	BootHTTP boot.Options
 	// Cache is the rack's image cache; an empty Dir turns it off.
 	Cache cache.Options

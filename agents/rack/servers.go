@@ -22,6 +22,13 @@ func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
 	if a.cfg.TFTPAddr != "" {
 		o := a.cfg.TFTP
 		o.Addr = a.cfg.TFTPAddr
+		if a.cfg.IPXEDir != "" {
+			n, err := stageIPXE(a.cfg.IPXEDir, o.Root)
+			if err != nil {
+				return nil, fmt.Errorf("stage iPXE binaries: %w", err)
+			}
+			a.log.Info("iPXE binaries staged for TFTP", "from", a.cfg.IPXEDir, "to", o.Root, "files", n)
+		}
 		srv, err := tftp.New(o, a.tftpM, func(ev tftp.Event) {
 			if m, ok := (bootBackend{a}).MachineByPeer(ev.Peer.Addr().String()); ok {
 				a.events.RecordTimeline(m, "tftp-"+ev.Result, fmt.Sprintf("file=%s bytes=%d", ev.File, ev.Bytes))

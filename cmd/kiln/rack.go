@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kilnhq/kiln/agents/rack"
@@ -34,6 +36,7 @@ type rackFlags struct {
 	dhcpPort, proxyPort  int
 	httpAddr, tftpAddr   string
 	tftpRoot, bootURL    string
+	ipxeDir              string
 	cacheDir, cacheSeed  string
 }
 
@@ -55,7 +58,8 @@ func (r *rackFlags) register(fs interface {
 	fs.IntVar(&r.proxyPort, "proxy-port", 4011, "proxyDHCP (PXE boot server) port")
 	fs.StringVar(&r.httpAddr, "http", "", `HTTP boot server address (iPXE scripts, metadata, agent API, images), e.g. ":8080"; empty: off`)
 	fs.StringVar(&r.tftpAddr, "tftp", "", `TFTP address for the iPXE binaries, e.g. ":69"; empty: off`)
-	fs.StringVar(&r.tftpRoot, "tftp-root", "/usr/lib/ipxe", "folder TFTP serves (read-only)")
+	fs.StringVar(&r.tftpRoot, "tftp-root", "", "folder TFTP serves, read-only, links out of it refused (default: a folder under --cache-dir, or a temporary one, holding the binaries of --ipxe-dir)")
+	fs.StringVar(&r.ipxeDir, "ipxe-dir", "/usr/lib/ipxe", "the iPXE binaries (Debian's ipxe package) copied into the TFTP root at start; empty: serve --tftp-root as it is")
 	fs.StringVar(&r.bootURL, "boot-url", "", "the HTTP boot server's URL as machines reach it (default: from each request's Host)")
 	fs.StringVar(&r.cacheDir, "cache-dir", "", "the rack's image cache (content-addressed); empty: no image serving")
 	fs.StringVar(&r.cacheSeed, "cache-seed", "", "folders to seed the image cache from, comma-separated (offline sites)")
@@ -67,8 +71,23 @@ func (r *rackFlags) config() (rack.Config, error) {
 		DHCP:     dhcp.Options{Interfaces: splitList(r.interfaces), Port: r.dhcpPort, ProxyPort: r.proxyPort},
 		HTTPAddr: r.httpAddr, TFTPAddr: r.tftpAddr,
 		TFTP:     tftp.Options{Root: r.tftpRoot},
+		IPXEDir:  r.ipxeDir,
 		BootHTTP: boot.Options{BaseURL: r.bootURL},
 		Cache:    cache.Options{Dir: r.cacheDir, SeedDirs: splitList(r.cacheSeed)}}
+	if c.TFTPAddr != "" && c.TFTP.Root == "" {
+		switch {
+		case r.cacheDir != "":
+			c.TFTP.Root = filepath.Join(r.cacheDir, "tftp")
+		default:
+			dir, err := os.MkdirTemp("", "kiln-tftp-")
+			if err != nil {
+				return c, err
+			}
+			c.TFTP.Root = dir
+		}
+	} else if r.tftpRoot != "" {
+		c.IPXEDir = "" // an explicit root is served as it is
+	}
 	if r.tftpServer != "" {
 		a, err := netip.ParseAddr(r.tftpServer)
 		if err != nil {
