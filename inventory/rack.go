@@ -146,3 +146,19 @@ func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus
 	_, err = s.cli.Put(ctx, s.ImageStatusKey(image, st.Rack), string(b))
 	return err
 }
+
+// ImageStatuses reads every rack's record of every Image, by image name.
+func (s *Store) ImageStatuses(ctx context.Context) (map[string][]ImageStatus, error) {
+	out := map[string][]ImageStatus{}
+	prefix := s.prefix + "status/images/"
+	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
+		image, _, _ := strings.Cut(strings.TrimPrefix(string(k), prefix), "/")
+		var st ImageStatus
+		if err := json.Unmarshal(v, &st); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out[image] = append(out[image], st)
+		return nil
+	})
+	return out, err
+}

@@ -1,6 +1,8 @@
 package rack
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,4 +37,9 @@ func TestStageIPXEResolvesDistributionLinks(t *testing.T) {
 	if _, err := stageIPXE(filepath.Join(src, "missing"), dst); err == nil {
 		t.Fatal("a missing iPXE folder must be an error")
 	}
+}
+
+func sha(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

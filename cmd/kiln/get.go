@@ -186,7 +186,13 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 			return nil, 0, err
 		}
 	}
-	t := buildTable(snap, g.kind, g.format == "wide", statuses)
+	var images map[string][]inventory.ImageStatus
+	if g.kind == spec.KindImage {
+		if images, err = g.store.ImageStatuses(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+	t := buildTable(snap, g.kind, g.format == "wide", statuses, images)
 	if g.name != "" {
 		keep := t.rows[:0]
 		for _, r := range t.rows {
@@ -277,7 +283,17 @@ func until(t time.Time) string {
 	return "in " + d.Round(time.Second).String()
 }
 
-func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[string]inventory.MachineStatus) *table {
+// imageRacks summarises the racks' caches: "r1=ready,r2=failed".
+func imageRacks(sts []inventory.ImageStatus) string {
+	var parts []string
+	for _, st := range sts {
+		parts = append(parts, st.Rack+"="+st.State)
+	}
+	sort.Strings(parts)
+	return dash(strings.Join(parts, ","))
+}
+
+func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[string]inventory.MachineStatus, images map[string][]inventory.ImageStatus) *table {
 	inv := snap.Inventory
 	t := &table{items: map[string]any{}}
 	add := func(name string, item any, cols ...string) {
@@ -363,7 +379,10 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 			add(n, s, cols...)
 		}
 	case spec.KindImage:
-		t.header = []string{"NAME", "PURPOSE", "ARCH", "FORMAT", "URL"}
+		t.header = []string{"NAME", "PURPOSE", "ARCH", "FORMAT", "RACKS", "URL"}
+		if wide {
+			t.header = append(t.header, "PROBLEM")
+		}
 		for _, n := range spec.SortedNames(inv.Images) {
 			im := inv.Images[n]
 			url := "-"
@@ -373,7 +392,18 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 			case im.Spec.Kernel != nil:
 				url = im.Spec.Kernel.URL
 			}
-			add(n, im, im.Spec.Purpose, im.Spec.Arch, dash(im.Spec.Format), url)
+			cols := []string{im.Spec.Purpose, im.Spec.Arch, dash(im.Spec.Format), imageRacks(images[n]), url}
+			if wide {
+				problem := "-"
+				for _, st := range images[n] {
+					if st.Message != "" {
+						problem = st.Rack + ": " + st.Message
+						break
+					}
+				}
+				cols = append(cols, problem)
+			}
+			add(n, im, cols...)
 		}
 	case spec.KindProfile:
 		t.header = []string{"NAME", "SELECTOR", "MACHINES"}
