@@ -132,6 +132,10 @@ spec:
 	agent := k.startAgent("agent-0", nil, "--http", "10.42.0.1:8080", "--tftp", "10.42.0.1:69",
 		"--cache-dir", t.TempDir())
 	agent.Expect(`serving HTTP boot`, 60*time.Second)
+	// UEFI HTTP boot firmware fetches iPXE itself over HTTP.
+	if out, err := r.Srv.Exec("curl", "-sf", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "http://10.42.0.1:8080/ipxe/ipxe.efi"); err != nil || !strings.HasPrefix(out, "200 ") {
+		t.Errorf("ipxe.efi over HTTP: %v %q", err, out)
+	}
 
 	for _, c := range []struct {
 		name string

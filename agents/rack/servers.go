@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/kilnhq/kiln/netboot/boot"
@@ -51,6 +52,15 @@ func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
 		mux.Handle("/", boot.New(a.cfg.BootHTTP, bootBackend{a}, a.bootM, a.log.With("component", "boot")).Handler())
 		if a.cache != nil {
 			mux.Handle("/images/", a.cache.Handler())
+		}
+		if a.cfg.TFTPAddr != "" && a.cfg.TFTP.Root != "" {
+			// UEFI HTTP boot firmware fetches ipxe.efi over HTTP: the same
+			// files TFTP serves, through an os.Root (no links out).
+			root, err := os.OpenRoot(a.cfg.TFTP.Root)
+			if err != nil {
+				return nil, fmt.Errorf("iPXE over HTTP: %w", err)
+			}
+			mux.Handle("GET /ipxe/", http.StripPrefix("/ipxe/", http.FileServerFS(root.FS())))
 		}
 		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
 		if err != nil {
