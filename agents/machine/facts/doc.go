@@ -1,0 +1,7 @@
+// Package facts collects a machine's hardware facts (CPU, memory, DMI,
+// disks, NICs, LLDP neighbours) for the machine agent. Collectors follow
+// node_exporter's layout: one per area, in per-OS files, each reading from
+// configurable roots (sysfs, procfs, /dev) so that fixture trees under
+// testdata/ drive the tests. The Facts JSON shape is documented in
+// docs/agent.md and only grows.
+package facts

@@ -1,0 +1,248 @@
+// Package racktest is a rack for the machine agent's tests: the real boot
+// server (netboot/boot) over an in-memory backend with one machine, and
+// an image server standing in for the rack cache, on one HTTP server as
+// on a rack.
+package racktest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec"
+)
+
+// Machine and Token are the machine the rack knows and its boot token.
+const (
+	Machine = "vm-2"
+	Token   = "tok-Zm9vYmFyYmF6cXV4"
+	BootID  = "b007"
+)
+
+// Rack is the boot server's backend and the server.
+type Rack struct {
+	Server *httptest.Server
+	Images *Images
+
+	mu      sync.Mutex
+	machine *spec.Machine
+	image   *spec.Image
+	purpose string
+	tokens  map[string]inventory.BootToken
+	reports []boot.Report
+}
+
+// New starts a rack whose machine vm-2 (purpose commission) holds Token.
+func New(t testing.TB, log *slog.Logger) *Rack {
+	t.Helper()
+	sum := sha256.Sum256([]byte(Token))
+	r := &Rack{
+		machine: &spec.Machine{Header: spec.Header{Metadata: spec.Metadata{Name: Machine}}, Spec: spec.MachineSpec{
+			Image: "debian", UserData: "#cloud-config\nhostname: vm-2\npackages: [htop]\n",
+			Interfaces: []spec.Interface{{Name: "eth0", MAC: "52:54:00:42:00:02"}},
+		}},
+		purpose: boot.PurposeCommission,
+		tokens: map[string]inventory.BootToken{Machine: {
+			SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), BootID: BootID,
+		}},
+		Images: &Images{files: map[string][]byte{}, cuts: map[string][]int64{}, gets: map[string]int{}},
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", boot.New(boot.Options{}, r, nil, log).Handler())
+	mux.Handle("/images/", r.Images)
+	r.Server = httptest.NewServer(mux)
+	t.Cleanup(r.Server.Close)
+	return r
+}
+
+// SetImage makes the machine's OS image the file served as name, with
+// the given sha256 (the real one when empty).
+func (r *Rack) SetImage(name string, body []byte, sha string) {
+	url := r.Images.put(name, body)
+	if sha == "" {
+		s := sha256.Sum256(body)
+		sha = hex.EncodeToString(s[:])
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.image = &spec.Image{Header: spec.Header{Metadata: spec.Metadata{Name: "debian"}},
+		Spec: spec.ImageSpec{Purpose: spec.PurposeOS, Disk: &spec.Artifact{URL: url, SHA256: sha}}}
+}
+
+// SetPurpose sets what the machine's next task is.
+func (r *Rack) SetPurpose(p string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.purpose = p
+}
+
+// SetSpec changes the machine's spec.
+func (r *Rack) SetSpec(f func(*spec.MachineSpec)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.machine.Spec)
+}
+
+// Reports are what the agent reported, in order.
+func (r *Rack) Reports() []boot.Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]boot.Report(nil), r.reports...)
+}
+
+// Results are the reported results, in order.
+func (r *Rack) Results() []boot.Result {
+	var rs []boot.Result
+	for _, x := range r.Reports() {
+		if x.Result != nil {
+			rs = append(rs, *x.Result)
+		}
+	}
+	return rs
+}
+
+// Progress are the reported progress reports, in order.
+func (r *Rack) Progress() []boot.Progress {
+	var ps []boot.Progress
+	for _, x := range r.Reports() {
+		if x.Progress != nil {
+			ps = append(ps, *x.Progress)
+		}
+	}
+	return ps
+}
+
+// boot.Backend
+
+func (r *Rack) MachineByMAC(string) (*spec.Machine, bool) { return r.Machine(Machine) }
+func (r *Rack) Machine(n string) (*spec.Machine, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := *r.machine
+	return &m, n == Machine
+}
+func (r *Rack) Subnet(string) (*spec.Subnet, bool) { return nil, false }
+func (r *Rack) Image(n string) (*spec.Image, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.image, r.image != nil && n == r.image.Metadata.Name
+}
+func (r *Rack) EphemeralImage(string) (*spec.Image, bool) { return nil, false }
+func (r *Rack) Purpose(context.Context, string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.purpose, nil
+}
+func (r *Rack) Tokens() boot.TokenStore { return (*tokens)(r) }
+func (r *Rack) Report(_ context.Context, _ string, rep boot.Report) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reports = append(r.reports, rep)
+	return nil
+}
+func (r *Rack) Record(string, string, string) {}
+
+type tokens Rack
+
+func (t *tokens) Put(_ context.Context, m string, tok inventory.BootToken) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.tokens[m] = tok
+	return nil
+}
+
+func (t *tokens) Get(_ context.Context, m string) (inventory.BootToken, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tok, ok := t.tokens[m]
+	if !ok {
+		return tok, fmt.Errorf("token of %s: %w", m, inventory.ErrNotFound)
+	}
+	return tok, nil
+}
+
+// Images serves files by name (the last element of the path) with Range
+// support, like the rack cache.
+type Images struct {
+	mu    sync.Mutex
+	files map[string][]byte
+	cuts  map[string][]int64
+	gets  map[string]int
+}
+
+func (s *Images) put(name string, b []byte) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.files[name] = b
+	return "http://origin.example/os/" + name
+}
+
+// Cut makes the next responses for name break after n bytes of body each
+// (the full length announced, then the connection dropped).
+func (s *Images) Cut(name string, n ...int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cuts[name] = n
+}
+
+// Gets is how many times name was requested.
+func (s *Images) Gets(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gets[name]
+}
+
+func (s *Images) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name := path.Base(r.URL.Path)
+	s.mu.Lock()
+	b, ok := s.files[name]
+	s.gets[name]++
+	cut := int64(-1)
+	if c := s.cuts[name]; len(c) > 0 {
+		cut, s.cuts[name] = c[0], c[1:]
+	}
+	s.mu.Unlock()
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("ETag", `"v1"`)
+	if cut < 0 {
+		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(b))
+		return
+	}
+	http.ServeContent(&cutWriter{ResponseWriter: w, left: cut}, r, name, time.Time{}, bytes.NewReader(b))
+	panic(http.ErrAbortHandler)
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, _ := c.ResponseWriter.Write(p)
+	c.left -= int64(n)
+	if c.left == 0 {
+		if f, ok := c.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		return n, io.ErrClosedPipe
+	}
+	return n, nil
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/kilnhq/kiln/agents/machine"
+	"github.com/kilnhq/kiln/agents/machine/facts"
+)
+
+// options are what the agent needs besides the kernel command line.
+type options struct {
+	network  bool          // bring the network up with DHCP first
+	netWait  time.Duration // DHCP deadline
+	lldpWait time.Duration
+	roots    facts.Roots
+}
+
+// run is the agent as a normal process: the kiln.* arguments come from
+// -cmdline or /proc/cmdline. Exit codes: 0 success, 1 the task failed,
+// 2 bad arguments.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("kiln-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cmdline := fs.String("cmdline", "", "kernel command line with the kiln.* arguments (default: /proc/cmdline)")
+	network := fs.Bool("network", true, "bring the network up with DHCP before talking to the rack")
+	lldpWait := fs.Duration("lldp-wait", facts.DefaultLLDPWait, "how long to listen for LLDP frames")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stderr, "kiln-agent", version)
+		return 0
+	}
+	if *cmdline == "" {
+		b, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			fmt.Fprintf(stderr, "kiln-agent: %v\n", err)
+			return 2
+		}
+		*cmdline = string(b)
+	}
+	cfg, err := machine.ParseCmdline(*cmdline)
+	if err != nil {
+		fmt.Fprintf(stderr, "kiln-agent: %v\n", err)
+		return 2
+	}
+	log := newLogger(stderr, cfg.Debug)
+	opts := options{network: *network, netWait: 60 * time.Second, lldpWait: *lldpWait, roots: facts.DefaultRoots}
+	if err := agentMain(ctx, cfg, opts, log, stderr); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, debug bool) *slog.Logger {
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// agentMain brings the network up and runs the agent. Its error has
+// already been printed on the console.
+func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.Logger, console io.Writer) error {
+	log = log.With("machine", cfg.Machine)
+	log.Info("kiln-agent starting", "version", version, "config", cfg)
+	if opts.network {
+		if _, err := machine.BringUpNetwork(ctx, log, machine.NetworkOptions{Timeout: opts.netWait}); err != nil {
+			// Nothing can be reported without a network: say it here.
+			fmt.Fprintf(console, "kiln-agent: result failure: network: %v\n", err)
+			return err
+		}
+	}
+	hc := &http.Client{Timeout: time.Minute}
+	client := machine.NewClient(cfg.URL, cfg.Machine, cfg.Token, hc, machine.DefaultRetry, log)
+	a := &machine.Agent{
+		Client: client,
+		Deployer: &machine.Deployer{
+			Client: client,
+			HTTP:   &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: time.Minute}},
+			Log:    log,
+		},
+		Eraser:     &machine.Eraser{Client: client, Log: log},
+		Collectors: facts.Default(opts.roots, opts.lldpWait, log),
+		Disks:      func() ([]facts.Disk, error) { return facts.Disks(opts.roots) },
+		Arch:       runtime.GOARCH,
+		Log:        log,
+		Console:    console,
+	}
+	err := a.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		log.Warn("stopped")
+	}
+	return err
+}
+
+// cmdlineHasDebug is for PID 1 before the arguments are checked.
+func cmdlineHasDebug(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if f == "kiln.debug=1" || f == "kiln.debug" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kilnhq/kiln/agents/machine"
+	"github.com/kilnhq/kiln/agents/machine/facts"
+	"github.com/kilnhq/kiln/agents/machine/racktest"
+)
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestRunArguments(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		args []string
+		code int
+		say  string
+	}{
+		"version":      {[]string{"-version"}, 0, "kiln-agent dev"},
+		"bad flag":     {[]string{"-nope"}, 2, "flag provided but not defined"},
+		"missing args": {[]string{"-cmdline", "console=ttyS0 kiln.url=http://10.0.0.1:8080"}, 2, "kiln.machine is missing\nkiln.token is missing"},
+		"bad url":      {[]string{"-cmdline", "kiln.url=ftp://x kiln.machine=a kiln.token=t"}, 2, `kiln.url="ftp://x" is not an http(s) URL`},
+		"bad after":    {[]string{"-cmdline", "kiln.url=http://x kiln.machine=a kiln.token=t kiln.after=halt"}, 2, `kiln.after="halt"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			if code := run(context.Background(), tc.args, &out); code != tc.code || !strings.Contains(out.String(), tc.say) {
+				t.Errorf("run %v = %d, output %q; want %d saying %q", tc.args, code, out.String(), tc.code, tc.say)
+			}
+		})
+	}
+}
+
+// TestAgentMainCommission runs the agent as main wires it (real
+// collectors over the fixture tree, real client) against the real boot
+// server, without the network bring-up.
+func TestAgentMainCommission(t *testing.T) {
+	t.Parallel()
+	rack := racktest.New(t, discard())
+	cfg, err := machine.ParseCmdline("console=ttyS0 kiln.url=" + rack.Server.URL + " kiln.machine=vm-2 kiln.purpose=commission kiln.token=" + racktest.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := facts.Roots{Sys: "../../agents/machine/facts/testdata/sys", Proc: "../../agents/machine/facts/testdata/proc", Dev: "../../agents/machine/facts/testdata/dev"}
+	var console, logs bytes.Buffer
+	opts := options{roots: roots, lldpWait: 1}
+	if err := agentMain(context.Background(), cfg, opts, slog.New(slog.NewTextHandler(&logs, nil)), &console); err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	if !strings.Contains(console.String(), "kiln-agent: facts reported\n") || !strings.Contains(console.String(), "kiln-agent: result success\n") {
+		t.Errorf("console:\n%s", console.String())
+	}
+	if strings.Contains(logs.String(), racktest.Token) {
+		t.Error("the token is in the log")
+	}
+	reps := rack.Reports()
+	if len(reps) != 2 || reps[0].Facts == nil {
+		t.Fatalf("reports = %+v", reps)
+	}
+	var f facts.Facts
+	if err := json.Unmarshal(reps[0].Facts, &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.DMI.UUID != "6a1f9c2e-58d1-4b5e-9d1c-2f0e4a7b9c11" || len(f.Disks) != 3 {
+		t.Errorf("facts = %+v", f)
+	}
+	if rs := rack.Results(); len(rs) != 1 || !rs[0].Success {
+		t.Errorf("results = %+v", rs)
+	}
+}
+
+func TestLoadModules(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	list := filepath.Join(dir, "modules")
+	err := os.WriteFile(list, []byte("# NICs\nkernel/drivers/net/virtio_net.ko\n\nkernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz\nkernel/drivers/block/missing.ko\nkernel/drivers/nvme/host/nvme.ko\n"), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tried []string
+	load := func(p string) error {
+		tried = append(tried, p)
+		if strings.HasSuffix(p, "missing.ko") {
+			return errors.New("no such file")
+		}
+		return nil
+	}
+	if n := loadModules(discard(), list, "/lib/modules/6.1.0-kiln", load); n != 3 {
+		t.Errorf("loaded %d, want 3", n)
+	}
+	want := []string{
+		"/lib/modules/6.1.0-kiln/kernel/drivers/net/virtio_net.ko",
+		"/lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz",
+		"/lib/modules/6.1.0-kiln/kernel/drivers/block/missing.ko",
+		"/lib/modules/6.1.0-kiln/kernel/drivers/nvme/host/nvme.ko",
+	}
+	if strings.Join(tried, "\n") != strings.Join(want, "\n") {
+		t.Errorf("tried:\n%s", strings.Join(tried, "\n"))
+	}
+	if n := loadModules(discard(), filepath.Join(dir, "none"), "/lib/modules/x", load); n != 0 {
+		t.Errorf("no list: loaded %d", n)
+	}
+}
+
+// TestLoadModuleMissing: a module file that is not there is an error,
+// logged by loadModules, which goes on.
+func TestLoadModuleMissing(t *testing.T) {
+	t.Parallel()
+	err := loadModule(filepath.Join(t.TempDir(), "absent.ko"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("err = %v", err)
+	}
+}
