@@ -4,13 +4,14 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e bench bench-inventory bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
+.PHONY: help build test e2e bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-build: ## build bin/kiln
+build: ## build bin/kiln and the static machine agent bin/kiln-agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/kiln ./cmd/kiln
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/kiln-agent ./cmd/kiln-agent
 
 test: ## run the unit and integration tests (embedded etcd, real git, real sockets)
 	$(GO) test -count=1 $(PKGS)
@@ -18,7 +19,7 @@ test: ## run the unit and integration tests (embedded etcd, real git, real socke
 e2e: ## run the end-to-end suite (root: network namespaces, QEMU); skipped parts say why
 	$(GO) test -count=1 -tags e2e -timeout 60m ./e2e/...
 
-bench: bench-inventory bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
+bench: bench-inventory bench-region bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
 
 bench-inventory: ## apply 10k and 100k machines side by side with a raw etcd loop; edit latency
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./inventory/
@@ -42,6 +43,9 @@ ci: lint test e2e ## what CI runs
 
 clean:
 	rm -rf bin
+
+bench-region: ## 10,000 machines ready → deployed with instant simulated agents, beside a plain etcd client's status writes
+	$(GO) test -run '^$$' -bench BenchmarkRegion -benchtime 1x -timeout 30m ./reconciler/
 
 bench-dhcp: ## DHCP servers under perfdhcp (root): best DORA rate at ≤2.5% loss, 1,000-client avalanche
 	$(GO) test -tags e2e -run '^$$' -bench BenchmarkDHCP -benchtime 1x -timeout 60m ./e2e/

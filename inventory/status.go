@@ -56,6 +56,60 @@ type MachineStatus struct {
 	Facts    json.RawMessage `json:"facts,omitempty"`
 	Progress *AgentProgress  `json:"progress,omitempty"`
 	Result   *AgentResult    `json:"result,omitempty"`
+
+	// The region reconciler's bookkeeping: where in its phase the machine
+	// is, so that a new leader resumes there.
+	Rack           string    `json:"rack,omitempty"`
+	Step           string    `json:"step,omitempty"`
+	TaskID         string    `json:"taskID,omitempty"` // the power task the step waits for
+	PhaseStartedAt time.Time `json:"phaseStartedAt,omitzero"`
+	StepStartedAt  time.Time `json:"stepStartedAt,omitzero"`
+	// Attempts counts failed attempts of the current (or failed) phase.
+	Attempts int `json:"attempts,omitempty"`
+	// Reason says why the machine failed or waits.
+	Reason string `json:"reason,omitempty"`
+	// FailedGeneration is the spec generation (commission or deploy) of
+	// the attempt that failed; raising it past this retries.
+	FailedGeneration int64 `json:"failedGeneration,omitempty"`
+	// Retry asks the reconciler to try a failed phase again (kiln retry).
+	Retry bool `json:"retry,omitempty"`
+	// Paused is the phase a machine in maintenance returns to.
+	Paused string `json:"paused,omitempty"`
+	// SourceRevision is the source revision (git commit) last reconciled.
+	SourceRevision string `json:"sourceRevision,omitempty"`
+	// CommissionedGeneration and DeployedGeneration are the spec's
+	// commissionGeneration and deployGeneration last carried out.
+	CommissionedGeneration int64     `json:"commissionedGeneration,omitempty"`
+	DeployedGeneration     int64     `json:"deployedGeneration,omitempty"`
+	DeployedImage          string    `json:"deployedImage,omitempty"`
+	CommissionedAt         time.Time `json:"commissionedAt,omitzero"`
+	DeployedAt             time.Time `json:"deployedAt,omitzero"`
+	// Power is the power state the rack last observed (on, off, unknown).
+	Power     string    `json:"power,omitempty"`
+	PowerAt   time.Time `json:"powerAt,omitzero"`
+	Addresses []string  `json:"addresses,omitempty"`
+}
+
+// Condition returns the condition of the given type, or nil.
+func (s *MachineStatus) Condition(typ string) *Condition {
+	for i := range s.Conditions {
+		if s.Conditions[i].Type == typ {
+			return &s.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// SetCondition sets a condition; Since changes only when Status does.
+func (s *MachineStatus) SetCondition(typ, status, reason, message string, now time.Time) {
+	if c := s.Condition(typ); c != nil {
+		if c.Status != status {
+			c.Since = now
+		}
+		c.Status, c.Reason, c.Message = status, reason, message
+		return
+	}
+	s.Conditions = append(s.Conditions, Condition{Type: typ, Status: status, Reason: reason, Message: message, Since: now})
 }
 
 // AgentProgress is the machine agent's last progress report.

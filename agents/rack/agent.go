@@ -21,6 +21,7 @@ import (
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/netboot/tftp"
+	"github.com/kilnhq/kiln/power"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -51,6 +52,10 @@ type Config struct {
 	BootHTTP boot.Options
 	// Cache is the rack's image cache; an empty Dir turns it off.
 	Cache cache.Options
+	// Power is the execution policy of the region's power tasks.
+	Power power.Policy
+	// Powerer, when set, replaces the power executor (tests).
+	Powerer Powerer
 }
 
 // Agent is a rack agent.
@@ -62,6 +67,8 @@ type Agent struct {
 	tftpM *tftp.Metrics
 	bootM *boot.Metrics
 	cache *cache.Cache
+	power Powerer
+	exec  *power.Executor // closed when Run ends
 
 	leaderGauge prometheus.Gauge
 	transitions prometheus.Counter
@@ -102,6 +109,11 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 			a.cache = c
 		}
 	}
+	a.power = cfg.Powerer
+	if a.power == nil {
+		a.exec = power.NewExecutor(cfg.Power, power.NewMetrics(reg), log.With("component", "power"))
+		a.power = a.exec
+	}
 	a.leaderGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_rack_leader", Help: "1 while this agent leads its rack.",
 		ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
 	a.transitions = prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_rack_leader_changes_total",
@@ -116,6 +128,9 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 // Run follows the desired state and the leases, campaigns, and serves
 // while leading, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.exec != nil {
+		defer a.exec.Close()
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.followDesired(ctx) })
 	g.Go(func() error { return a.followLeases(ctx) })
@@ -295,6 +310,19 @@ func (a *Agent) term(ctx context.Context) error {
 		a.server = nil
 		a.mu.Unlock()
 	}()
+	tr := &tasks{a: a, power: a.power, fence: fence{key: el.Key(), rev: el.Rev()}, now: time.Now,
+		inflight: map[string]string{}, next: map[string]taskWrite{}}
+	tasksDone := make(chan struct{})
+	go func() {
+		defer close(tasksDone)
+		for attempt := 0; sctx.Err() == nil; attempt++ {
+			if err := tr.run(sctx); err != nil && sctx.Err() == nil {
+				a.log.Warn("power tasks interrupted; resuming", "err", err)
+			}
+			sleep(sctx, backoff(attempt))
+		}
+	}()
+	defer func() { stop(); <-tasksDone }()
 	a.log.Info("leading the rack: serving DHCP", "subnets", len(view.Subnets), "hosts", len(view.Hosts), "leases", len(known))
 
 	select {

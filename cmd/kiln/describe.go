@@ -129,8 +129,49 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		return exitOK
 	}
 	kv("  Phase", dash(st.Phase))
+	if st.Step != "" {
+		kv("  Step", fmt.Sprintf("%s (since %s)", st.Step, st.StepStartedAt.Format(time.RFC3339)))
+	}
+	if !st.PhaseStartedAt.IsZero() {
+		kv("  Phase started", st.PhaseStartedAt.Format(time.RFC3339))
+	}
 	if st.Message != "" {
 		kv("  Message", st.Message)
+	}
+	if st.Reason != "" {
+		kv("  Reason", st.Reason)
+	}
+	if st.Attempts > 0 {
+		kv("  Attempts", st.Attempts)
+	}
+	if st.Paused != "" {
+		kv("  Paused in", st.Paused)
+	}
+	kv("  Boot purpose", dash(st.BootPurpose))
+	if st.Power != "" {
+		kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
+	}
+	if st.DeployedImage != "" {
+		kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
+	}
+	if p := st.Progress; p != nil {
+		pr := p.Phase
+		if p.TotalBytes > 0 {
+			pr += fmt.Sprintf(" %d/%d bytes (%.0f%%)", p.BytesWritten, p.TotalBytes, 100*float64(p.BytesWritten)/float64(p.TotalBytes))
+		} else if p.BytesWritten > 0 {
+			pr += fmt.Sprintf(" %d bytes", p.BytesWritten)
+		}
+		kv("  Agent progress", pr+" at "+p.At.Format(time.RFC3339))
+	}
+	if r := st.Result; r != nil {
+		res := "success"
+		if !r.Success {
+			res = "failure: " + r.Reason
+		}
+		kv("  Agent result", res+" at "+r.At.Format(time.RFC3339))
+	}
+	if st.SourceRevision != "" {
+		kv("  Source revision", short(st.SourceRevision))
 	}
 	kv("  Observed generation", st.ObservedGeneration)
 	if !st.UpdatedAt.IsZero() {
@@ -141,6 +182,12 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		fmt.Fprintln(w, "  TYPE\tSTATUS\tREASON\tSINCE\tMESSAGE")
 		for _, c := range st.Conditions {
 			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
+		}
+	}
+	if evs, _, err := store.Events(ctx, name); err == nil && len(evs) > 0 {
+		fmt.Fprintln(w, "Events (newest last):")
+		for _, ev := range evs[max(0, len(evs)-15):] {
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Type, ev.Reason, ev.Message)
 		}
 	}
 	return exitOK

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/kilnhq/kiln/agents/rack"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
@@ -46,8 +48,10 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
 		rf          rackFlags
+		region      regionFlags
 	)
 	cf.register(fs)
+	region.register(fs)
 	rf.register(fs) // --rack NAME also runs that rack's agent in-process
 	if _, code, ok := parse(fs, args); !ok {
 		return code
@@ -64,7 +68,7 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err := serve(ctx, log, serverConfig{
 		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
 		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
-		embedded: *embedded, listen: *listen, rack: rf,
+		embedded: *embedded, listen: *listen, rack: rf, region: region,
 	}); err != nil {
 		log.Error("server stopped", "err", err)
 		return exitFail
@@ -80,6 +84,40 @@ type serverConfig struct {
 	embedded                           bool
 	listen                             string
 	rack                               rackFlags
+	region                             regionFlags
+}
+
+// regionFlags configure the region reconciler.
+type regionFlags struct {
+	id                  string
+	ttl                 time.Duration
+	workers             int
+	timeouts            [4]time.Duration // commissioning, deploying, releasing, erasing
+	powerTimeout        time.Duration
+	attempts            int
+	backoff, maxBackoff time.Duration
+}
+
+func (r *regionFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&r.id, "region-id", "", "this server's name in the region election (default hostname-pid)")
+	fs.DurationVar(&r.ttl, "region-ttl", 2*time.Second, "region election session TTL: a dead leader is replaced within about this long")
+	fs.IntVar(&r.workers, "workers", 128, "machines reconciled in parallel")
+	for i, p := range []string{reconciler.PhaseCommissioning, reconciler.PhaseDeploying, reconciler.PhaseReleasing, reconciler.PhaseErasing} {
+		fs.DurationVar(&r.timeouts[i], "timeout-"+p, reconciler.DefaultTimeouts[p], "how long "+p+" may take before the machine fails")
+	}
+	fs.DurationVar(&r.powerTimeout, "power-timeout", 5*time.Minute, "how long a power task may wait for a rack agent")
+	fs.IntVar(&r.attempts, "max-attempts", 3, "attempts of a failed phase before the machine waits for a person")
+	fs.DurationVar(&r.backoff, "retry-backoff", time.Minute, "wait before retrying a failed phase; doubles per attempt")
+	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
+}
+
+func (r *regionFlags) config() reconciler.Config {
+	t := map[string]time.Duration{}
+	for i, p := range []string{reconciler.PhaseCommissioning, reconciler.PhaseDeploying, reconciler.PhaseReleasing, reconciler.PhaseErasing} {
+		t[p] = r.timeouts[i]
+	}
+	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
+		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff}}
 }
 
 func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
@@ -114,8 +152,11 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 		gs.Username, gs.Password = os.Getenv("KILN_GIT_USERNAME"), os.Getenv("KILN_GIT_PASSWORD")
 		src, sync = gs, gs.Sync
 	}
+	// Only the region leader applies the source and reconciles; every
+	// server answers reads.
 	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
-	g.Go(func() error { return syncer.Run(ctx) })
+	region := reconciler.New(c.region.config(), store, reg, log, syncer.Run)
+	g.Go(func() error { return region.Run(ctx) })
 
 	if c.rack.rack != "" {
 		rc, err := c.rack.config()
@@ -138,6 +179,10 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 		mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
 			if sync == nil {
 				http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
+				return
+			}
+			if !region.Leading() {
+				http.Error(w, "this server does not lead the region; send the sync to the leader (kiln get source shows the applied revision)", http.StatusServiceUnavailable)
 				return
 			}
 			sync()

@@ -1,0 +1,244 @@
+package rack
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/power"
+	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// fakePower records calls and keeps a power state per machine.
+type fakePower struct {
+	mu    sync.Mutex
+	calls []string
+	on    map[string]bool
+	fail  map[string]error
+}
+
+func (f *fakePower) record(t power.Target, op string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, t.Machine+":"+op)
+	return f.fail[t.Machine]
+}
+
+func (f *fakePower) PowerOn(_ context.Context, t power.Target) error {
+	if t.Driver == "manual" {
+		return fmt.Errorf("power machine %s on by hand: %w", t.Machine, power.ErrManual)
+	}
+	err := f.record(t, "on")
+	if err == nil {
+		f.mu.Lock()
+		f.on[t.Machine] = true
+		f.mu.Unlock()
+	}
+	return err
+}
+
+func (f *fakePower) PowerOff(_ context.Context, t power.Target, hard bool) error {
+	err := f.record(t, "off")
+	if err == nil {
+		f.mu.Lock()
+		f.on[t.Machine] = false
+		f.mu.Unlock()
+	}
+	return err
+}
+
+func (f *fakePower) PowerCycle(_ context.Context, t power.Target) error { return f.record(t, "cycle") }
+
+func (f *fakePower) Status(_ context.Context, t power.Target) (power.State, error) {
+	if t.Driver == "manual" {
+		return power.Unknown, nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail[t.Machine]; err != nil {
+		return power.Unknown, err
+	}
+	if f.on[t.Machine] {
+		return power.On, nil
+	}
+	return power.Off, nil
+}
+
+func (f *fakePower) SetBoot(_ context.Context, t power.Target, b power.Boot) error {
+	if t.Driver == "manual" {
+		return fmt.Errorf("set the boot device of %s by hand: %w", t.Machine, power.ErrManual)
+	}
+	return f.record(t, "boot-"+string(b.Device))
+}
+
+func (f *fakePower) ops(machine string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, c := range f.calls {
+		if m, op, _ := strings.Cut(c, ":"); m == machine {
+			out = append(out, op)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+const tasksInventory = `
+apiVersion: kiln.dev/v1alpha1
+kind: Rack
+metadata: {name: r1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Subnet
+metadata: {name: net1}
+spec: {cidr: 192.0.2.0/24, rack: r1}
+`
+
+func machineDoc(i int, name, driver string) string {
+	return fmt.Sprintf(`---
+apiVersion: kiln.dev/v1alpha1
+kind: Machine
+metadata: {name: %s}
+spec:
+  interfaces: [{name: eno1, mac: "02:00:00:00:00:%02x", subnet: net1}]
+  bmc: {driver: %s, address: "192.0.2.250:623", username: admin, password: secret}
+`, name, i, driver)
+}
+
+func TestPowerTasks(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := inventory.NewStore(cli, "", quiet())
+	doc := tasksInventory
+	for i, m := range []string{"off1", "on1", "gone", "hand", "bad", "resumed"} {
+		drv := "ipmi"
+		if m == "hand" {
+			drv = "manual"
+		}
+		doc += machineDoc(i, m, drv)
+	}
+	r := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(doc)}})
+	if r.Problems.Errors() > 0 {
+		t.Fatal(r.Problems)
+	}
+	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: r.Inventory}
+	// The fence: a key standing for this agent's election key.
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := cli.Put(ctx, store.ElectionPrefix("r1")+"agent-1", "agent-1", clientv3.WithLease(lease.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
+	tr := &tasks{a: a, power: fp, fence: fence{key: store.ElectionPrefix("r1") + "agent-1", rev: put.Header.Revision},
+		now: time.Now, inflight: map[string]string{}, next: map[string]taskWrite{}}
+
+	write := func(machine, action, state string) {
+		b, _ := json.Marshal(inventory.PowerTask{ID: machine + "-1", Machine: machine, Action: action, State: state, CreatedAt: time.Now()})
+		if _, err := cli.Put(context.Background(), store.TaskKey("r1", machine), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A task a dead leader had started (running) and had done: the
+	// machine is on, so it is not cycled again.
+	write("resumed", inventory.TaskNetboot, inventory.TaskRunning)
+	done := make(chan error, 1)
+	go func() { done <- tr.run(ctx) }()
+	write("off1", inventory.TaskNetboot, inventory.TaskPending)
+	write("on1", inventory.TaskDiskboot, inventory.TaskPending)
+	write("gone", inventory.TaskOff, inventory.TaskPending)
+	write("hand", inventory.TaskNetboot, inventory.TaskPending)
+	write("bad", inventory.TaskNetboot, inventory.TaskPending)
+	write("nosuch", inventory.TaskOff, inventory.TaskPending)
+
+	want := map[string]struct{ state, ops, errHas string }{
+		"off1":    {inventory.TaskDone, "boot-network,on", ""},
+		"on1":     {inventory.TaskDone, "boot-disk,cycle", ""},
+		"gone":    {inventory.TaskDone, "off", ""},
+		"hand":    {inventory.TaskManual, "", "by hand"},
+		"bad":     {inventory.TaskFailed, "", "did not answer"},
+		"resumed": {inventory.TaskDone, "", ""},
+		"nosuch":  {inventory.TaskFailed, "", "not in rack r1"},
+	}
+	for m, w := range want {
+		pt := waitTask(t, cli, store.TaskKey("r1", m))
+		if pt.State != w.state || !strings.Contains(pt.Error, w.errHas) || pt.Agent != "agent-1" {
+			t.Errorf("%s: %+v, want state %s with error containing %q", m, pt, w.state, w.errHas)
+		}
+		if got := fp.ops(m); got != w.ops {
+			t.Errorf("%s: power calls %q, want %q", m, got, w.ops)
+		}
+	}
+	if pt := waitTask(t, cli, store.TaskKey("r1", "off1")); pt.Power != "on" {
+		t.Errorf("power state not recorded: %+v", pt)
+	}
+
+	cancel()
+	<-done
+
+	// Deposed: with the election key gone, a runner writes nothing and
+	// touches no BMC.
+	if _, err := cli.Revoke(context.Background(), lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	write("gone", inventory.TaskOff, inventory.TaskPending)
+	resp, err := cli.Get(context.Background(), store.TaskKey("r1", "gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pt inventory.PowerTask
+	json.Unmarshal(resp.Kvs[0].Value, &pt)
+	before := fp.ops("gone")
+	tr.execute(context.Background(), taskWrite{key: store.TaskKey("r1", "gone"), task: pt, modRev: resp.Kvs[0].ModRevision})
+	if got := fp.ops("gone"); got != before {
+		t.Errorf("a deposed leader drove the BMC: %q → %q", before, got)
+	}
+	resp, err = cli.Get(context.Background(), store.TaskKey("r1", "gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.Unmarshal(resp.Kvs[0].Value, &pt)
+	if pt.State != inventory.TaskPending {
+		t.Fatalf("a deposed leader wrote a task outcome: %+v", pt)
+	}
+}
+
+// waitTask waits until the task at key is finished.
+func waitTask(t *testing.T, cli *clientv3.Client, key string) inventory.PowerTask {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pt inventory.PowerTask
+	if len(resp.Kvs) > 0 {
+		json.Unmarshal(resp.Kvs[0].Value, &pt)
+		if pt.Finished() {
+			return pt
+		}
+	}
+	for wr := range cli.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			pt = inventory.PowerTask{}
+			json.Unmarshal(ev.Kv.Value, &pt)
+			if pt.Finished() {
+				return pt
+			}
+		}
+	}
+	t.Fatalf("%s: not finished: %+v", key, pt)
+	return pt
+}

@@ -1,0 +1,205 @@
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Keys of the region stage:
+//
+//	election/region/…            region servers' leader election
+//	tasks/<rack>/<machine>       the power task the region asks of a rack
+//	events/<machine>/<seq>       lifecycle events, expiring with a lease
+
+// RegionElectionPrefix is where region servers campaign.
+func (s *Store) RegionElectionPrefix() string { return s.prefix + "election/region/" }
+
+// TaskPrefix is where a rack's power tasks live; rack "" lists every rack.
+func (s *Store) TaskPrefix(rack string) string {
+	if rack == "" {
+		return s.prefix + "tasks/"
+	}
+	return s.prefix + "tasks/" + rack + "/"
+}
+
+// TaskKey is the key of a machine's power task.
+func (s *Store) TaskKey(rack, machine string) string {
+	return s.prefix + "tasks/" + rack + "/" + machine
+}
+
+// EventPrefix is where a machine's events live; machine "" lists all.
+func (s *Store) EventPrefix(machine string) string {
+	if machine == "" {
+		return s.prefix + "events/"
+	}
+	return s.prefix + "events/" + machine + "/"
+}
+
+// Power task actions.
+const (
+	// TaskNetboot sets the next boot to the network and powers the
+	// machine on, or cycles it when it is on.
+	TaskNetboot = "netboot"
+	// TaskDiskboot sets the next boot to the disk and powers the machine
+	// on, or cycles it when it is on.
+	TaskDiskboot = "diskboot"
+	// TaskOff powers the machine off, hard.
+	TaskOff = "off"
+)
+
+// Power task states.
+const (
+	TaskPending = "pending" // written by the region, not yet done
+	// TaskRunning: a rack leader started it. A successor that finds it
+	// checks the power state instead of cycling the machine again.
+	TaskRunning = "running"
+	TaskDone    = "done"   // the rack did it
+	TaskFailed  = "failed" // the rack gave up; Error says why
+	// TaskManual: the machine has no BMC Kiln can drive; a person must
+	// act (Error says what). The region keeps waiting.
+	TaskManual = "manual"
+)
+
+// PowerTask is what the region asks a rack leader to do to a machine's
+// power, at tasks/<rack>/<machine>. One task per machine at a time: a new
+// one replaces the old. The rack writes the outcome into the same key.
+type PowerTask struct {
+	ID      string `json:"id"`
+	Machine string `json:"machine"`
+	Action  string `json:"action"`
+	// Purpose is the boot purpose the machine network-boots with after
+	// a netboot (commission, deploy, erase), for logs and timelines.
+	Purpose   string    `json:"purpose,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+	// Power is the power state the rack saw while doing the task.
+	Power  string    `json:"power,omitempty"`
+	Agent  string    `json:"agent,omitempty"` // the rack agent that did it
+	DoneAt time.Time `json:"doneAt,omitzero"`
+}
+
+// Finished reports whether the rack has ended the task.
+func (t *PowerTask) Finished() bool {
+	return t.State == TaskDone || t.State == TaskFailed || t.State == TaskManual
+}
+
+// Event is one thing that happened to a machine: a lifecycle transition,
+// an error, a retry.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Machine string    `json:"machine"`
+	Type    string    `json:"type"` // Normal or Warning
+	Reason  string    `json:"reason"`
+	Message string    `json:"message,omitempty"`
+	From    string    `json:"from,omitempty"` // phase before
+	To      string    `json:"to,omitempty"`   // phase after
+}
+
+// EventKey is the key of one event: time-ordered within a machine; seq
+// orders events of the same instant.
+func (s *Store) EventKey(e Event, seq int) string {
+	return fmt.Sprintf("%s%020d.%03d", s.EventPrefix(e.Machine), e.Time.UnixNano(), seq)
+}
+
+// Events lists the events of one machine (all when machine is ""),
+// oldest first.
+func (s *Store) Events(ctx context.Context, machine string) ([]Event, int64, error) {
+	var out []Event
+	rev, err := s.RangeAt(ctx, s.EventPrefix(machine), 0, func(key string, v []byte) error {
+		var e Event
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", key, err)
+		}
+		out = append(out, e)
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, rev, err
+}
+
+// CompactEvents deletes all but the newest keep events of a machine.
+func (s *Store) CompactEvents(ctx context.Context, machine string, keep int) (int, error) {
+	resp, err := s.cli.Get(ctx, s.EventPrefix(machine), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return 0, fmt.Errorf("list events of %s: %w", machine, err)
+	}
+	extra := len(resp.Kvs) - keep
+	if extra <= 0 {
+		return 0, nil
+	}
+	last := string(resp.Kvs[extra-1].Key)
+	del, err := s.cli.Delete(ctx, s.EventPrefix(machine), clientv3.WithRange(last+"\x00"))
+	if err != nil {
+		return 0, fmt.Errorf("compact events of %s: %w", machine, err)
+	}
+	return int(del.Deleted), nil
+}
+
+// TaskMachine splits a task key into rack and machine.
+func (s *Store) TaskMachine(key string) (rack, machine string, ok bool) {
+	rest, ok := strings.CutPrefix(key, s.TaskPrefix(""))
+	if !ok {
+		return "", "", false
+	}
+	rack, machine, ok = strings.Cut(rest, "/")
+	return rack, machine, ok && rack != "" && machine != "" && !strings.Contains(machine, "/")
+}
+
+// RangeRevs is RangeAt that also passes each key's ModRevision, for
+// callers that write back with a compare on it.
+func (s *Store) RangeRevs(ctx context.Context, prefix string, rev int64, fn func(key string, value []byte, modRev int64) error) (int64, error) {
+	if rev == 0 {
+		resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		rev = resp.Header.Revision
+	}
+	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(5000))
+		if err != nil {
+			return 0, err
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
+				return 0, err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// EachEvent reads a watch until ctx ends or the watch closes, calling fn
+// for every event; a watch error (compaction, etcd lost) ends it,
+// wrapped with what was watched.
+func EachEvent(ctx context.Context, wc clientv3.WatchChan, what string, fn func(*clientv3.Event)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok := <-wc:
+			if !ok {
+				return nil
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watch %s: %w", what, err)
+			}
+			for _, ev := range resp.Events {
+				fn(ev)
+			}
+		}
+	}
+}

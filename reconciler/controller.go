@@ -1,0 +1,510 @@
+package reconciler
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+)
+
+// errNotLeader ends a term: our election key is gone.
+var errNotLeader = errors.New("no longer the region leader")
+
+// fence is the leader's election key: every write compares it.
+type fence struct {
+	key string
+	rev int64
+}
+
+type statusEntry struct {
+	st     inventory.MachineStatus
+	modRev int64
+}
+
+type taskEntry struct {
+	task   inventory.PowerTask
+	key    string
+	modRev int64
+}
+
+// controller is one leadership term's reconciler: caches of the desired
+// machines, their statuses and power tasks, kept current by etcd watches,
+// and a work queue of machine names.
+type controller struct {
+	r     *Region
+	store *inventory.Store
+	fence fence
+	q     *queue
+
+	mu       sync.Mutex
+	desired  map[string]*spec.Machine
+	specJSON map[string][]byte
+	revision string // source revision of the desired state
+	observed int64  // etcd revision it was read at
+	status   map[string]statusEntry
+	tasks    map[string]taskEntry // by machine
+	events   map[string]int       // events written per machine this term
+	lease    clientv3.LeaseID
+	writes   chan write // to the committers
+}
+
+func newController(r *Region, f fence) *controller {
+	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
+		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{},
+		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write)}
+}
+
+func (c *controller) run(ctx context.Context) error {
+	defer c.q.Close()
+	desiredRev, err := c.loadDesired(ctx)
+	if err != nil {
+		return err
+	}
+	statusRev, err := c.store.RangeRevs(ctx, c.store.MachineStatusKey(""), 0, func(k string, v []byte, mod int64) error {
+		c.putStatus(strings.TrimPrefix(k, c.store.MachineStatusKey("")), v, mod)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read machine statuses: %w", err)
+	}
+	taskRev, err := c.store.RangeRevs(ctx, c.store.TaskPrefix(""), 0, func(k string, v []byte, mod int64) error {
+		c.putTask(k, v, mod)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read power tasks: %w", err)
+	}
+	if err := c.grantLease(ctx); err != nil {
+		return err
+	}
+	c.r.log.Info("reconciling", "machines", len(c.desired), "statuses", len(c.status), "tasks", len(c.tasks))
+	c.enqueueAll()
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.watchDesired(ctx, desiredRev) })
+	g.Go(func() error { return c.watchStatus(ctx, statusRev) })
+	g.Go(func() error { return c.watchTasks(ctx, taskRev) })
+	g.Go(func() error { return c.housekeeping(ctx) })
+	for range c.r.cfg.Workers {
+		g.Go(func() error { return c.work(ctx) })
+	}
+	for range committers {
+		g.Go(func() error { return c.committer(ctx) })
+	}
+	return g.Wait()
+}
+
+// loadDesired reads the applied desired state's machines and queues the
+// ones whose spec changed.
+func (c *controller) loadDesired(ctx context.Context) (int64, error) {
+	snap, err := c.store.Snapshot(ctx, spec.KindMachine)
+	if errors.Is(err, inventory.ErrNotFound) {
+		resp, gerr := c.store.Client().Get(ctx, c.store.DesiredPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if gerr != nil {
+			return 0, fmt.Errorf("read desired state: %w", gerr)
+		}
+		return resp.Header.Revision, nil // nothing applied yet
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read desired state: %w", err)
+	}
+	next := make(map[string][]byte, len(snap.Inventory.Machines))
+	var changed []string
+	c.mu.Lock()
+	for name, m := range snap.Inventory.Machines {
+		b, _ := json.Marshal(m.Spec)
+		next[name] = b
+		if !bytes.Equal(c.specJSON[name], b) {
+			changed = append(changed, name)
+		}
+	}
+	for name := range c.desired {
+		if _, ok := next[name]; !ok {
+			changed = append(changed, name)
+		}
+	}
+	c.desired, c.specJSON = snap.Inventory.Machines, next
+	c.revision, c.observed = snap.Pointer.Revision, snap.Revision
+	c.mu.Unlock()
+	for _, n := range changed {
+		c.q.Add(n)
+	}
+	return snap.Revision, nil
+}
+
+func (c *controller) watchDesired(ctx context.Context, rev int64) error {
+	wc := c.store.WatchPrefix(ctx, c.store.DesiredPrefix(), rev)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok := <-wc:
+			if !ok {
+				return nil
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watch desired state: %w", err)
+			}
+			changed := false
+			for _, ev := range resp.Events {
+				if strings.HasSuffix(string(ev.Kv.Key), "desired/current") {
+					changed = true
+				} else if strings.Contains(string(ev.Kv.Key), "/machines/") {
+					changed = true // an in-place edit of the current generation
+				}
+			}
+			if !changed {
+				continue
+			}
+			// Batch a burst of writes into one reload.
+			drain(wc, 20*time.Millisecond)
+			if _, err := c.loadDesired(ctx); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	}
+}
+
+// drain swallows what else arrives on wc within d.
+func drain(wc clientv3.WatchChan, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case _, ok := <-wc:
+			if !ok {
+				return
+			}
+		case <-t.C:
+			return
+		}
+	}
+}
+
+func (c *controller) watchStatus(ctx context.Context, rev int64) error {
+	prefix := c.store.MachineStatusKey("")
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, prefix, rev), "machine statuses", func(ev *clientv3.Event) {
+		name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+		if ev.Type == clientv3.EventTypeDelete {
+			c.mu.Lock()
+			delete(c.status, name)
+			c.mu.Unlock()
+		} else if !c.putStatus(name, ev.Kv.Value, ev.Kv.ModRevision) {
+			return // our own write, already cached
+		}
+		c.q.Add(name)
+	})
+}
+
+// putStatus caches a status newer than the cached one; it reports
+// whether it was newer.
+func (c *controller) putStatus(name string, v []byte, mod int64) bool {
+	c.mu.Lock()
+	old, ok := c.status[name]
+	c.mu.Unlock()
+	if ok && old.modRev >= mod {
+		return false // our own write, or older than what we hold
+	}
+	var st inventory.MachineStatus
+	if err := json.Unmarshal(v, &st); err != nil {
+		c.r.log.Warn("ignoring an undecodable machine status", "machine", name, "err", err)
+		st = inventory.MachineStatus{} // treated as new; the next write replaces it
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.status[name]; ok && old.modRev >= mod {
+		return false
+	}
+	c.status[name] = statusEntry{st: st, modRev: mod}
+	return true
+}
+
+func (c *controller) watchTasks(ctx context.Context, rev int64) error {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.TaskPrefix(""), rev), "power tasks", func(ev *clientv3.Event) {
+		key := string(ev.Kv.Key)
+		_, machine, ok := c.store.TaskMachine(key)
+		if !ok {
+			return
+		}
+		if ev.Type == clientv3.EventTypeDelete {
+			c.mu.Lock()
+			if te, ok := c.tasks[machine]; ok && te.key == key && te.modRev < ev.Kv.ModRevision {
+				delete(c.tasks, machine)
+			}
+			c.mu.Unlock()
+		} else if !c.putTask(key, ev.Kv.Value, ev.Kv.ModRevision) {
+			return
+		}
+		c.q.Add(machine)
+	})
+}
+
+func (c *controller) putTask(key string, v []byte, mod int64) bool {
+	_, machine, ok := c.store.TaskMachine(key)
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	old, ok := c.tasks[machine]
+	c.mu.Unlock()
+	if ok && old.modRev >= mod {
+		return false
+	}
+	var t inventory.PowerTask
+	if err := json.Unmarshal(v, &t); err != nil {
+		c.r.log.Warn("ignoring an undecodable power task", "key", key, "err", err)
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.tasks[machine]; ok && old.modRev >= mod {
+		return false
+	}
+	c.tasks[machine] = taskEntry{task: t, key: key, modRev: mod}
+	return true
+}
+
+func (c *controller) enqueueAll() {
+	c.mu.Lock()
+	names := make([]string, 0, len(c.desired))
+	for n := range c.desired {
+		names = append(names, n)
+	}
+	c.mu.Unlock()
+	for _, n := range names {
+		c.q.Add(n)
+	}
+}
+
+// housekeeping resyncs, renews the events' lease and publishes the queue
+// depth.
+func (c *controller) housekeeping(ctx context.Context) error {
+	resync := time.NewTicker(c.r.cfg.Resync)
+	defer resync.Stop()
+	lease := time.NewTicker(c.r.cfg.EventTTL / 2)
+	defer lease.Stop()
+	depth := time.NewTicker(time.Second)
+	defer depth.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			c.enqueueAll()
+		case <-lease.C:
+			if err := c.grantLease(ctx); err != nil && ctx.Err() == nil {
+				c.r.log.Warn("cannot renew the events lease; events keep the old one", "err", err)
+			}
+		case <-depth.C:
+			c.r.metrics.depth.Set(float64(c.q.Len()))
+		}
+	}
+}
+
+// grantLease starts a new lease for the events written from now on: they
+// expire with it, after EventTTL at most.
+func (c *controller) grantLease(ctx context.Context) error {
+	resp, err := c.store.Client().Grant(ctx, int64(c.r.cfg.EventTTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("grant the events lease: %w", err)
+	}
+	c.mu.Lock()
+	c.lease = resp.ID
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *controller) work(ctx context.Context) error {
+	for {
+		name, ok := c.q.Get(ctx)
+		if !ok {
+			return nil
+		}
+		err := c.reconcile(ctx, name)
+		c.q.Done(name)
+		if errors.Is(err, errNotLeader) {
+			return err
+		}
+	}
+}
+
+// reconcile decides one machine's next step and writes it, fenced by our
+// leadership and compared against the status and task it was decided on.
+func (c *controller) reconcile(ctx context.Context, name string) error {
+	start := time.Now()
+	m := c.r.metrics
+	c.mu.Lock()
+	machine := c.desired[name]
+	se, hasStatus := c.status[name]
+	te, hasTask := c.tasks[name]
+	in := Input{Now: c.r.cfg.Now().UTC(), Machine: machine, Status: se.st, Revision: c.revision, Observed: c.observed}
+	lease := c.lease
+	c.mu.Unlock()
+	if machine == nil {
+		return nil // not in the inventory: nothing to do, nothing touched
+	}
+	if hasTask {
+		t := te.task
+		in.Task = &t
+	}
+	dec := Decide(in, c.r.cfg.Policy)
+	c.r.log.Debug("decided", "machine", name, "phase", in.Status.Phase, "step", in.Status.Step, "next", dec.Status.Phase, "next_step", dec.Status.Step,
+		"status_rev", se.modRev, "result", in.Status.Result != nil, "task", dec.Task != nil)
+
+	statusKey := c.store.MachineStatusKey(name)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(statusKey), "=", se.modRev)}
+	var ops []clientv3.Op
+	changed := statusChanged(se.st, dec.Status) || !hasStatus
+	if changed {
+		dec.Status.UpdatedAt = in.Now
+		b, err := json.Marshal(dec.Status)
+		if err != nil {
+			return fmt.Errorf("encode status of %s: %w", name, err)
+		}
+		ops = append(ops, clientv3.OpPut(statusKey, string(b)))
+	}
+	var newTaskKey string
+	if dec.Task != nil {
+		newTaskKey = c.store.TaskKey(dec.Status.Rack, name)
+		b, err := json.Marshal(dec.Task)
+		if err != nil {
+			return fmt.Errorf("encode task of %s: %w", name, err)
+		}
+		ops = append(ops, clientv3.OpPut(newTaskKey, string(b)))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(newTaskKey), "=", modRevIf(hasTask && te.key == newTaskKey, te.modRev)))
+	}
+	if hasTask && (dec.DeleteTask || (dec.Task != nil && te.key != newTaskKey)) {
+		ops = append(ops, clientv3.OpDelete(te.key))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(te.key), "=", te.modRev))
+	}
+	for i, ev := range dec.Events {
+		b, _ := json.Marshal(ev)
+		ops = append(ops, clientv3.OpPut(c.store.EventKey(ev, i), string(b), clientv3.WithLease(lease)))
+	}
+	if len(ops) == 0 {
+		c.settle(name, dec, start, "unchanged")
+		return nil
+	}
+	res := c.commit(ctx, cmps, ops)
+	switch {
+	case res.notLeader:
+		m.reconciles.WithLabelValues("error").Inc()
+		return errNotLeader
+	case res.err != nil:
+		m.reconciles.WithLabelValues("error").Inc()
+		if ctx.Err() == nil {
+			c.r.log.Warn("write machine status", "machine", name, "err", res.err)
+			c.q.AddRateLimited(name)
+		}
+		return nil
+	case res.conflict:
+		// Someone (an agent report, the rack) wrote first: refresh and
+		// decide again on what they wrote.
+		m.reconciles.WithLabelValues("conflict").Inc()
+		c.refresh(ctx, name)
+		c.q.AddRateLimited(name)
+		return nil
+	}
+	rev := res.rev
+	c.mu.Lock()
+	// The watch may have brought something newer already: keep it.
+	if changed && c.status[name].modRev < rev {
+		c.status[name] = statusEntry{st: dec.Status, modRev: rev}
+	}
+	if cur, ok := c.tasks[name]; dec.Task != nil && (!ok || cur.modRev < rev) {
+		c.tasks[name] = taskEntry{task: *dec.Task, key: newTaskKey, modRev: rev}
+	} else if dec.DeleteTask && ok && cur.modRev < rev {
+		delete(c.tasks, name)
+	}
+	c.events[name] += len(dec.Events)
+	compact := c.events[name] > c.r.cfg.EventsPerMachine/2
+	if compact {
+		c.events[name] = 0
+	}
+	c.mu.Unlock()
+	if se.st.Phase != dec.Status.Phase {
+		if !se.st.PhaseStartedAt.IsZero() && se.st.Phase != "" {
+			m.phaseDuration.WithLabelValues(se.st.Phase).Observe(in.Now.Sub(se.st.PhaseStartedAt).Seconds())
+		}
+		for _, ev := range dec.Events {
+			if ev.From != ev.To {
+				c.r.log.Info("machine "+ev.To, "machine", name, "from", ev.From, "reason", ev.Reason, "message", ev.Message)
+			}
+		}
+	}
+	if compact {
+		if _, err := c.store.CompactEvents(ctx, name, c.r.cfg.EventsPerMachine); err != nil && ctx.Err() == nil {
+			c.r.log.Debug("compact events", "machine", name, "err", err)
+		}
+	}
+	c.settle(name, dec, start, "success")
+	return nil
+}
+
+func modRevIf(ok bool, rev int64) int64 {
+	if ok {
+		return rev
+	}
+	return 0
+}
+
+func (c *controller) settle(name string, dec Decision, start time.Time, result string) {
+	c.q.Forget(name)
+	if dec.RequeueAfter > 0 {
+		c.q.AddAfter(name, dec.RequeueAfter)
+	}
+	c.r.metrics.reconciles.WithLabelValues(result).Inc()
+	c.r.metrics.duration.Observe(time.Since(start).Seconds())
+}
+
+// refresh re-reads a machine's status and task after a conflict, so the
+// next decision does not wait for the watch.
+func (c *controller) refresh(ctx context.Context, name string) {
+	c.mu.Lock()
+	st := c.status[name]
+	rack := st.st.Rack
+	if m := c.desired[name]; m != nil {
+		rack = m.Spec.Rack
+	}
+	c.mu.Unlock()
+	cli := c.store.Client()
+	if resp, err := cli.Get(ctx, c.store.MachineStatusKey(name)); err == nil && len(resp.Kvs) > 0 {
+		c.putStatus(name, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	}
+	if resp, err := cli.Get(ctx, c.store.TaskKey(rack, name)); err == nil && len(resp.Kvs) > 0 {
+		c.putTask(string(resp.Kvs[0].Key), resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	}
+}
+
+// statusChanged compares two statuses, ignoring UpdatedAt.
+func statusChanged(a, b inventory.MachineStatus) bool {
+	a.UpdatedAt, b.UpdatedAt = time.Time{}, time.Time{}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return !bytes.Equal(ja, jb)
+}
+
+// snapshotCounts counts the desired machines by phase and rack, for the
+// kiln_machines gauge.
+func (c *controller) snapshotCounts() map[[2]string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[[2]string]int{}
+	for name, m := range c.desired {
+		phase := c.status[name].st.Phase
+		if phase == "" {
+			phase = "new"
+		}
+		out[[2]string{phase, m.Spec.Rack}]++
+	}
+	return out
+}

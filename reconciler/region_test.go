@@ -1,0 +1,457 @@
+package reconciler_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/reconciler"
+	"github.com/kilnhq/kiln/spec"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestMain doubles as a region server process for the kill -9 tests:
+// with KILN_TEST_REGION set, it runs a region reconciler against the etcd
+// in KILN_TEST_ETCD until killed.
+func TestMain(m *testing.M) {
+	if id := os.Getenv("KILN_TEST_REGION"); id != "" {
+		os.Exit(regionProcess(id, os.Getenv("KILN_TEST_ETCD")))
+	}
+	os.Exit(m.Run())
+}
+
+// testPolicy keeps the lifecycle quick: retries after 100 ms.
+var testPolicy = reconciler.Policy{RetryBackoff: 100 * time.Millisecond, MaxRetryBackoff: 400 * time.Millisecond, MaxAttempts: 3,
+	PowerTimeout: time.Minute}
+
+func regionProcess(id, endpoint string) int {
+	cli, err := etcd.Connect(etcd.Config{Endpoints: []string{endpoint}})
+	if err != nil {
+		return 2
+	}
+	store := inventory.NewStore(cli, "", quiet())
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	reg := prometheus.NewRegistry()
+	workers, _ := strconv.Atoi(os.Getenv("KILN_TEST_WORKERS"))
+	r := reconciler.New(reconciler.Config{ID: id, Policy: testPolicy, Workers: workers}, store, reg, log)
+	if addr := os.Getenv("KILN_TEST_METRICS"); addr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		go http.ListenAndServe(addr, mux)
+	}
+	if err := r.Run(context.Background()); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type env struct {
+	t     *testing.T
+	ctx   context.Context
+	cli   *clientv3.Client
+	cfg   etcd.Config
+	store *inventory.Store
+	sim   *sim
+}
+
+func newEnv(t *testing.T) *env {
+	cli, cfg := etcdtest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &env{t: t, ctx: ctx, cli: cli, cfg: cfg, store: inventory.NewStore(cli, "", quiet())}
+	e.sim = newSim(e.store)
+	go e.sim.run(ctx)
+	return e
+}
+
+func (e *env) apply(inv *spec.Inventory, rev string) {
+	e.t.Helper()
+	if _, err := e.store.Apply(e.ctx, inv, inventory.ApplyMeta{Source: "test", Revision: rev}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// region runs an in-process region server until the test ends.
+func (e *env) region(id string, cfg reconciler.Config) (*reconciler.Region, *prometheus.Registry) {
+	cfg.ID = id
+	if cfg.Policy.MaxAttempts == 0 {
+		cfg.Policy = testPolicy
+	}
+	reg := prometheus.NewRegistry()
+	r := reconciler.New(cfg, e.store, reg, quiet())
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return r, reg
+}
+
+// waitStatus waits, on a watch, until the machine's status satisfies ok.
+func (e *env) waitStatus(machine string, timeout time.Duration, what string, ok func(inventory.MachineStatus) bool) inventory.MachineStatus {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, timeout)
+	defer cancel()
+	key := e.store.MachineStatusKey(machine)
+	resp, err := e.cli.Get(ctx, key)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var st inventory.MachineStatus
+	if len(resp.Kvs) > 0 {
+		json.Unmarshal(resp.Kvs[0].Value, &st)
+		if ok(st) {
+			return st
+		}
+	}
+	for wr := range e.cli.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			st = inventory.MachineStatus{}
+			json.Unmarshal(ev.Kv.Value, &st)
+			if ok(st) {
+				return st
+			}
+		}
+	}
+	b, _ := json.MarshalIndent(st, "", " ")
+	tasks, _ := inventory.ListJSON[inventory.PowerTask](context.Background(), e.store, e.store.TaskPrefix(""))
+	e.t.Fatalf("%s: %s not reached within %s; last status:\n%s\ntasks: %+v\nevents: %+v", machine, what, timeout, b, tasks, e.events(machine))
+	return st
+}
+
+func (e *env) waitPhase(machine, phase string, timeout time.Duration) inventory.MachineStatus {
+	e.t.Helper()
+	return e.waitStatus(machine, timeout, "phase "+phase, func(st inventory.MachineStatus) bool { return st.Phase == phase })
+}
+
+func (e *env) events(machine string) []inventory.Event {
+	evs, _, err := e.store.Events(e.ctx, machine)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return evs
+}
+
+func hasEvent(evs []inventory.Event, reason, to string) bool {
+	for _, ev := range evs {
+		if ev.Reason == reason && (to == "" || ev.To == to) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestFullLifecycle(t *testing.T) {
+	e := newEnv(t)
+	machines := map[string]string{"a": "state: ready", "b": "state: deployed", "c": "state: deployed\nerase: quick"}
+	e.apply(lab(t, machines), "r1")
+	_, reg := e.region("region-1", reconciler.Config{})
+
+	e.waitPhase("a", "ready", time.Minute)
+	st := e.waitPhase("b", "deployed", time.Minute)
+	if st.DeployedImage != "debian" || st.BootPurpose != "local" || st.SourceRevision != "r1" || len(st.Facts) == 0 {
+		t.Fatalf("deployed status incomplete: %+v", st)
+	}
+	if c := st.Condition("Deployed"); c == nil || c.Status != "True" {
+		t.Fatalf("Deployed condition: %+v", st.Conditions)
+	}
+	e.waitPhase("c", "deployed", time.Minute)
+	for _, r := range []string{"Commissioning", "Commissioned", "Deploying", "Deployed"} {
+		if !hasEvent(e.events("b"), r, "") {
+			t.Errorf("no %s event for b: %+v", r, e.events("b"))
+		}
+	}
+
+	// Release b (no erase) and c (erase quick).
+	machines["b"], machines["c"] = "state: ready", "state: ready\nerase: quick"
+	e.apply(lab(t, machines), "r2")
+	st = e.waitPhase("b", "ready", time.Minute)
+	if st.DeployedImage != "" || st.BootPurpose != "off" {
+		t.Fatalf("released status: %+v", st)
+	}
+	e.waitPhase("c", "ready", time.Minute)
+	if !hasEvent(e.events("c"), "Erasing", "erasing") || !hasEvent(e.events("c"), "Erased", "ready") {
+		t.Fatalf("c was not erased on release: %+v", e.events("c"))
+	}
+	if n := e.sim.booted("b", "erase"); n != 0 {
+		t.Fatalf("b (erase: none) was erased %d times", n)
+	}
+	// Every destructive boot happened exactly once.
+	for m, want := range map[string]map[string]int{"a": {"commission": 1, "deploy": 0}, "b": {"deploy": 1}, "c": {"deploy": 1, "erase": 1}} {
+		for p, n := range want {
+			if got := e.sim.booted(m, p); got != n {
+				t.Errorf("%s booted %d times to %s, want %d", m, got, p, n)
+			}
+		}
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP kiln_region_leader 1 while this server leads the region and reconciles.
+# TYPE kiln_region_leader gauge
+kiln_region_leader 1
+`), "kiln_region_leader"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(reg, "kiln_machines"); n == 0 {
+		t.Error("no kiln_machines series")
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "kiln_machines" {
+			for _, m := range mf.Metric {
+				if m.Label[0].GetValue() == "ready" && m.Label[1].GetValue() == "r1" && m.Gauge.GetValue() != 3 {
+					t.Errorf("kiln_machines{phase=ready,rack=r1} = %v, want 3", m.Gauge.GetValue())
+				}
+			}
+		}
+		if mf.GetName() == "kiln_phase_duration_seconds" {
+			for _, m := range mf.Metric {
+				if m.Label[0].GetValue() == "deploying" && m.Histogram.GetSampleCount() < 2 {
+					t.Errorf("deploying phase observed %d times, want 2", m.Histogram.GetSampleCount())
+				}
+			}
+		}
+	}
+}
+
+func TestFailureRetryAndExhaustion(t *testing.T) {
+	e := newEnv(t)
+	e.sim.failures["flaky"] = 2  // fails twice, then commissions
+	e.sim.failures["broken"] = 9 // never commissions
+	machines := map[string]string{"flaky": "state: ready", "broken": "state: ready"}
+	e.apply(lab(t, machines), "r1")
+	e.region("region-1", reconciler.Config{})
+
+	st := e.waitPhase("flaky", "ready", time.Minute)
+	if st.Attempts != 0 || st.Reason != "" {
+		t.Fatalf("a success must clear the failure: %+v", st)
+	}
+	evs := e.events("flaky")
+	if !hasEvent(evs, "Failed", "failed-commissioning") || !hasEvent(evs, "Retry", "commissioning") {
+		t.Fatalf("no failure and retry events: %+v", evs)
+	}
+	st = e.waitStatus("broken", time.Minute, "3 failed attempts", func(st inventory.MachineStatus) bool {
+		return st.Phase == "failed-commissioning" && st.Attempts == 3
+	})
+	if !strings.Contains(st.Reason, "simulated commission failure") || st.BootPurpose != "off" {
+		t.Fatalf("failed status: %+v", st)
+	}
+	// After the attempts ran out nothing happens until a person acts ...
+	if n := e.sim.booted("broken", "commission"); n != 3 {
+		t.Fatalf("broken booted %d times, want 3", n)
+	}
+	// ... here by raising commissionGeneration.
+	e.sim.mu.Lock()
+	e.sim.failures["broken"] = 0
+	e.sim.mu.Unlock()
+	machines["broken"] = "state: ready\ncommissionGeneration: 1"
+	e.apply(lab(t, machines), "r2")
+	st = e.waitPhase("broken", "ready", time.Minute)
+	if st.CommissionedGeneration != 1 {
+		t.Fatalf("commissioned generation %d", st.CommissionedGeneration)
+	}
+}
+
+func TestPhaseTimeoutAndPowerFailure(t *testing.T) {
+	e := newEnv(t)
+	e.sim.silent["mute"] = true
+	e.sim.taskFail["nobmc"] = "BMC 192.0.2.200:623 unreachable: i/o timeout"
+	e.apply(lab(t, map[string]string{"mute": "state: ready", "nobmc": "state: ready"}), "r1")
+	pol := testPolicy
+	pol.Timeouts = map[string]time.Duration{reconciler.PhaseCommissioning: time.Second}
+	pol.MaxAttempts = 1
+	e.region("region-1", reconciler.Config{Policy: pol})
+	st := e.waitPhase("mute", "failed-commissioning", time.Minute)
+	if !strings.Contains(st.Reason, "timed out") || !strings.Contains(st.Reason, "never reported") {
+		t.Fatalf("timeout reason: %q", st.Reason)
+	}
+	st = e.waitPhase("nobmc", "failed-commissioning", time.Minute)
+	if !strings.Contains(st.Reason, "unreachable") {
+		t.Fatalf("power failure reason: %q", st.Reason)
+	}
+	if c := st.Condition("PowerReachable"); c == nil || c.Status != "False" {
+		t.Fatalf("PowerReachable: %+v", st.Conditions)
+	}
+}
+
+func TestMaintenancePausesAndResumes(t *testing.T) {
+	e := newEnv(t)
+	held := e.sim.hold("m/deploy")
+	machines := map[string]string{"m": "state: deployed"}
+	e.apply(lab(t, machines), "r1")
+	e.region("region-1", reconciler.Config{})
+	<-held // deploying, the agent is writing the disk
+	machines["m"] = "state: deployed\nmaintenance: true"
+	e.apply(lab(t, machines), "r2")
+	st := e.waitPhase("m", "maintenance", time.Minute)
+	if st.Paused != "deploying" {
+		t.Fatalf("paused %q", st.Paused)
+	}
+	diskboots := e.sim.count("m", "diskboot")
+	e.sim.releaseAll() // the agent finishes while the machine is paused
+	e.waitStatus("m", time.Minute, "the agent's result", func(st inventory.MachineStatus) bool { return st.Result != nil })
+	// Nothing is acted on while paused: prove it by a later, unrelated
+	// write that the reconciler sees and must ignore.
+	machines["n"] = "state: ready"
+	e.apply(lab(t, machines), "r3")
+	e.waitPhase("n", "ready", time.Minute)
+	if st := e.waitPhase("m", "maintenance", time.Second); st.Phase != "maintenance" || e.sim.count("m", "diskboot") != diskboots {
+		t.Fatalf("a paused machine was acted on: %+v", st)
+	}
+	machines["m"] = "state: deployed"
+	e.apply(lab(t, machines), "r4")
+	e.waitPhase("m", "deployed", time.Minute)
+	if !hasEvent(e.events("m"), "Resumed", "") {
+		t.Fatalf("no Resumed event: %+v", e.events("m"))
+	}
+}
+
+func TestUnrelatedEditsNeverRedeployOrErase(t *testing.T) {
+	e := newEnv(t)
+	machines := map[string]string{"m": "state: deployed"}
+	e.apply(lab(t, machines), "r1")
+	e.region("region-1", reconciler.Config{})
+	e.waitPhase("m", "deployed", time.Minute)
+	machines["m"] = "state: deployed\nimage: debian-next\nerase: full\nzone: z2"
+	e.apply(lab(t, machines), "r2")
+	st := e.waitStatus("m", time.Minute, "ImageDrift", func(st inventory.MachineStatus) bool {
+		c := st.Condition("ImageDrift")
+		return c != nil && c.Status == "True"
+	})
+	if st.Phase != "deployed" || e.sim.booted("m", "deploy") != 1 || e.sim.booted("m", "erase") != 0 {
+		t.Fatalf("an unrelated edit acted on the machine: %+v", st)
+	}
+	// Raising deployGeneration is how a redeploy is asked for.
+	machines["m"] = "state: deployed\nimage: debian-next\nerase: full\ndeployGeneration: 1"
+	e.apply(lab(t, machines), "r3")
+	st = e.waitStatus("m", time.Minute, "redeployed", func(st inventory.MachineStatus) bool {
+		return st.Phase == "deployed" && st.DeployedImage == "debian-next"
+	})
+	if n := e.sim.booted("m", "deploy"); n != 2 {
+		t.Fatalf("deploy boots %d, want 2", n)
+	}
+}
+
+func TestLeaderKillInEveryPhase(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(map[int]string{2: "two-servers", 3: "three-servers"}[n], func(t *testing.T) { leaderKill(t, n) })
+	}
+}
+
+// leaderKill holds a machine in every phase, kills the region leader
+// with SIGKILL (n-1 times, so that one server is left), and checks that
+// the survivors finish every machine without repeating a destructive
+// step or losing one.
+func leaderKill(t *testing.T, n int) {
+	e := newEnv(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs := map[string]*exec.Cmd{}
+	for i := range n {
+		id := "region-" + string(rune('a'+i))
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), "KILN_TEST_REGION="+id, "KILN_TEST_ETCD="+e.cfg.Endpoints[0])
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs[id] = cmd
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	// Statuses as earlier leaders left them, so each machine starts in
+	// the phase it is to be caught in.
+	seed := func(name string, st inventory.MachineStatus) {
+		b, _ := json.Marshal(st)
+		if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey(name), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready := inventory.MachineStatus{Phase: "ready", Rack: "r1", PhaseStartedAt: time.Now().UTC()}
+	deployed := inventory.MachineStatus{Phase: "deployed", Rack: "r1", DeployedImage: "debian", PhaseStartedAt: time.Now().UTC()}
+	seed("dep-agent", ready)
+	seed("dep-disk", ready)
+	seed("rel", deployed)
+	seed("era", deployed)
+	holds := []<-chan struct{}{
+		e.sim.hold("com/commission"),    // commissioning, agent step
+		e.sim.hold("dep-agent/deploy"),  // deploying, agent writing the disk
+		e.sim.hold("dep-disk/diskboot"), // deploying, booting the disk
+		e.sim.hold("rel/off"),           // releasing, powering off
+		e.sim.hold("era/erase"),         // erasing, agent wiping
+	}
+	machines := map[string]string{"com": "state: ready", "dep-agent": "state: deployed", "dep-disk": "state: deployed",
+		"rel": "state: ready", "era": "state: ready\nerase: full"}
+	e.apply(lab(t, machines), "r1")
+	for _, h := range holds {
+		select {
+		case <-h:
+		case <-time.After(2 * time.Minute):
+			t.Fatal("machines did not reach their phases")
+		}
+	}
+	for kill := 1; kill < n; kill++ {
+		leader := e.leader("")
+		start := time.Now()
+		if err := procs[leader].Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		procs[leader].Wait()
+		next := e.leader(leader)
+		t.Logf("kill -9 of %s: %s leads %s later", leader, next, time.Since(start).Round(10*time.Millisecond))
+	}
+	e.sim.releaseAll()
+	for m, phase := range map[string]string{"com": "ready", "dep-agent": "deployed", "dep-disk": "deployed", "rel": "ready", "era": "ready"} {
+		e.waitPhase(m, phase, 2*time.Minute)
+	}
+	for _, c := range []struct{ m, purpose string }{{"com", "commission"}, {"dep-agent", "deploy"}, {"dep-disk", "deploy"}, {"era", "erase"}} {
+		if got := e.sim.booted(c.m, c.purpose); got != 1 {
+			t.Errorf("%s booted to %s %d times across the kills, want exactly 1", c.m, c.purpose, got)
+		}
+	}
+	if got := e.sim.count("dep-disk", "diskboot"); got != 1 {
+		t.Errorf("dep-disk disk-booted %d times, want 1", got)
+	}
+}
+
+// leader waits for a region leader other than not and returns its ID.
+func (e *env) leader(not string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	prefix := e.store.RegionElectionPrefix()
+	for {
+		resp, err := e.cli.Get(ctx, prefix, clientv3.WithFirstCreate()...)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if len(resp.Kvs) > 0 && string(resp.Kvs[0].Value) != not {
+			return string(resp.Kvs[0].Value)
+		}
+		wc := e.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		select {
+		case <-wc:
+		case <-ctx.Done():
+			e.t.Fatal(errors.New("no region leader within a minute"))
+		}
+	}
+}

@@ -1,0 +1,270 @@
+package reconciler_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// sim stands in for the rack agents and the machine agents: it speaks
+// the real etcd protocol of power tasks (tasks/<rack>/<machine>, pending
+// → done) and of agent reports (facts, progress and result written into
+// status/machines/<name>, as the rack's agent API does).
+type sim struct {
+	store *inventory.Store
+
+	mu       sync.Mutex
+	executed []inventory.PowerTask    // power tasks carried out, in order
+	purposes map[string][]string      // machine → boot purposes it network-booted with
+	failures map[string]int           // machine → agent failures still to report
+	silent   map[string]bool          // machine agent never reports
+	holds    map[string]chan struct{} // "machine/what" → released when closed
+	held     map[string]chan struct{} // "machine/what" → closed once something waits there
+	taskFail map[string]string        // machine → power error to report
+	// instant agents report only their result (the benchmark).
+	instant bool
+}
+
+func newSim(store *inventory.Store) *sim {
+	return &sim{store: store, purposes: map[string][]string{}, failures: map[string]int{}, silent: map[string]bool{},
+		holds: map[string]chan struct{}{}, held: map[string]chan struct{}{}, taskFail: map[string]string{}}
+}
+
+// hold makes the sim wait at "machine/what" (what: an action such as
+// diskboot or off, or an agent purpose such as deploy) until released.
+// It returns a channel closed once the sim waits there.
+func (s *sim) hold(at string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holds[at] = make(chan struct{})
+	s.held[at] = make(chan struct{})
+	return s.held[at]
+}
+
+func (s *sim) releaseAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, ch := range s.holds {
+		close(ch)
+		delete(s.holds, k)
+	}
+}
+
+func (s *sim) wait(ctx context.Context, at string) {
+	s.mu.Lock()
+	ch, ok := s.holds[at]
+	if ok {
+		close(s.held[at])
+	}
+	s.mu.Unlock()
+	if ok {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func (s *sim) run(ctx context.Context) error {
+	prefix := s.store.TaskPrefix("")
+	rev, err := s.store.RangeRevs(ctx, prefix, 0, func(k string, v []byte, mod int64) error {
+		s.consider(ctx, k, v, mod)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	wc := s.store.WatchPrefix(ctx, prefix, rev)
+	for resp := range wc {
+		if resp.Err() != nil {
+			return resp.Err()
+		}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypePut {
+				s.consider(ctx, string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *sim) consider(ctx context.Context, key string, v []byte, mod int64) {
+	var t inventory.PowerTask
+	if json.Unmarshal(v, &t) != nil || t.State != inventory.TaskPending {
+		return
+	}
+	go s.do(ctx, key, t, mod)
+}
+
+// do carries out a power task as a rack leader would, then plays the
+// machine agent when the machine network-boots.
+func (s *sim) do(ctx context.Context, key string, t inventory.PowerTask, mod int64) {
+	s.wait(ctx, t.Machine+"/"+t.Action)
+	s.mu.Lock()
+	perr := s.taskFail[t.Machine]
+	s.mu.Unlock()
+	t.State, t.DoneAt, t.Agent, t.Power = inventory.TaskDone, time.Now().UTC(), "sim", "on"
+	if t.Action == inventory.TaskOff {
+		t.Power = "off"
+	}
+	if perr != "" {
+		t.State, t.Error, t.Power = inventory.TaskFailed, perr, ""
+	}
+	b, _ := json.Marshal(t)
+	resp, err := s.store.Client().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", mod)).
+		Then(clientv3.OpPut(key, string(b))).Commit()
+	if err != nil || !resp.Succeeded {
+		return // replaced meanwhile: that task's outcome is dropped, as the rack does
+	}
+	s.mu.Lock()
+	s.executed = append(s.executed, t)
+	s.mu.Unlock()
+	if t.Action != inventory.TaskNetboot || perr != "" {
+		return
+	}
+	s.agent(ctx, t.Machine, t.Purpose)
+}
+
+// agent plays the machine agent booted with purpose.
+func (s *sim) agent(ctx context.Context, machine, purpose string) {
+	s.mu.Lock()
+	s.purposes[machine] = append(s.purposes[machine], purpose)
+	silent := s.silent[machine]
+	fail := s.failures[machine] > 0
+	if fail {
+		s.failures[machine]--
+	}
+	s.mu.Unlock()
+	if silent {
+		return
+	}
+	s.wait(ctx, machine+"/"+purpose)
+	report := func(fn func(*inventory.MachineStatus)) {
+		_ = inventory.UpdateJSON(ctx, s.store, s.store.MachineStatusKey(machine), func(st *inventory.MachineStatus) error {
+			fn(st)
+			st.UpdatedAt = time.Now().UTC()
+			return nil
+		})
+	}
+	now := time.Now().UTC()
+	if purpose == "commission" {
+		report(func(st *inventory.MachineStatus) {
+			st.Facts = json.RawMessage(`{"cpu":{"count":2},"memoryBytes":1073741824}`)
+		})
+	}
+	if purpose == "deploy" && !s.instant {
+		report(func(st *inventory.MachineStatus) {
+			st.Progress = &inventory.AgentProgress{Phase: "writing", BytesWritten: 1 << 20, TotalBytes: 2 << 20, At: now}
+		})
+	}
+	report(func(st *inventory.MachineStatus) {
+		st.Result = &inventory.AgentResult{Success: !fail, At: now}
+		if fail {
+			st.Result.Reason = "simulated " + purpose + " failure"
+		}
+	})
+}
+
+// count counts executed tasks of machine with action.
+func (s *sim) count(machine, action string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, t := range s.executed {
+		if t.Machine == machine && t.Action == action {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *sim) booted(machine, purpose string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, p := range s.purposes[machine] {
+		if p == purpose {
+			n++
+		}
+	}
+	return n
+}
+
+// lab builds an inventory of rack r1 with the given machine documents
+// (YAML mappings of spec fields, by machine name).
+func lab(t testing.TB, machines map[string]string) *spec.Inventory {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString(`apiVersion: kiln.dev/v1alpha1
+kind: Rack
+metadata: {name: r1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Subnet
+metadata: {name: net1}
+spec: {cidr: 192.0.2.0/24, rack: r1, gateway: 192.0.2.1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Image
+metadata: {name: debian}
+spec:
+  purpose: os
+  disk: {url: "http://images.invalid/debian.raw", sha256: "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Image
+metadata: {name: debian-next}
+spec:
+  purpose: os
+  disk: {url: "http://images.invalid/debian-next.raw", sha256: "1a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"}
+`)
+	i := 0
+	for _, name := range sortedKeys(machines) {
+		i++
+		fmt.Fprintf(&b, `---
+apiVersion: kiln.dev/v1alpha1
+kind: Machine
+metadata: {name: %s}
+spec:
+  bmc: {driver: manual}
+  interfaces: [{name: eno1, mac: "02:00:00:00:%02x:%02x", subnet: net1, ip: 192.0.2.%d}]
+`, name, i/256, i%256, 10+i)
+		if !strings.Contains(machines[name], "image:") {
+			b.WriteString("  image: debian\n")
+		}
+		for _, line := range strings.Split(strings.TrimSpace(machines[name]), "\n") {
+			if line != "" {
+				b.WriteString("  " + line + "\n")
+			}
+		}
+	}
+	r := spec.Load(fstest.MapFS{"lab.yaml": {Data: []byte(b.String())}})
+	if r.Problems.Errors() > 0 {
+		t.Fatalf("test inventory invalid:\n%s\n%s", r.Problems, b.String())
+	}
+	return r.Inventory
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
