@@ -165,6 +165,7 @@ func (d *decider) run() {
 	d.task = d.in.Task
 	st.Rack = d.spec().Rack
 	st.SourceRevision = d.in.Revision
+	st.Addresses = addresses(d.spec())
 	if d.in.Observed > st.ObservedGeneration {
 		st.ObservedGeneration = d.in.Observed
 	}
@@ -192,6 +193,27 @@ func (d *decider) run() {
 			return
 		}
 	}
+}
+
+// addresses are the machine's static addresses from its spec (allocated
+// ones are in the rack's leases: kiln get leases).
+func addresses(sp *spec.MachineSpec) []string {
+	var out []string
+	add := func(ip string) {
+		if ip != "" && ip != "auto" {
+			out = append(out, ip)
+		}
+	}
+	for _, i := range sp.Interfaces {
+		add(i.IP)
+	}
+	for _, b := range sp.Bonds {
+		add(b.IP)
+	}
+	for _, v := range sp.VLANs {
+		add(v.IP)
+	}
+	return out
 }
 
 // resume re-enters a paused phase: steady phases as they were, working

@@ -406,7 +406,8 @@ func leaderKill(t *testing.T, n int) {
 		select {
 		case <-h:
 		case <-time.After(2 * time.Minute):
-			t.Fatal("machines did not reach their phases")
+			sts, _ := e.store.MachineStatuses(e.ctx)
+			t.Fatalf("machines did not reach their phases: %+v", sts)
 		}
 	}
 	for kill := 1; kill < n; kill++ {

@@ -148,6 +148,21 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		kv("  Paused in", st.Paused)
 	}
 	kv("  Boot purpose", dash(st.BootPurpose))
+	if st.TaskID != "" && st.Rack != "" {
+		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.TaskKey(st.Rack, name)); err == nil && t.ID == st.TaskID {
+			task := fmt.Sprintf("%s on rack %s: %s since %s", t.Action, st.Rack, t.State, t.CreatedAt.Format(time.RFC3339))
+			if t.Finished() {
+				task = fmt.Sprintf("%s on rack %s: %s at %s by %s", t.Action, st.Rack, t.State, t.DoneAt.Format(time.RFC3339), dash(t.Agent))
+			}
+			if t.Error != "" {
+				task += ": " + t.Error
+			}
+			kv("  Power task", task)
+		}
+	}
+	if len(st.Addresses) > 0 {
+		kv("  Addresses", strings.Join(st.Addresses, ", "))
+	}
 	if st.Power != "" {
 		kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
 	}
