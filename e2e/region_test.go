@@ -186,3 +186,55 @@ func metric(addr, series string) string {
 	}
 	return ""
 }
+
+// TestRackRunsPowerTasks: the region asks, the rack leader powers the
+// machine through its (virtual) BMC over real IPMI, and reports back; the
+// machine agent never reports, so commissioning times out and the region
+// has the machine powered off again.
+func TestRackRunsPowerTasks(t *testing.T) {
+	const password = "e2e-rack-bmc"
+	ipmi, _ := startKilnVBMC(t, "m1", password)
+	t.Setenv("KILN_E2E_BMC_PASSWORD", password)
+	src := t.TempDir()
+	inv := `apiVersion: kiln.dev/v1alpha1
+kind: Rack
+metadata: {name: r1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Subnet
+metadata: {name: relayed}
+spec: {cidr: 127.77.0.0/24, rack: r1, mode: relay, gateway: 127.77.0.1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Machine
+metadata: {name: m1}
+spec:
+  interfaces: [{name: eno1, mac: "52:54:00:77:00:09", subnet: relayed, ip: 127.77.0.9}]
+  bmc: {driver: ipmi, address: "` + ipmi + `", username: admin, password: {fromEnv: KILN_E2E_BMC_PASSWORD}}
+`
+	if err := os.WriteFile(filepath.Join(src, "lab.yaml"), []byte(inv), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, "--source", src, "--rack", "r1", "--interfaces", "lo", "--dhcp-port", freeUDPPort(t),
+		"--proxy-port", "-1", "--timeout-commissioning", "20s", "--max-attempts", "1")
+
+	s.waitFor("the rack to power m1 on for commissioning", func() bool {
+		out, _, _ := s.kiln("describe", "machine", "m1")
+		return strings.Contains(out, "netboot on rack r1: done")
+	})
+	if out, _, code := s.kiln("power", "status", "m1"); code != 0 || strings.TrimSpace(out) != "on" {
+		t.Fatalf("m1 after the netboot task: %q (exit %d)", out, code)
+	}
+	s.waitFor("commissioning to time out", func() bool {
+		out, _, _ := s.kiln("describe", "machine", "m1")
+		return strings.Contains(out, "failed-commissioning") && strings.Contains(out, "never reported")
+	})
+	s.waitFor("the rack to power m1 off", func() bool {
+		out, _, code := s.kiln("power", "status", "m1")
+		return code == 0 && strings.TrimSpace(out) == "off"
+	})
+	out, _, _ := s.kiln("describe", "machine", "m1")
+	if !strings.Contains(out, "off on rack r1: done") || !strings.Contains(out, "Power:") {
+		t.Fatalf("describe after the power-off:\n%s", out)
+	}
+}
