@@ -344,7 +344,12 @@ func (d *decider) working() bool {
 		d.newTask(inventory.TaskNetboot, StepAgent)
 		return true
 	case StepAgent:
-		if st.Result != nil {
+		if st.Result != nil && d.staleResult() {
+			d.event("Warning", "StaleReport", "ignored an agent result from before this boot ("+st.Result.At.UTC().Format(time.RFC3339Nano)+")")
+			st.Result = nil
+			return true
+		}
+		if st.Result != nil && d.resultReady() {
 			if !st.Result.Success {
 				d.fail("the machine agent reported: " + st.Result.Reason)
 				return true
@@ -357,6 +362,24 @@ func (d *decider) working() bool {
 	}
 	d.setStep(StepPower) // unknown step: begin the phase again
 	return true
+}
+
+// staleResult reports whether the agent result in the status is older
+// than the network boot this step started (an agent of an earlier boot
+// that reported late): the task is done, and after the result. A result
+// seen before the task's outcome is not judged yet (the two arrive on
+// different watches): the step waits for the task. A boot a person powers
+// (manual) is taken as it comes.
+func (d *decider) staleResult() bool {
+	t, r := d.task, d.st().Result
+	return t != nil && t.ID == d.st().TaskID && t.State == inventory.TaskDone && r.At.Before(t.DoneAt)
+}
+
+// resultReady reports whether the result can be acted on: the step's
+// network boot is known to have been done (or is a person's to do).
+func (d *decider) resultReady() bool {
+	t := d.task
+	return t != nil && t.ID == d.st().TaskID && (t.State == inventory.TaskDone || t.State == inventory.TaskManual)
 }
 
 // agentSucceeded ends the agent step of a working phase.

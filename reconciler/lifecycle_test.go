@@ -80,6 +80,12 @@ func TestDecideTable(t *testing.T) {
 		{name: "commissioning/task-pending-waits", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "pending"), after: time.Minute, phase: PhaseCommissioning, step: StepAgent, requeue: true},
 		{name: "commissioning/task-done-waits-agent", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "done"), after: time.Minute, phase: PhaseCommissioning, step: StepAgent, requeue: true},
 		{name: "commissioning/agent-success", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: task("netboot", "done"), phase: PhaseReady, action: "off", purpose: "off", event: "Commissioned"},
+		{name: "commissioning/result-before-the-boot-ignored", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: func() *inventory.PowerTask {
+			t := task("netboot", "done")
+			t.DoneAt = t0.Add(2 * time.Minute)
+			return t
+		}(), phase: PhaseCommissioning, step: StepAgent, event: "StaleReport"},
+		{name: "commissioning/result-before-task-outcome-waits", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: task("netboot", "pending"), phase: PhaseCommissioning, step: StepAgent, requeue: true},
 		{name: "commissioning/agent-failure", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), false, "no disks"), task: task("netboot", "done"), phase: "failed-commissioning", action: "off", purpose: "off", event: "Failed", requeue: true},
 		{name: "commissioning/power-failed", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "failed"), phase: "failed-commissioning", action: "off", event: "Failed"},
 		{name: "commissioning/power-manual-waits", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "manual"), after: 10 * time.Minute, phase: PhaseCommissioning, step: StepAgent},
