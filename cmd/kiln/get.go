@@ -304,7 +304,7 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 	case spec.KindMachine:
 		t.header = []string{"NAME", "RACK", "STATE", "PHASE", "IP", "MAC", "IMAGE", "BMC"}
 		if wide {
-			t.header = append(t.header, "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
+			t.header = append(t.header, "STEP", "IN PHASE", "REASON", "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
 		}
 		names := spec.SortedNames(inv.Machines)
 		for n := range snap.Unmanaged {
@@ -319,7 +319,7 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 				u := snap.Unmanaged[n]
 				cols := []string{"-", "unmanaged", dash(statuses[n].Phase), "-", "-", "-", "-"}
 				if wide {
-					cols = append(cols, "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
+					cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
 				}
 				add(n, u, cols...)
 				continue
@@ -338,6 +338,16 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 			}
 			cols := []string{dash(sp.Rack), sp.State, dash(statuses[n].Phase), ip, mac, dash(sp.Image), bmc}
 			if wide {
+				st := statuses[n]
+				inPhase := "-"
+				if !st.PhaseStartedAt.IsZero() {
+					inPhase = time.Since(st.PhaseStartedAt).Round(time.Second).String()
+				}
+				reason := st.Reason
+				if len(reason) > 60 {
+					reason = reason[:57] + "..."
+				}
+				cols = append(cols, dash(st.Step), inPhase, dash(reason))
 				cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
 					fmt.Sprint(sp.InMaintenance()), m.Origin.String())
 			}
