@@ -121,15 +121,7 @@ func (s *Store) WatchPrefix(ctx context.Context, prefix string, rev int64) clien
 // RangeAt calls fn for every key below prefix at revision rev (0: now)
 // and returns the revision read.
 func (s *Store) RangeAt(ctx context.Context, prefix string, rev int64, fn func(key string, value []byte) error) (int64, error) {
-	if rev == 0 {
-		resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return 0, err
-		}
-		rev = resp.Header.Revision
-	}
-	_, err := s.rangeAll(ctx, prefix, rev, func(k, v []byte) error { return fn(strings.Clone(string(k)), v) })
-	return rev, err
+	return s.RangeRevs(ctx, prefix, rev, func(k string, v []byte, _ int64) error { return fn(k, v) })
 }
 
 // ImageStatusKey is where a rack records an Image's state in its cache.

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"log/slog"
 	"sort"
 	"strings"
@@ -426,6 +427,11 @@ func (s *Store) loadApplied(ctx context.Context, p Pointer, ptrModRev, rev int64
 // rangeAll calls fn for every key under prefix at revision rev, reading in
 // pages. It returns the number of requests made.
 func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64, fn func(k, v []byte) error) (int, error) {
+	return s.rangeKVs(ctx, prefix, rev, func(kv *mvccpb.KeyValue) error { return fn(kv.Key, kv.Value) })
+}
+
+// rangeKVs pages through every key below prefix at revision rev (0: now).
+func (s *Store) rangeKVs(ctx context.Context, prefix string, rev int64, fn func(kv *mvccpb.KeyValue) error) (int, error) {
 	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	requests := 0
 	for {
@@ -435,7 +441,7 @@ func (s *Store) rangeAll(ctx context.Context, prefix string, rev int64, fn func(
 			return requests, err
 		}
 		for _, kv := range resp.Kvs {
-			if err := fn(kv.Key, kv.Value); err != nil {
+			if err := fn(kv); err != nil {
 				return requests, err
 			}
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -164,22 +166,28 @@ func (s *Store) RangeRevs(ctx context.Context, prefix string, rev int64, fn func
 		}
 		rev = resp.Header.Revision
 	}
-	key, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	for {
-		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(5000))
-		if err != nil {
-			return 0, err
-		}
-		for _, kv := range resp.Kvs {
-			if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
-				return 0, err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, nil
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+	_, err := s.rangeKVs(ctx, prefix, rev, func(kv *mvccpb.KeyValue) error {
+		return fn(string(kv.Key), kv.Value, kv.ModRevision)
+	})
+	return rev, err
+}
+
+// Fence is a leader's election key: a write that compares it succeeds
+// only while that leader's key is the one that won (a fencing token).
+type Fence struct {
+	Key string
+	Rev int64 // the key's CreateRevision
+}
+
+// Held is the compare that makes a transaction fenced.
+func (f Fence) Held() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)
+}
+
+// HeldIn reports whether a Get of the fence key (a transaction's Else)
+// shows the fence still held: false means the leader was deposed.
+func (f Fence) HeldIn(get *etcdserverpb.RangeResponse) bool {
+	return get != nil && len(get.Kvs) > 0 && get.Kvs[0].CreateRevision == f.Rev
 }
 
 // EachEvent reads a watch until ctx ends or the watch closes, calling fn

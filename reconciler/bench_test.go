@@ -85,21 +85,7 @@ func benchRegion(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	if out := os.Getenv("KILN_BENCH_PROFILE"); out != "" { // the region's CPU profile
-		go func() {
-			resp, err := http.Get("http://" + metricsAddr + "/debug/pprof/profile?seconds=10")
-			for i := 0; err != nil && i < 50; i++ {
-				time.Sleep(20 * time.Millisecond)
-				resp, err = http.Get("http://" + metricsAddr + "/debug/pprof/profile?seconds=10")
-			}
-			if err == nil {
-				defer resp.Body.Close()
-				f, _ := os.Create(out)
-				io.Copy(f, resp.Body)
-				f.Close()
-			}
-		}()
-	}
+
 	waitDeployed(b, ctx, metricsAddr, n)
 	elapsed := time.Since(start)
 	rss := peakRSS(cmd.Process.Pid)

@@ -86,7 +86,7 @@ func (c *controller) flush(ctx context.Context, batch []write) {
 		return
 	}
 	if len(batch) > 1 {
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(c.fence.key), "=", c.fence.rev)}
+		cmps := []clientv3.Cmp{c.fence.Held()}
 		var ops []clientv3.Op
 		for _, w := range batch {
 			cmps = append(cmps, w.cmps...)
@@ -114,15 +114,14 @@ func (c *controller) flush(ctx context.Context, batch []write) {
 }
 
 func (c *controller) writeOne(ctx context.Context, w write) writeResult {
-	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(c.fence.key), "=", c.fence.rev)}, w.cmps...)
-	resp, err := c.store.Client().Txn(ctx).If(cmps...).Then(w.ops...).Else(clientv3.OpGet(c.fence.key)).Commit()
+	cmps := append([]clientv3.Cmp{c.fence.Held()}, w.cmps...)
+	resp, err := c.store.Client().Txn(ctx).If(cmps...).Then(w.ops...).Else(clientv3.OpGet(c.fence.Key)).Commit()
 	c.r.metrics.batch.Observe(1)
 	if err != nil {
 		return writeResult{err: fmt.Errorf("write: %w", err)}
 	}
 	if !resp.Succeeded {
-		get := resp.Responses[0].GetResponseRange()
-		if len(get.Kvs) == 0 || get.Kvs[0].CreateRevision != c.fence.rev {
+		if !c.fence.HeldIn(resp.Responses[0].GetResponseRange()) {
 			return writeResult{notLeader: true}
 		}
 		return writeResult{conflict: true}

@@ -19,15 +19,13 @@ import (
 // errNotLeader ends a term: our election key is gone.
 var errNotLeader = errors.New("no longer the region leader")
 
-// fence is the leader's election key: every write compares it.
-type fence struct {
-	key string
-	rev int64
-}
-
 type statusEntry struct {
 	st     inventory.MachineStatus
 	modRev int64
+	// bad: the stored status cannot be decoded. The machine is left
+	// alone until someone fixes or deletes the key: deciding on an empty
+	// status would start it over (and power-cycle it).
+	bad error
 }
 
 type taskEntry struct {
@@ -42,7 +40,7 @@ type taskEntry struct {
 type controller struct {
 	r     *Region
 	store *inventory.Store
-	fence fence
+	fence inventory.Fence // every write compares it
 	q     *queue
 
 	mu       sync.Mutex
@@ -57,7 +55,7 @@ type controller struct {
 	writes   chan write // to the committers
 }
 
-func newController(r *Region, f fence) *controller {
+func newController(r *Region, f inventory.Fence) *controller {
 	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
 		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{},
 		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write)}
@@ -215,16 +213,13 @@ func (c *controller) putStatus(name string, v []byte, mod int64) bool {
 		return false // our own write, or older than what we hold
 	}
 	var st inventory.MachineStatus
-	if err := json.Unmarshal(v, &st); err != nil {
-		c.r.log.Warn("ignoring an undecodable machine status", "machine", name, "err", err)
-		st = inventory.MachineStatus{} // treated as new; the next write replaces it
-	}
+	err := json.Unmarshal(v, &st)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.status[name]; ok && old.modRev >= mod {
 		return false
 	}
-	c.status[name] = statusEntry{st: st, modRev: mod}
+	c.status[name] = statusEntry{st: st, modRev: mod, bad: err}
 	return true
 }
 
@@ -352,13 +347,17 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	if machine == nil {
 		return nil // not in the inventory: nothing to do, nothing touched
 	}
+	if se.bad != nil {
+		m.reconciles.WithLabelValues("error").Inc()
+		c.r.log.Error("machine status cannot be decoded; leaving the machine alone until the key is fixed or deleted",
+			"machine", name, "key", c.store.MachineStatusKey(name), "err", se.bad)
+		return nil
+	}
 	if hasTask {
 		t := te.task
 		in.Task = &t
 	}
 	dec := Decide(in, c.r.cfg.Policy)
-	c.r.log.Debug("decided", "machine", name, "phase", in.Status.Phase, "step", in.Status.Step, "next", dec.Status.Phase, "next_step", dec.Status.Step,
-		"status_rev", se.modRev, "result", in.Status.Result != nil, "task", dec.Task != nil)
 
 	statusKey := c.store.MachineStatusKey(name)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(statusKey), "=", se.modRev)}

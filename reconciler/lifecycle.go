@@ -277,7 +277,7 @@ func (d *decider) step() bool {
 			d.enter(PhaseDeploying, "Deploying", "deploying image "+sp.Image)
 			return true
 		}
-		d.wantPurpose(purposeOff)
+		st.BootPurpose = purposeOff
 		return false
 	case PhaseDeployed:
 		switch {
@@ -288,7 +288,7 @@ func (d *decider) step() bool {
 			d.enter(PhaseDeploying, "Redeploying", fmt.Sprintf("deployGeneration raised to %d: rewriting the disk with %s", sp.DeployGeneration, sp.Image))
 			return true
 		}
-		d.wantPurpose(purposeLocal)
+		st.BootPurpose = purposeLocal
 		if sp.Image != st.DeployedImage {
 			st.SetCondition(CondImageDrift, "True", "ImageChanged",
 				fmt.Sprintf("deployed %s, spec asks for %s; raise deployGeneration to redeploy", st.DeployedImage, sp.Image), d.in.Now)
@@ -571,9 +571,7 @@ func (d *decider) finish(phase, reason, msg string) {
 	d.transition(phase, reason, msg)
 	if phase == PhaseReady {
 		st.BootPurpose = purposeOff
-		if d.task == nil || d.task.Action != inventory.TaskOff || d.task.ID != st.TaskID {
-			d.newTask(inventory.TaskOff, "")
-		}
+		d.newTask(inventory.TaskOff, "")
 	}
 }
 
@@ -623,12 +621,6 @@ func (d *decider) newTask(action, next string) {
 	st.TaskID = t.ID
 	if next != "" {
 		d.setStep(next)
-	}
-}
-
-func (d *decider) wantPurpose(p string) {
-	if d.st().BootPurpose != p {
-		d.st().BootPurpose = p
 	}
 }
 

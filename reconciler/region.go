@@ -142,7 +142,7 @@ func (r *Region) term(ctx context.Context) error {
 		}
 	}()
 
-	c := newController(r, fence{key: el.Key(), rev: el.Rev()})
+	c := newController(r, inventory.Fence{Key: el.Key(), Rev: el.Rev()})
 	r.mu.Lock()
 	r.cur = c
 	r.mu.Unlock()

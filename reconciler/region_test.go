@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/exec"
 	"strconv"
@@ -52,10 +51,7 @@ func regionProcess(id, endpoint string) int {
 	workers, _ := strconv.Atoi(os.Getenv("KILN_TEST_WORKERS"))
 	r := reconciler.New(reconciler.Config{ID: id, Policy: testPolicy, Workers: workers}, store, reg, log)
 	if addr := os.Getenv("KILN_TEST_METRICS"); addr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		go http.ListenAndServe(addr, mux)
+		go http.ListenAndServe(addr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 	if err := r.Run(context.Background()); err != nil {
 		return 1
@@ -455,4 +451,44 @@ func (e *env) leader(not string) string {
 			e.t.Fatal(errors.New("no region leader within a minute"))
 		}
 	}
+}
+
+// A status that cannot be decoded leaves its machine alone: starting it
+// over would power-cycle a machine that may be deployed.
+func TestUndecodableStatusLeavesMachineAlone(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey("garbled"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(lab(t, map[string]string{"garbled": "state: deployed", "fine": "state: ready"}), "r1")
+	_, reg := e.region("region-1", reconciler.Config{})
+	e.waitPhase("fine", "ready", time.Minute) // the region has been at work meanwhile
+	resp, err := e.cli.Get(e.ctx, e.store.MachineStatusKey("garbled"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(resp.Kvs[0].Value) != "{not json" || e.sim.count("garbled", "netboot") != 0 {
+		t.Fatalf("the garbled machine was acted on: status %q, netboots %d", resp.Kvs[0].Value, e.sim.count("garbled", "netboot"))
+	}
+	if v := counterValue(t, reg, "kiln_reconcile_total", "error"); v < 1 {
+		t.Fatalf("kiln_reconcile_total{result=error} = %v, want ≥ 1", v)
+	}
+}
+
+// counterValue reads one labelled counter from a registry.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			if mf.GetName() == name && m.Label[0].GetValue() == label {
+				return m.Counter.GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{%q}", name, label)
+	return 0
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -232,7 +234,7 @@ spec:
   disk: {url: "http://images.invalid/debian-next.raw", sha256: "1a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"}
 `)
 	i := 0
-	for _, name := range sortedKeys(machines) {
+	for _, name := range slices.Sorted(maps.Keys(machines)) {
 		i++
 		fmt.Fprintf(&b, `---
 apiVersion: kiln.dev/v1alpha1
@@ -256,19 +258,4 @@ spec:
 		t.Fatalf("test inventory invalid:\n%s\n%s", r.Problems, b.String())
 	}
 	return r.Inventory
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
 }

@@ -284,7 +284,8 @@ func (a *Agent) term(ctx context.Context) error {
 		known = append(known, l)
 	}
 	a.mu.Unlock()
-	store := &fencedLeases{store: a.store, key: el.Key(), rev: el.Rev()}
+	fence := inventory.Fence{Key: el.Key(), Rev: el.Rev()}
+	store := &fencedLeases{store: a.store, fence: fence}
 	srv, err := dhcp.New(view, known, store, a.events, a.cfg.DHCP, a.dhcpM, a.log)
 	if err != nil {
 		a.resign(ctx, el, session)
@@ -310,7 +311,7 @@ func (a *Agent) term(ctx context.Context) error {
 		a.server = nil
 		a.mu.Unlock()
 	}()
-	tr := &tasks{a: a, power: a.power, fence: fence{key: el.Key(), rev: el.Rev()}, now: time.Now,
+	tr := &tasks{a: a, power: a.power, fence: fence, now: time.Now,
 		inflight: map[string]string{}, next: map[string]taskWrite{}}
 	tasksDone := make(chan struct{})
 	go func() {
@@ -389,8 +390,7 @@ func (a *Agent) resign(ctx context.Context, el *concurrency.Election, s *concurr
 // won: a deposed leader's writes fail with dhcp.ErrNotLeader.
 type fencedLeases struct {
 	store *inventory.Store
-	key   string
-	rev   int64
+	fence inventory.Fence
 }
 
 func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
@@ -404,7 +404,7 @@ func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
 			}
 			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(l.Subnet, l.IP.String()), string(b)))
 		}
-		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev)).Then(ops...).Commit()
+		resp, err := cli.Txn(ctx).If(f.fence.Held()).Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("save leases: %w", err)
 		}

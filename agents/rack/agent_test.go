@@ -255,7 +255,7 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Fatalf("after failover m1 got %s, before %s", ip, ip1)
 	}
 	// The old leader's fence no longer holds.
-	old := &fencedLeases{store: store, key: aKey, rev: aRev}
+	old := &fencedLeases{store: store, fence: inventory.Fence{Key: aKey, Rev: aRev}}
 	err := old.Save(ctx, []dhcp.Lease{{Subnet: "relayed", IP: netip.MustParseAddr("127.77.0.150"), MAC: "02:00:00:00:00:77"}})
 	if !errors.Is(err, dhcp.ErrNotLeader) {
 		t.Fatalf("a deposed leader's write: got %v, want ErrNotLeader", err)

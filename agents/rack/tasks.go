@@ -31,18 +31,13 @@ type Powerer interface {
 type tasks struct {
 	a     *Agent
 	power Powerer
-	fence fence
+	fence inventory.Fence
 	now   func() time.Time
 
 	mu       sync.Mutex
 	inflight map[string]string    // machine → the task ID a goroutine works on
 	next     map[string]taskWrite // machine → the task to do after it
 	wg       sync.WaitGroup
-}
-
-type fence struct {
-	key string
-	rev int64
 }
 
 type taskWrite struct {
@@ -202,7 +197,7 @@ func (t *tasks) write(ctx context.Context, key string, pt inventory.PowerTask, m
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	resp, err := t.a.store.Client().Txn(wctx).If(
-		clientv3.Compare(clientv3.CreateRevision(t.fence.key), "=", t.fence.rev),
+		t.fence.Held(),
 		clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
 	).Then(clientv3.OpPut(key, string(b))).Commit()
 	if err != nil {

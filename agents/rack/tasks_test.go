@@ -141,7 +141,7 @@ func TestPowerTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
-	tr := &tasks{a: a, power: fp, fence: fence{key: store.ElectionPrefix("r1") + "agent-1", rev: put.Header.Revision},
+	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.ElectionPrefix("r1") + "agent-1", Rev: put.Header.Revision},
 		now: time.Now, inflight: map[string]string{}, next: map[string]taskWrite{}}
 
 	write := func(machine, action, state string) {

@@ -65,10 +65,15 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "kiln server: give exactly one of --source DIR or --git URL")
 		return exitUsage
 	}
+	regionCfg, err := region.config()
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln server:", err)
+		return exitUsage
+	}
 	if err := serve(ctx, log, serverConfig{
 		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
 		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
-		embedded: *embedded, listen: *listen, rack: rf, region: region,
+		embedded: *embedded, listen: *listen, rack: rf, region: regionCfg,
 	}); err != nil {
 		log.Error("server stopped", "err", err)
 		return exitFail
@@ -84,15 +89,18 @@ type serverConfig struct {
 	embedded                           bool
 	listen                             string
 	rack                               rackFlags
-	region                             regionFlags
+	region                             reconciler.Config
 }
+
+// timedPhases are the phases with a timeout flag.
+var timedPhases = []string{reconciler.PhaseCommissioning, reconciler.PhaseDeploying, reconciler.PhaseReleasing, reconciler.PhaseErasing}
 
 // regionFlags configure the region reconciler.
 type regionFlags struct {
 	id                  string
 	ttl                 time.Duration
 	workers             int
-	timeouts            [4]time.Duration // commissioning, deploying, releasing, erasing
+	timeouts            [4]time.Duration // by timedPhases
 	powerTimeout        time.Duration
 	attempts            int
 	backoff, maxBackoff time.Duration
@@ -102,7 +110,7 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.id, "region-id", "", "this server's name in the region election (default hostname-pid)")
 	fs.DurationVar(&r.ttl, "region-ttl", 2*time.Second, "region election session TTL: a dead leader is replaced within about this long")
 	fs.IntVar(&r.workers, "workers", 128, "machines reconciled in parallel")
-	for i, p := range []string{reconciler.PhaseCommissioning, reconciler.PhaseDeploying, reconciler.PhaseReleasing, reconciler.PhaseErasing} {
+	for i, p := range timedPhases {
 		fs.DurationVar(&r.timeouts[i], "timeout-"+p, reconciler.DefaultTimeouts[p], "how long "+p+" may take before the machine fails")
 	}
 	fs.DurationVar(&r.powerTimeout, "power-timeout", 5*time.Minute, "how long a power task may wait for a rack agent")
@@ -111,13 +119,26 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
 }
 
-func (r *regionFlags) config() reconciler.Config {
+func (r *regionFlags) config() (reconciler.Config, error) {
 	t := map[string]time.Duration{}
-	for i, p := range []string{reconciler.PhaseCommissioning, reconciler.PhaseDeploying, reconciler.PhaseReleasing, reconciler.PhaseErasing} {
+	for i, p := range timedPhases {
+		if r.timeouts[i] <= 0 {
+			return reconciler.Config{}, fmt.Errorf("--timeout-%s must be positive, not %s", p, r.timeouts[i])
+		}
 		t[p] = r.timeouts[i]
 	}
+	switch {
+	case r.workers < 1:
+		return reconciler.Config{}, fmt.Errorf("--workers must be at least 1, not %d", r.workers)
+	case r.attempts < 1:
+		return reconciler.Config{}, fmt.Errorf("--max-attempts must be at least 1, not %d", r.attempts)
+	case r.ttl < time.Second:
+		return reconciler.Config{}, fmt.Errorf("--region-ttl must be at least 1s (etcd's lease granularity), not %s", r.ttl)
+	case r.powerTimeout <= 0 || r.backoff <= 0 || r.maxBackoff < r.backoff:
+		return reconciler.Config{}, fmt.Errorf("--power-timeout and --retry-backoff must be positive and --max-retry-backoff at least --retry-backoff")
+	}
 	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
-		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff}}
+		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff}}, nil
 }
 
 func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
@@ -155,7 +176,7 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 	// Only the region leader applies the source and reconciles; every
 	// server answers reads.
 	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
-	region := reconciler.New(c.region.config(), store, reg, log, syncer.Run)
+	region := reconciler.New(c.region, store, reg, log, syncer.Run)
 	g.Go(func() error { return region.Run(ctx) })
 
 	if c.rack.rack != "" {
