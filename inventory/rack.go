@@ -129,6 +129,19 @@ func (s *Store) ImageStatusKey(image, rack string) string {
 	return s.prefix + "status/images/" + image + "/" + rack
 }
 
+// ImageStatusPrefix is the prefix of every rack's image records.
+func (s *Store) ImageStatusPrefix() string { return s.prefix + "status/images/" }
+
+// ImageStatusOf splits an image record's key into image and rack.
+func (s *Store) ImageStatusOf(key string) (image, rack string, ok bool) {
+	rest, ok := strings.CutPrefix(key, s.ImageStatusPrefix())
+	if !ok {
+		return "", "", false
+	}
+	image, rack, ok = strings.Cut(rest, "/")
+	return image, rack, ok && image != "" && rack != "" && !strings.Contains(rack, "/")
+}
+
 // PutImageStatus records an Image's state on one rack.
 func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus) error {
 	b, err := json.Marshal(st)
@@ -142,7 +155,7 @@ func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus
 // ImageStatuses reads every rack's record of every Image, by image name.
 func (s *Store) ImageStatuses(ctx context.Context) (map[string][]ImageStatus, error) {
 	out := map[string][]ImageStatus{}
-	prefix := s.prefix + "status/images/"
+	prefix := s.ImageStatusPrefix()
 	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
 		image, _, _ := strings.Cut(strings.TrimPrefix(string(k), prefix), "/")
 		var st ImageStatus

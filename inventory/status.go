@@ -56,6 +56,9 @@ type MachineStatus struct {
 	Facts    json.RawMessage `json:"facts,omitempty"`
 	Progress *AgentProgress  `json:"progress,omitempty"`
 	Result   *AgentResult    `json:"result,omitempty"`
+	// OSReport is the deployed OS's word that it booted and ran
+	// cloud-init (phone_home); a deploy waits for it.
+	OSReport *OSReport `json:"osReport,omitempty"`
 
 	// The region reconciler's bookkeeping: where in its phase the machine
 	// is, so that a new leader resumes there.
@@ -127,6 +130,17 @@ type AgentResult struct {
 	At      time.Time `json:"at"`
 }
 
+// OSReport is what the deployed OS said when it reported in. Every field
+// came from the machine and was checked against a narrow alphabet.
+type OSReport struct {
+	Hostname   string    `json:"hostname,omitempty"`
+	FQDN       string    `json:"fqdn,omitempty"`
+	InstanceID string    `json:"instanceID,omitempty"`
+	BootID     string    `json:"bootID,omitempty"`
+	Address    string    `json:"address,omitempty"` // the address it reported from
+	At         time.Time `json:"at"`
+}
+
 // Condition is one named fact about a machine.
 type Condition struct {
 	Type    string    `json:"type"`
@@ -139,8 +153,11 @@ type Condition struct {
 // ImageStatus is one rack's view of an Image: whether its files are in
 // the rack's cache, verified, or why not.
 type ImageStatus struct {
-	Rack      string    `json:"rack"`
-	State     string    `json:"state"` // ready, fetching, failed, missing
-	Message   string    `json:"message,omitempty"`
+	Rack    string `json:"rack"`
+	State   string `json:"state"` // ready, fetching, failed, missing
+	Message string `json:"message,omitempty"`
+	// SHA256s are the files' hashes the state is about, so that a record
+	// of an Image's earlier files is not taken for its current ones.
+	SHA256s   []string  `json:"sha256s,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }

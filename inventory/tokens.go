@@ -20,6 +20,11 @@ type BootToken struct {
 	Expires  time.Time `json:"expires"`
 	IssuedAt time.Time `json:"issuedAt"`
 	BootID   string    `json:"bootID"`
+	// OSSHA256 is the SHA-256 of the deployed OS's report-in token, minted
+	// when the deploy's vendor-data is served and used once. It dies with
+	// the boot token: the next network boot replaces the whole record.
+	OSSHA256  string    `json:"osSHA256,omitempty"`
+	OSExpires time.Time `json:"osExpires,omitzero"`
 }
 
 // Tokens stores boot tokens in etcd; the boot server's TokenStore.
@@ -36,6 +41,19 @@ func (t *Tokens) Put(ctx context.Context, machine string, tok BootToken) error {
 	})
 	if err != nil {
 		return fmt.Errorf("store boot token of %s: %w", machine, err)
+	}
+	return nil
+}
+
+// Update changes the machine's boot token with fn, compare-and-swap, so
+// that a boot token issued meanwhile is never overwritten with an older
+// one. ErrNotFound when none was issued.
+func (t *Tokens) Update(ctx context.Context, machine string, fn func(*BootToken) error) error {
+	if _, err := t.Get(ctx, machine); err != nil {
+		return err
+	}
+	if err := UpdateJSON(ctx, t.s, t.s.TokenKey(machine), fn); err != nil {
+		return fmt.Errorf("update boot token of %s: %w", machine, err)
 	}
 	return nil
 }

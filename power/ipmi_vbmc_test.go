@@ -38,7 +38,7 @@ func TestIPMIAgainstVirtualBMC(t *testing.T) {
 	if err := e.SetBoot(ctx, tg, Boot{Device: Disk, Persistent: true}); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.Boot(); got.Target != vbmc.TargetHdd || got.Enabled != vbmc.BootContinuous {
+	if got := b.Boot(); got.Target != vbmc.TargetHdd || got.Enabled != vbmc.BootContinuous || got.UEFI {
 		t.Fatalf("boot override on the BMC: %+v", got)
 	}
 	if err := e.PowerCycle(ctx, tg); err != nil { // off: cycle powers up

@@ -18,12 +18,15 @@ import (
 // redfishDriver speaks Redfish through gofish. It logs in with a session
 // (options.auth=basic uses HTTP Basic instead), finds the system (the only
 // one, or options.systemID), and verifies TLS unless the target is
-// insecure; options.caFile adds a CA. A session that expired is replaced
-// once per call.
+// insecure; options.caFile replaces the system roots. A session that
+// expired is replaced once per call. The CA file is read again when its
+// size or modification time changed, and when the BMC's certificate fails
+// verification (the call is then tried once more with the new file).
 type redfishDriver struct {
 	t        Target
 	endpoint string
 	http     *http.Client
+	ca       *caBundle // options.caFile as last read; nil without one or when insecure
 	client   *gofish.APIClient
 	system   string // @odata.id of the ComputerSystem
 }
@@ -40,21 +43,54 @@ func newRedfish(t Target) (Driver, error) {
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return nil, Permanent(fmt.Errorf("redfish: address %q is not an http(s) URL or host", t.Address))
 	}
-	tc, err := tlsConfig(t)
-	if err != nil {
-		return nil, err
-	}
-	return &redfishDriver{
+	r := &redfishDriver{
 		t:        t,
 		endpoint: u.Scheme + "://" + u.Host,
 		// A last resort against a BMC that accepts a connection and then
 		// never answers; callers' contexts normally end calls first.
-		http: &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
-			TLSClientConfig:     tc,
-			TLSHandshakeTimeout: 15 * time.Second,
-			MaxIdleConnsPerHost: 2,
-		}},
-	}, nil
+		http: &http.Client{Timeout: 2 * time.Minute},
+	}
+	if f := t.Options["caFile"]; f != "" && !t.Insecure {
+		if r.ca, err = loadCA(f); err != nil {
+			return nil, Permanent(err)
+		}
+	}
+	r.http.Transport = r.transport()
+	return r, nil
+}
+
+// transport is a new HTTP transport trusting r.ca (or the system roots).
+func (r *redfishDriver) transport() *http.Transport {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: r.t.Insecure}
+	if r.ca != nil {
+		tc.RootCAs = r.ca.pool
+	}
+	return &http.Transport{
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 15 * time.Second,
+		MaxIdleConnsPerHost: 2,
+	}
+}
+
+// reloadCA reads the CA file again, when its size or modification time
+// changed or (force) after a certificate failed verification, and
+// reports whether the certificates changed. New connections trust the new
+// file; the session, which belongs to the BMC, is kept.
+func (r *redfishDriver) reloadCA(force bool) bool {
+	if r.ca == nil || (!force && !r.ca.changed()) {
+		return false
+	}
+	n := r.ca.reload()
+	if n == nil {
+		return false
+	}
+	r.ca = n
+	old := r.http.Transport
+	r.http.Transport = r.transport()
+	if t, ok := old.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+	return true
 }
 
 func (r *redfishDriver) connect(ctx context.Context) (*gofish.APIClient, error) {
@@ -77,23 +113,33 @@ func (r *redfishDriver) connect(ctx context.Context) (*gofish.APIClient, error) 
 }
 
 // with runs fn on the system, logging in again once if the session was
-// dropped or expired.
+// dropped or expired, and trying once more if the BMC's certificate failed
+// verification and the CA file has changed since it was read. A request
+// that failed verification never reached the BMC, so repeating it is safe.
 func (r *redfishDriver) with(ctx context.Context, fn func(*schemas.ComputerSystem) error) error {
-	for attempt := 0; ; attempt++ {
+	r.reloadCA(false)
+	relogged, reloaded := false, false
+	for {
 		c, err := r.connect(ctx)
-		if err != nil {
-			return err
+		loggedIn := err == nil
+		if loggedIn {
+			var sys *schemas.ComputerSystem
+			if sys, err = r.findSystem(c); err == nil {
+				err = fn(sys)
+			}
 		}
-		sys, err := r.findSystem(c)
-		if err == nil {
-			err = fn(sys)
-		}
-		if err == nil {
+		switch {
+		case err == nil:
 			return nil
-		}
-		// Refused after a successful login: the session expired or the BMC
-		// dropped it. Log in again, once.
-		if attempt == 0 && errors.Is(err, ErrAuth) && r.t.Options["auth"] != "basic" {
+		case errors.Is(err, errTLSVerify) && !reloaded && r.reloadCA(true):
+			reloaded = true
+			continue
+		case errors.Is(err, errTLSVerify) && r.ca != nil:
+			return fmt.Errorf("%w (caFile %s, read again: it does not verify the BMC's certificate)", err, r.ca.path)
+		case loggedIn && !relogged && errors.Is(err, ErrAuth) && r.t.Options["auth"] != "basic":
+			// Refused after a successful login: the session expired or
+			// the BMC dropped it. Log in again, once.
+			relogged = true
 			r.client = nil
 			continue
 		}
@@ -265,7 +311,7 @@ func classify(what string, err error) error {
 	var he x509.HostnameError
 	var ce *tls.CertificateVerificationError
 	if errors.As(err, &ue) || errors.As(err, &he) || errors.As(err, &ce) {
-		return Permanent(fmt.Errorf("%s: TLS verification failed (set options.caFile, or insecure: true for a lab): %w", what, err))
+		return Permanent(fmt.Errorf("%s: %w (set options.caFile, or insecure: true for a lab): %w", what, errTLSVerify, err))
 	}
 	var ur *url.Error
 	if errors.As(err, &ur) {

@@ -72,6 +72,20 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 	if st, err := e.Status(ctx, tg); err != nil || st != Off {
 		t.Fatalf("status after hard off: %v %v", st, err)
 	}
+
+	// bootMode: omit leaves BootSourceOverrideMode out of the PATCH: the
+	// BMC keeps the mode it had.
+	if err := e.SetBoot(ctx, tg, Boot{Device: Network, UEFI: true}); err != nil {
+		t.Fatal(err)
+	}
+	omit := tg
+	omit.Options = map[string]string{"caFile": tg.Options["caFile"], "bootMode": "omit"}
+	if err := e.SetBoot(ctx, omit, Boot{Device: Disk}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Boot(); got.Target != vbmc.TargetHdd || !got.UEFI {
+		t.Fatalf("bootMode omit: the BMC has %+v, want Hdd with its UEFI mode untouched", got)
+	}
 }
 
 func waitState(t *testing.T, m *vbmc.Memory, want vbmc.PowerState) {
@@ -109,6 +123,78 @@ func TestRedfishTLSVerification(t *testing.T) {
 	if st, err := d2.Status(ctx); err != nil || st != Off {
 		t.Fatalf("insecure: %v %v", st, err)
 	}
+}
+
+// TestRedfishCAFileReloaded: the BMC's certificate is replaced while the
+// driver runs; the driver trusts the new CA file without a restart.
+func TestRedfishCAFileReloaded(t *testing.T) {
+	b := vbmctest.Start(t, nil)
+	ctx := context.Background()
+	tg := redfishTarget(t, b)
+	ca := tg.Options["caFile"]
+	// Every version of the file has the same size, so that only a failed
+	// verification can reveal the change in the second case.
+	writeCA := func(pem []byte, mtime time.Time) {
+		t.Helper()
+		padded := append(append([]byte{}, pem...), strings.Repeat("\n", 4096-len(pem))...)
+		if err := os.WriteFile(ca, padded, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if !mtime.IsZero() {
+			if err := os.Chtimes(ca, mtime, mtime); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	writeCA(b.CertPEM(), time.Time{})
+	d, err := New(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rd := d.(*redfishDriver)
+	if _, err := d.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// renew replaces the BMC's certificate and drops the open connections,
+	// as a BMC restarting its web server does.
+	renew := func() {
+		t.Helper()
+		if err := b.RenewCertificate(); err != nil {
+			t.Fatal(err)
+		}
+		rd.http.CloseIdleConnections()
+	}
+
+	t.Run("file changed", func(t *testing.T) {
+		renew()
+		writeCA(b.CertPEM(), time.Now().Add(time.Minute))
+		if _, err := d.Status(ctx); err != nil {
+			t.Fatalf("after the CA file changed: %v", err)
+		}
+	})
+	t.Run("verification failed", func(t *testing.T) {
+		fi, err := os.Stat(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		renew()
+		writeCA(b.CertPEM(), fi.ModTime()) // same size, same time
+		if err := d.PowerOn(ctx); err != nil {
+			t.Fatalf("after the certificate failed verification and the CA file was read again: %v", err)
+		}
+	})
+	t.Run("file not updated", func(t *testing.T) {
+		renew()
+		_, err := d.Status(ctx)
+		if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "TLS verification failed") || !strings.Contains(err.Error(), "read again") {
+			t.Fatalf("a stale CA file: %v", err)
+		}
+		writeCA(b.CertPEM(), time.Time{})
+		if _, err := d.Status(ctx); err != nil {
+			t.Fatalf("once the CA file is updated: %v", err)
+		}
+	})
 }
 
 func TestRedfishSessionsExpireAndAreReplaced(t *testing.T) {

@@ -37,6 +37,15 @@ func ResolveSecret(ref *spec.SecretRef) (string, error) {
 	return ref.Value, nil
 }
 
+// BootFor is how a machine boots from dev next time: once, in the mode
+// of its firmware, so that a BMC that distinguishes legacy and UEFI boot
+// overrides (Redfish BootSourceOverrideMode, IPMI's EFI boot flag) does
+// not switch a UEFI machine to legacy boot. An unset firmware is UEFI, the
+// spec's default.
+func BootFor(m *spec.Machine, dev Device) Boot {
+	return Boot{Device: dev, UEFI: m.Spec.Firmware != "bios"}
+}
+
 // TargetFor builds the power target of a machine, resolving its password.
 func TargetFor(m *spec.Machine) (Target, error) {
 	b := m.Spec.BMC

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -50,15 +51,19 @@ type controller struct {
 	observed int64  // etcd revision it was read at
 	status   map[string]statusEntry
 	tasks    map[string]taskEntry // by machine
-	events   map[string]int       // events written per machine this term
-	lease    clientv3.LeaseID
-	writes   chan write // to the committers
+	images   map[string]*spec.Image
+	// imageOnRack is each rack's report of each image: image → rack → status.
+	imageOnRack map[string]map[string]inventory.ImageStatus
+	events      map[string]int // events written per machine this term
+	lease       clientv3.LeaseID
+	writes      chan write // to the committers
 }
 
 func newController(r *Region, f inventory.Fence) *controller {
 	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
 		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{},
-		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write)}
+		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write),
+		images: map[string]*spec.Image{}, imageOnRack: map[string]map[string]inventory.ImageStatus{}}
 }
 
 func (c *controller) run(ctx context.Context) error {
@@ -81,6 +86,13 @@ func (c *controller) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read power tasks: %w", err)
 	}
+	imageRev, err := c.store.RangeRevs(ctx, c.store.ImageStatusPrefix(), 0, func(k string, v []byte, _ int64) error {
+		c.putImageStatus(k, v)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read image statuses: %w", err)
+	}
 	if err := c.grantLease(ctx); err != nil {
 		return err
 	}
@@ -91,6 +103,7 @@ func (c *controller) run(ctx context.Context) error {
 	g.Go(func() error { return c.watchDesired(ctx, desiredRev) })
 	g.Go(func() error { return c.watchStatus(ctx, statusRev) })
 	g.Go(func() error { return c.watchTasks(ctx, taskRev) })
+	g.Go(func() error { return c.watchImages(ctx, imageRev) })
 	g.Go(func() error { return c.housekeeping(ctx) })
 	for range c.r.cfg.Workers {
 		g.Go(func() error { return c.work(ctx) })
@@ -104,7 +117,7 @@ func (c *controller) run(ctx context.Context) error {
 // loadDesired reads the applied desired state's machines and queues the
 // ones whose spec changed.
 func (c *controller) loadDesired(ctx context.Context) (int64, error) {
-	snap, err := c.store.Snapshot(ctx, spec.KindMachine)
+	snap, err := c.store.Snapshot(ctx, spec.KindMachine, spec.KindImage)
 	if errors.Is(err, inventory.ErrNotFound) {
 		resp, gerr := c.store.Client().Get(ctx, c.store.DesiredPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if gerr != nil {
@@ -130,7 +143,14 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 			changed = append(changed, name)
 		}
 	}
-	c.desired, c.specJSON = snap.Inventory.Machines, next
+	// A machine whose image changed is looked at again too.
+	for name, m := range snap.Inventory.Machines {
+		old, now := c.images[m.Spec.Image], snap.Inventory.Images[m.Spec.Image]
+		if !sameImage(old, now) && !slices.Contains(changed, name) {
+			changed = append(changed, name)
+		}
+	}
+	c.desired, c.specJSON, c.images = snap.Inventory.Machines, next, snap.Inventory.Images
 	c.revision, c.observed = snap.Pointer.Revision, snap.Revision
 	c.mu.Unlock()
 	for _, n := range changed {
@@ -156,7 +176,7 @@ func (c *controller) watchDesired(ctx context.Context, rev int64) error {
 			for _, ev := range resp.Events {
 				if strings.HasSuffix(string(ev.Kv.Key), "desired/current") {
 					changed = true
-				} else if strings.Contains(string(ev.Kv.Key), "/machines/") {
+				} else if k := string(ev.Kv.Key); strings.Contains(k, "/machines/") || strings.Contains(k, "/images/") {
 					changed = true // an in-place edit of the current generation
 				}
 			}
@@ -268,6 +288,67 @@ func (c *controller) putTask(key string, v []byte, mod int64) bool {
 	return true
 }
 
+func sameImage(a, b *spec.Image) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ja, _ := json.Marshal(a.Spec)
+	jb, _ := json.Marshal(b.Spec)
+	return bytes.Equal(ja, jb)
+}
+
+// watchImages follows the racks' reports of their image caches and looks
+// again at the machines that deploy a reported image.
+func (c *controller) watchImages(ctx context.Context, rev int64) error {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.ImageStatusPrefix(), rev), "image statuses", func(ev *clientv3.Event) {
+		var image string
+		if ev.Type == clientv3.EventTypeDelete {
+			img, rack, ok := c.store.ImageStatusOf(string(ev.Kv.Key))
+			if !ok {
+				return
+			}
+			c.mu.Lock()
+			delete(c.imageOnRack[img], rack)
+			c.mu.Unlock()
+			image = img
+		} else if image = c.putImageStatus(string(ev.Kv.Key), ev.Kv.Value); image == "" {
+			return
+		}
+		c.mu.Lock()
+		var names []string
+		for n, m := range c.desired {
+			if m.Spec.Image == image {
+				names = append(names, n)
+			}
+		}
+		c.mu.Unlock()
+		for _, n := range names {
+			c.q.Add(n)
+		}
+	})
+}
+
+// putImageStatus caches one rack's report of an image and returns the
+// image's name ("" when the record cannot be read).
+func (c *controller) putImageStatus(key string, v []byte) string {
+	image, rack, ok := c.store.ImageStatusOf(key)
+	if !ok {
+		return ""
+	}
+	var st inventory.ImageStatus
+	if err := json.Unmarshal(v, &st); err != nil {
+		c.r.log.Warn("ignoring an undecodable image status", "key", key, "err", err)
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.imageOnRack[image] == nil {
+		c.imageOnRack[image] = map[string]inventory.ImageStatus{}
+	}
+	c.imageOnRack[image][rack] = st
+	return image
+}
+
 func (c *controller) enqueueAll() {
 	c.mu.Lock()
 	names := make([]string, 0, len(c.desired))
@@ -342,6 +423,12 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	se, hasStatus := c.status[name]
 	te, hasTask := c.tasks[name]
 	in := Input{Now: c.r.cfg.Now().UTC(), Machine: machine, Status: se.st, Revision: c.revision, Observed: c.observed}
+	if machine != nil && machine.Spec.Image != "" {
+		in.Image = c.images[machine.Spec.Image]
+		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {
+			in.ImageOnRack = &st
+		}
+	}
 	lease := c.lease
 	c.mu.Unlock()
 	if machine == nil {

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,10 +34,12 @@ var Phases = []string{
 // Steps inside a phase. The status records the step and the power task it
 // waits for, so that a new leader resumes exactly there.
 const (
-	StepPower = "power"     // ask the rack to network-boot the machine
-	StepAgent = "agent"     // wait for the machine agent's result
-	StepDisk  = "boot-disk" // ask the rack to boot the deployed disk
-	StepOff   = "power-off" // ask the rack to power off, and wait
+	StepPower = "power"      // ask the rack to network-boot the machine
+	StepAgent = "agent"      // wait for the machine agent's result
+	StepDisk  = "boot-disk"  // ask the rack to boot the deployed disk
+	StepOff   = "power-off"  // ask the rack to power off, and wait
+	StepImage = "wait-image" // wait until the rack can serve the OS image
+	StepOS    = "os-report"  // wait for the deployed OS to report in
 )
 
 // Boot purposes the region sets (the boot server renders them).
@@ -56,6 +59,7 @@ const (
 	CondImageDrift        = "ImageDrift"
 	CondCommissionPending = "CommissionPending"
 	CondPowerManual       = "PowerManual"
+	CondImageNotReady     = "ImageNotReady"
 )
 
 // Policy is the lifecycle's timing and retry policy.
@@ -72,7 +76,13 @@ type Policy struct {
 	// RetryBackoff is the wait before the first retry; it doubles per
 	// attempt up to MaxRetryBackoff (defaults 1m and 30m).
 	RetryBackoff, MaxRetryBackoff time.Duration
+	// OSReportTimeout bounds how long a deploy waits, after the disk boot,
+	// for the deployed OS to report in (default 15m).
+	OSReportTimeout time.Duration
 }
+
+// DefaultOSReportTimeout is the OS report-in timeout when none is set.
+const DefaultOSReportTimeout = 15 * time.Minute
 
 // DefaultTimeouts are the phase timeouts when none is configured.
 var DefaultTimeouts = map[string]time.Duration{
@@ -102,6 +112,9 @@ func (p Policy) withDefaults() Policy {
 	if p.MaxRetryBackoff == 0 {
 		p.MaxRetryBackoff = 30 * time.Minute
 	}
+	if p.OSReportTimeout == 0 {
+		p.OSReportTimeout = DefaultOSReportTimeout
+	}
 	return p
 }
 
@@ -121,6 +134,10 @@ type Input struct {
 	Revision string
 	// Observed is the etcd revision the desired state was read at.
 	Observed int64
+	// Image is the machine's OS image (nil: not in the inventory), and
+	// ImageOnRack the machine's rack's report of it (nil: none yet).
+	Image       *spec.Image
+	ImageOnRack *inventory.ImageStatus
 }
 
 // Decision is what the state machine wants written, all at once.
@@ -335,6 +352,9 @@ func purposeOf(phase string) string {
 // machine into the ephemeral image, wait for the agent, finish.
 func (d *decider) working() bool {
 	st := d.st()
+	if st.Phase == PhaseDeploying && (st.Step == StepPower || st.Step == StepImage) && !d.imageGate() {
+		return false
+	}
 	if d.timedOut() {
 		return true
 	}
@@ -359,9 +379,103 @@ func (d *decider) working() bool {
 		return d.waitTask(false)
 	case StepDisk:
 		return d.waitTask(true)
+	case StepOS:
+		return d.waitOS()
 	}
 	d.setStep(StepPower) // unknown step: begin the phase again
 	return true
+}
+
+// imageGate holds a deployment until the machine's rack has the OS image
+// verified in its cache; it reports whether the deployment may go on.
+// The wait does not count against the deploy timeout: the phase's clock
+// starts when the image is ready.
+func (d *decider) imageGate() bool {
+	st, now := d.st(), d.in.Now
+	why := d.imageNotReady()
+	if why != "" {
+		if st.Step != StepImage {
+			d.setStep(StepImage)
+			d.event("Warning", "ImageNotReady", why)
+		}
+		st.SetCondition(CondImageNotReady, "True", "RackCache", why, now)
+		return false
+	}
+	if st.Step == StepImage {
+		st.SetCondition(CondImageNotReady, "False", "ImageReady", "", now)
+		st.PhaseStartedAt = now
+		d.setStep(StepPower)
+		d.event("Normal", "ImageReady", "rack "+st.Rack+" has image "+d.spec().Image+" ready: deploying")
+	}
+	return true
+}
+
+// imageNotReady says why the machine's rack cannot serve its OS image
+// yet, or "" when it can.
+func (d *decider) imageNotReady() string {
+	name, rack, img, rs := d.spec().Image, d.st().Rack, d.in.Image, d.in.ImageOnRack
+	switch {
+	case img == nil || img.Spec.Disk == nil:
+		return fmt.Sprintf("image %s is not an OS image in the inventory", name)
+	case rs == nil:
+		return fmt.Sprintf("rack %s has not reported image %s yet (is a rack agent with an image cache running?)", rack, name)
+	case !slices.Contains(rs.SHA256s, img.Spec.Disk.SHA256):
+		return fmt.Sprintf("rack %s has not checked the current files of image %s yet", rack, name)
+	case rs.State != "ready":
+		msg := fmt.Sprintf("rack %s cannot serve image %s (%s)", rack, name, rs.State)
+		if rs.Message != "" {
+			msg += ": " + rs.Message
+		}
+		return msg
+	}
+	return ""
+}
+
+// confirmsByOS reports whether the deployment waits for the OS to report.
+func (d *decider) confirmsByOS() bool {
+	return d.in.Image == nil || d.in.Image.Spec.ConfirmsByOS()
+}
+
+// waitOS waits for the deployed OS to report in after the disk boot; a
+// report from before that boot is not this deployment's.
+func (d *decider) waitOS() bool {
+	st, now := d.st(), d.in.Now
+	if r := st.OSReport; r != nil {
+		if t := d.task; t != nil && t.ID == st.TaskID && r.At.Before(t.DoneAt) {
+			d.event("Warning", "StaleReport", "ignored an OS report from before this deployment's disk boot")
+			st.OSReport = nil
+			return true
+		}
+		who := r.Hostname
+		if who == "" {
+			who = r.InstanceID
+		}
+		msg := "the OS reported in as " + who
+		if r.BootID != "" {
+			msg += " (boot " + r.BootID + ")"
+		}
+		if r.Address != "" {
+			msg += " from " + r.Address
+		}
+		d.deployed("OSReported", msg)
+		return true
+	}
+	waited := now.Sub(st.StepStartedAt)
+	if waited >= d.p.OSReportTimeout {
+		d.fail(fmt.Sprintf("the deployed OS did not report in within %s of the disk boot: did it boot from its disk, and does the image run cloud-init (phone_home)? See the console; an image that cannot report needs confirm: none", d.p.OSReportTimeout))
+		return true
+	}
+	d.requeue(d.p.OSReportTimeout - waited)
+	return false
+}
+
+// deployed ends a deployment.
+func (d *decider) deployed(reason, how string) {
+	st, sp, now := d.st(), d.spec(), d.in.Now
+	st.DeployedGeneration, st.DeployedImage, st.DeployedAt = sp.DeployGeneration, sp.Image, now
+	st.SetCondition(CondDeployed, "True", reason, how, now)
+	st.SetCondition(CondImageDrift, "False", "", "", now)
+	d.finish(PhaseDeployed, "Deployed", "image "+sp.Image+" deployed: "+how)
 }
 
 // staleResult reports whether the agent result in the status is older
@@ -419,11 +533,12 @@ func (d *decider) waitTask(onDone bool) bool {
 		return true
 	case inventory.TaskDone:
 		if onDone {
-			sp := d.spec()
-			st.DeployedGeneration, st.DeployedImage, st.DeployedAt = sp.DeployGeneration, sp.Image, d.in.Now
-			st.SetCondition(CondDeployed, "True", "DiskBooted", "image "+sp.Image+" written and booted", d.in.Now)
-			st.SetCondition(CondImageDrift, "False", "", "", d.in.Now)
-			d.finish(PhaseDeployed, "Deployed", "image "+sp.Image+" deployed")
+			if d.confirmsByOS() {
+				d.setStep(StepOS) // the disk boots; the OS reports in next
+				st.Message = "image " + d.spec().Image + " written; waiting for the OS to report in"
+				return true
+			}
+			d.deployed("DiskBooted", "disk boot requested, not confirmed (the image has confirm: none)")
 			return true
 		}
 		return false // the machine is booting; the agent reports next
@@ -552,6 +667,9 @@ func (d *decider) enter(phase, reason, msg string) {
 	st := d.st()
 	d.transition(phase, reason, msg)
 	st.Result, st.Progress = nil, nil
+	if phase == PhaseDeploying {
+		st.OSReport = nil // this deployment's report, not an older one
+	}
 	if phase == PhaseCommissioning {
 		st.Facts = nil // this commissioning's facts, not older ones
 	}

@@ -45,6 +45,34 @@ func withResult(st inventory.MachineStatus, ok bool, reason string) inventory.Ma
 	return st
 }
 
+const debianSHA = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"
+
+// osImage is the OS image "debian" with a deploy confirmation.
+func osImage(confirm string) *spec.Image {
+	im := &spec.Image{Spec: spec.ImageSpec{Purpose: spec.PurposeOS, Confirm: confirm,
+		Disk: &spec.Artifact{URL: "http://images.invalid/debian.raw", SHA256: debianSHA}}}
+	im.Kind, im.Metadata.Name = spec.KindImage, "debian"
+	return im
+}
+
+// onRack is rack r1's report of image "debian".
+func onRack(state, msg string, shas ...string) *inventory.ImageStatus {
+	if len(shas) == 0 {
+		shas = []string{debianSHA}
+	}
+	return &inventory.ImageStatus{Rack: "r1", State: state, Message: msg, SHA256s: shas}
+}
+
+func withOS(st inventory.MachineStatus, at time.Time) inventory.MachineStatus {
+	st.OSReport = &inventory.OSReport{Hostname: "m1", BootID: "0123abcd", Address: "192.0.2.10", At: at}
+	return st
+}
+
+func doneAt(t *inventory.PowerTask, at time.Time) *inventory.PowerTask {
+	t.DoneAt = at
+	return t
+}
+
 func TestDecideTable(t *testing.T) {
 	p := Policy{MaxAttempts: 3, RetryBackoff: time.Minute, PowerTimeout: 5 * time.Minute}
 	maint := func(s *spec.MachineSpec) { b := true; s.Maintenance = &b }
@@ -69,6 +97,9 @@ func TestDecideTable(t *testing.T) {
 		purpose string // boot purpose after; "" unchecked
 		event   string // a reason among the events; "" none expected
 		requeue bool
+		image   *spec.Image            // nil: osImage("")
+		onRack  *inventory.ImageStatus // nil: ready, unless noRack
+		noRack  bool                   // the rack has not reported the image
 	}{
 		// New machines.
 		{name: "new/commissions", m: testMachine("ready"), st: inventory.MachineStatus{}, phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission", event: "Commissioning", requeue: true},
@@ -105,7 +136,18 @@ func TestDecideTable(t *testing.T) {
 		// Deploying.
 		{name: "deploying/agent-success-boots-disk", m: testMachine("deployed"), st: withResult(at(PhaseDeploying, StepAgent), true, ""), task: task("netboot", "done"), phase: PhaseDeploying, step: StepDisk, action: "diskboot", purpose: "local"},
 		{name: "deploying/agent-failure", m: testMachine("deployed"), st: withResult(at(PhaseDeploying, StepAgent), false, "sha256 mismatch"), task: task("netboot", "done"), phase: "failed-deploying", action: "off", event: "Failed"},
-		{name: "deploying/disk-booted", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "done"), phase: PhaseDeployed, event: "Deployed"},
+		{name: "deploying/disk-booted-waits-for-the-os", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "done"), phase: PhaseDeploying, step: StepOS, requeue: true},
+		{name: "deploying/disk-booted-confirm-none", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "done"), image: osImage("none"), phase: PhaseDeployed, event: "Deployed"},
+		{name: "deploying/os-reported", m: testMachine("deployed"), st: withOS(at(PhaseDeploying, StepOS), t0.Add(2*time.Minute)), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeployed, purpose: "local", event: "Deployed"},
+		{name: "deploying/os-report-before-the-disk-boot-ignored", m: testMachine("deployed"), st: withOS(at(PhaseDeploying, StepOS), t0), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeploying, step: StepOS, event: "StaleReport"},
+		{name: "deploying/os-silent-waits", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), task: task("diskboot", "done"), after: 14 * time.Minute, phase: PhaseDeploying, step: StepOS, requeue: true},
+		{name: "deploying/os-report-timeout", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), task: task("diskboot", "done"), after: 16 * time.Minute, phase: "failed-deploying", action: "off", event: "Failed"},
+		{name: "deploying/image-failed-on-rack-waits", m: testMachine("deployed"), st: at(PhaseReady, ""), onRack: onRack("failed", "sha256 mismatch"), phase: PhaseDeploying, step: StepImage, event: "ImageNotReady"},
+		{name: "deploying/image-not-reported-waits", m: testMachine("deployed"), st: at(PhaseReady, ""), noRack: true, phase: PhaseDeploying, step: StepImage, event: "ImageNotReady"},
+		{name: "deploying/image-report-of-old-files-waits", m: testMachine("deployed"), st: at(PhaseReady, ""), onRack: onRack("ready", "", "00"), phase: PhaseDeploying, step: StepImage, event: "ImageNotReady"},
+		{name: "deploying/image-wait-never-times-out", m: testMachine("deployed"), st: at(PhaseDeploying, StepImage), onRack: onRack("fetching", ""), after: 3 * time.Hour, phase: PhaseDeploying, step: StepImage},
+		{name: "deploying/image-ready-boots", m: testMachine("deployed"), st: at(PhaseDeploying, StepImage), after: 3 * time.Hour, phase: PhaseDeploying, step: StepAgent, action: "netboot", purpose: "deploy", event: "ImageReady"},
+		{name: "deploying/image-wait-aborted", m: testMachine("ready"), st: at(PhaseDeploying, StepImage), onRack: onRack("failed", "404"), phase: PhaseReleasing, action: "off", event: "DeployAborted"},
 		{name: "deploying/disk-boot-failed", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "failed"), phase: "failed-deploying", action: "off"},
 		{name: "deploying/abort-to-ready", m: testMachine("ready"), st: at(PhaseDeploying, StepAgent), task: task("netboot", "done"), phase: PhaseReleasing, step: StepOff, action: "off", event: "DeployAborted"},
 		{name: "deploying/timeout", m: testMachine("deployed"), st: at(PhaseDeploying, StepAgent), task: task("netboot", "done"), after: 61 * time.Minute, phase: "failed-deploying", action: "off"},
@@ -152,7 +194,13 @@ func TestDecideTable(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc"}
+			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc", Image: c.image, ImageOnRack: c.onRack}
+			if in.Image == nil {
+				in.Image = osImage("")
+			}
+			if in.ImageOnRack == nil && !c.noRack {
+				in.ImageOnRack = onRack("ready", "")
+			}
 			d := Decide(in, p)
 			if d.Status.Phase != c.phase {
 				t.Fatalf("phase %q, want %q (reason %q, events %+v)", d.Status.Phase, c.phase, d.Status.Reason, d.Events)
@@ -194,7 +242,7 @@ func TestDecideTable(t *testing.T) {
 			// is never repeated by a second look.
 			if d.Task != nil {
 				tk := *d.Task
-				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc"}, p)
+				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc", Image: in.Image, ImageOnRack: in.ImageOnRack}, p)
 				if again.Task != nil {
 					t.Errorf("second decision issued another task %s", again.Task.Action)
 				}
@@ -221,5 +269,51 @@ func TestDecideFailureReasonNamesTheCause(t *testing.T) {
 	d = Decide(Input{Now: t0.Add(31 * time.Minute), Machine: testMachine("ready"), Status: st, Task: task("netboot", "done")}, Policy{})
 	if !strings.Contains(d.Status.Reason, "never reported") {
 		t.Fatalf("timeout reason %q", d.Status.Reason)
+	}
+}
+
+func TestDecideImageNotReadySaysWhy(t *testing.T) {
+	in := Input{Now: t0, Machine: testMachine("deployed"), Status: at(PhaseReady, ""), Image: osImage(""),
+		ImageOnRack: onRack("failed", "http://images.invalid/debian.raw: sha256 mismatch: got 00")}
+	d := Decide(in, Policy{})
+	c := d.Status.Condition(CondImageNotReady)
+	if c == nil || c.Status != "True" || !strings.Contains(c.Message, "sha256 mismatch: got 00") || !strings.Contains(c.Message, "rack r1") {
+		t.Fatalf("condition %+v, want ImageNotReady True with the rack's reason", c)
+	}
+	if d.Task != nil {
+		t.Fatalf("a deploy whose image the rack cannot serve powered the machine: %+v", d.Task)
+	}
+	// Deciding again while it waits adds no second event.
+	again := Decide(Input{Now: t0.Add(time.Minute), Machine: in.Machine, Status: d.Status, Image: in.Image, ImageOnRack: in.ImageOnRack}, Policy{})
+	if len(again.Events) != 0 || again.Task != nil {
+		t.Fatalf("second look while waiting: events %+v task %+v", again.Events, again.Task)
+	}
+	// Once the image is ready the deploy starts, and its clock with it.
+	later := t0.Add(2 * time.Hour)
+	ready := Decide(Input{Now: later, Machine: in.Machine, Status: again.Status, Image: in.Image, ImageOnRack: onRack("ready", "")}, Policy{})
+	if ready.Task == nil || ready.Task.Action != "netboot" || !ready.Status.PhaseStartedAt.Equal(later) {
+		t.Fatalf("image ready: task %+v, phase started %s", ready.Task, ready.Status.PhaseStartedAt)
+	}
+	if c := ready.Status.Condition(CondImageNotReady); c == nil || c.Status != "False" {
+		t.Fatalf("condition after ready: %+v", c)
+	}
+}
+
+func TestDecideDeployedSaysHowItIsKnown(t *testing.T) {
+	d := Decide(Input{Now: t0.Add(3 * time.Minute), Machine: testMachine("deployed"), Image: osImage(""), ImageOnRack: onRack("ready", ""),
+		Status: withOS(at(PhaseDeploying, StepOS), t0.Add(2*time.Minute)), Task: doneAt(task("diskboot", "done"), t0.Add(time.Minute))}, Policy{})
+	c := d.Status.Condition(CondDeployed)
+	if c == nil || c.Reason != "OSReported" || !strings.Contains(c.Message, "m1") || !strings.Contains(c.Message, "0123abcd") {
+		t.Fatalf("Deployed condition %+v", c)
+	}
+	d = Decide(Input{Now: t0, Machine: testMachine("deployed"), Image: osImage("none"), ImageOnRack: onRack("ready", ""),
+		Status: at(PhaseDeploying, StepDisk), Task: task("diskboot", "done")}, Policy{})
+	if c := d.Status.Condition(CondDeployed); c == nil || !strings.Contains(c.Message, "not confirmed") {
+		t.Fatalf("Deployed condition without confirmation %+v", c)
+	}
+	d = Decide(Input{Now: t0.Add(16 * time.Minute), Machine: testMachine("deployed"), Image: osImage(""), ImageOnRack: onRack("ready", ""),
+		Status: at(PhaseDeploying, StepOS), Task: task("diskboot", "done")}, Policy{})
+	if !strings.Contains(d.Status.Reason, "did not report in within 15m0s") {
+		t.Fatalf("OS timeout reason %q", d.Status.Reason)
 	}
 }

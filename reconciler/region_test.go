@@ -492,3 +492,54 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) fl
 	t.Fatalf("no %s{%q}", name, label)
 	return 0
 }
+
+// A deploy waits while the rack reports its image unservable, and the
+// deployed state waits for the OS to report in.
+func TestDeployWaitsForImageAndOS(t *testing.T) {
+	e := newEnv(t)
+	e.sim.mu.Lock()
+	e.sim.badImage["debian"] = "http://images.invalid/debian.raw: sha256 mismatch"
+	e.sim.noOS["mute"] = true
+	e.sim.mu.Unlock()
+	ready := inventory.MachineStatus{Phase: "ready", Rack: "r1", PhaseStartedAt: time.Now().UTC()}
+	for _, m := range []string{"dep", "mute"} {
+		b, _ := json.Marshal(ready)
+		if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey(m), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.apply(lab(t, map[string]string{"dep": "state: deployed", "mute": "state: deployed\nimage: debian-next"}), "r1")
+	pol := testPolicy
+	pol.OSReportTimeout = 2 * time.Second
+	pol.MaxAttempts = 1
+	e.region("region-1", reconciler.Config{Policy: pol})
+
+	st := e.waitStatus("dep", time.Minute, "ImageNotReady with the rack's reason", func(st inventory.MachineStatus) bool {
+		c := st.Condition(reconciler.CondImageNotReady)
+		return c != nil && c.Status == "True" && strings.Contains(c.Message, "sha256 mismatch")
+	})
+	if st.Phase != "deploying" || st.Step != reconciler.StepImage {
+		t.Fatalf("waiting deploy: %+v", st)
+	}
+	if n := e.sim.count("dep", "netboot"); n != 0 {
+		t.Fatalf("the machine was network-booted %d times for an image its rack cannot serve", n)
+	}
+	// The rack fixes its cache: the deploy goes on, and ends when the OS reports in.
+	e.sim.mu.Lock()
+	delete(e.sim.badImage, "debian")
+	e.sim.mu.Unlock()
+	if err := e.store.PutImageStatus(e.ctx, "debian", inventory.ImageStatus{Rack: "r1", State: "ready", SHA256s: []string{debianSHA}}); err != nil {
+		t.Fatal(err)
+	}
+	st = e.waitPhase("dep", "deployed", time.Minute)
+	if c := st.Condition(reconciler.CondDeployed); c == nil || c.Reason != "OSReported" || st.OSReport == nil {
+		t.Fatalf("deployed without the OS's word: %+v", st.Conditions)
+	}
+	// An OS that never reports fails the deploy, saying so.
+	st = e.waitPhase("mute", "failed-deploying", time.Minute)
+	if !strings.Contains(st.Reason, "did not report in") || e.sim.count("mute", "diskboot") != 1 {
+		t.Fatalf("silent OS: reason %q, disk boots %d", st.Reason, e.sim.count("mute", "diskboot"))
+	}
+}
+
+const debianSHA = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"

@@ -32,13 +32,16 @@ type sim struct {
 	holds    map[string]chan struct{} // "machine/what" → released when closed
 	held     map[string]chan struct{} // "machine/what" → closed once something waits there
 	taskFail map[string]string        // machine → power error to report
+	noOS     map[string]bool          // the deployed OS never reports in
+	badImage map[string]string        // image → the rack's reason it cannot serve it
 	// instant agents report only their result (the benchmark).
 	instant bool
 }
 
 func newSim(store *inventory.Store) *sim {
 	return &sim{store: store, purposes: map[string][]string{}, failures: map[string]int{}, silent: map[string]bool{},
-		holds: map[string]chan struct{}{}, held: map[string]chan struct{}{}, taskFail: map[string]string{}}
+		holds: map[string]chan struct{}{}, held: map[string]chan struct{}{}, taskFail: map[string]string{},
+		noOS: map[string]bool{}, badImage: map[string]string{}}
 }
 
 // hold makes the sim wait at "machine/what" (what: an action such as
@@ -81,6 +84,7 @@ func (s *sim) wait(ctx context.Context, at string) {
 }
 
 func (s *sim) run(ctx context.Context) error {
+	go s.stageImages(ctx)
 	prefix := s.store.TaskPrefix("")
 	rev, err := s.store.RangeRevs(ctx, prefix, 0, func(k string, v []byte, mod int64) error {
 		s.consider(ctx, k, v, mod)
@@ -111,6 +115,39 @@ func (s *sim) consider(ctx context.Context, key string, v []byte, mod int64) {
 	go s.do(ctx, key, t, mod)
 }
 
+// stageImages reports every image of the desired state as rack r1's
+// cache would: ready, or failed with the reason in badImage.
+func (s *sim) stageImages(ctx context.Context) {
+	report := func() {
+		snap, err := s.store.Snapshot(ctx, spec.KindImage)
+		if err != nil {
+			return
+		}
+		for name, im := range snap.Inventory.Images {
+			st := inventory.ImageStatus{Rack: "r1", State: "ready", UpdatedAt: time.Now().UTC()}
+			for _, a := range []*spec.Artifact{im.Spec.Kernel, im.Spec.Initrd, im.Spec.Disk} {
+				if a != nil {
+					st.SHA256s = append(st.SHA256s, a.SHA256)
+				}
+			}
+			s.mu.Lock()
+			if why := s.badImage[name]; why != "" {
+				st.State, st.Message = "failed", why
+			}
+			s.mu.Unlock()
+			_ = s.store.PutImageStatus(ctx, name, st)
+		}
+	}
+	wc := s.store.WatchPrefix(ctx, s.store.DesiredPrefix(), 0)
+	report()
+	for resp := range wc {
+		if resp.Err() != nil {
+			return
+		}
+		report()
+	}
+}
+
 // do carries out a power task as a rack leader would, then plays the
 // machine agent when the machine network-boots.
 func (s *sim) do(ctx context.Context, key string, t inventory.PowerTask, mod int64) {
@@ -134,6 +171,9 @@ func (s *sim) do(ctx context.Context, key string, t inventory.PowerTask, mod int
 	s.mu.Lock()
 	s.executed = append(s.executed, t)
 	s.mu.Unlock()
+	if t.Action == inventory.TaskDiskboot && perr == "" {
+		s.os(ctx, t.Machine)
+	}
 	if t.Action != inventory.TaskNetboot || perr != "" {
 		return
 	}
@@ -177,6 +217,21 @@ func (s *sim) agent(ctx context.Context, machine, purpose string) {
 		if fail {
 			st.Result.Reason = "simulated " + purpose + " failure"
 		}
+	})
+}
+
+// os plays the deployed OS reporting in after its disk boot.
+func (s *sim) os(ctx context.Context, machine string) {
+	s.mu.Lock()
+	silent := s.noOS[machine]
+	s.mu.Unlock()
+	if silent {
+		return
+	}
+	s.wait(ctx, machine+"/os")
+	_ = inventory.UpdateJSON(ctx, s.store, s.store.MachineStatusKey(machine), func(st *inventory.MachineStatus) error {
+		st.OSReport = &inventory.OSReport{Hostname: machine, At: time.Now().UTC()}
+		return nil
 	})
 }
 

@@ -147,7 +147,18 @@ type ImageSpec struct {
 	Disk    *Artifact `yaml:"disk,omitempty" json:"disk,omitempty" doc:"OS images: the disk image."`
 	Format  string    `yaml:"format,omitempty" json:"format,omitempty" enum:"raw,raw.gz,raw.zst" doc:"OS images: disk image format; inferred from the URL's suffix when absent."`
 	Cmdline string    `yaml:"cmdline,omitempty" json:"cmdline,omitempty" doc:"Extra kernel command line for ephemeral images."`
+	Confirm string    `yaml:"confirm,omitempty" json:"confirm,omitempty" enum:"os,none" doc:"OS images: how a deploy is confirmed. os (the default): the deployed OS reports in through cloud-init's phone_home, and the machine is deployed only then; none: the image cannot report (no cloud-init), and deployed means only that the disk boot was requested."`
 }
+
+// Deploy confirmations (ImageSpec.Confirm).
+const (
+	ConfirmOS   = "os"
+	ConfirmNone = "none"
+)
+
+// ConfirmsByOS reports whether a deploy of the image waits for the OS to
+// report in.
+func (s *ImageSpec) ConfirmsByOS() bool { return s.Confirm != ConfirmNone }
 
 // Artifact is a file Kiln fetches, verifies and caches.
 type Artifact struct {

@@ -369,6 +369,9 @@ func (v *validator) image(im *Image) {
 		if sp.Disk != nil {
 			v.errorf(im, "spec.disk", "ephemeral images boot a kernel and initrd; disk is for os images")
 		}
+		if sp.Confirm != "" {
+			v.errorf(im, "spec.confirm", "ephemeral images report through the machine agent; confirm is for os images")
+		}
 	case PurposeOS:
 		if sp.Disk == nil {
 			v.errorf(im, "spec.disk", "required for os images")

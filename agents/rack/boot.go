@@ -84,6 +84,9 @@ func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) 
 			st.Progress = &inventory.AgentProgress{Phase: r.Progress.Phase, BytesWritten: r.Progress.BytesWritten, TotalBytes: r.Progress.TotalBytes, At: now}
 		case r.Result != nil:
 			st.Result = &inventory.AgentResult{Success: r.Result.Success, Reason: r.Result.Reason, At: now}
+		case r.OS != nil:
+			st.OSReport = &inventory.OSReport{Hostname: r.OS.Hostname, FQDN: r.OS.FQDN, InstanceID: r.OS.InstanceID,
+				BootID: r.OS.BootID, Address: r.OS.Address, At: now}
 		}
 		st.UpdatedAt = now
 		return nil
@@ -118,6 +121,11 @@ func (a *Agent) stage(ctx context.Context, inv *spec.Inventory) {
 		for _, name := range spec.SortedNames(inv.Images) {
 			im := inv.Images[name]
 			st := inventory.ImageStatus{Rack: a.cfg.Rack, State: "ready", UpdatedAt: time.Now().UTC()}
+			for _, f := range []*spec.Artifact{im.Spec.Kernel, im.Spec.Initrd, im.Spec.Disk} {
+				if f != nil {
+					st.SHA256s = append(st.SHA256s, f.SHA256)
+				}
+			}
 			for _, f := range []*spec.Artifact{im.Spec.Kernel, im.Spec.Initrd, im.Spec.Disk} {
 				if f == nil {
 					continue

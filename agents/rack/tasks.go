@@ -136,7 +136,7 @@ func (t *tasks) execute(ctx context.Context, w taskWrite) {
 		if pt.Action == inventory.TaskDiskboot {
 			dev = power.Disk
 		}
-		state, err = t.boot(ctx, target, dev, resumed)
+		state, err = t.boot(ctx, target, power.BootFor(m, dev), resumed)
 	case inventory.TaskOff:
 		if err = t.power.PowerOff(ctx, target, true); err == nil {
 			state = power.Off
@@ -157,10 +157,10 @@ func (t *tasks) execute(ctx context.Context, w taskWrite) {
 	}
 }
 
-// boot sets the next boot device and powers the machine on, cycling it
-// when it is on. A resumed task whose machine is already on is taken as
+// boot sets the next boot device (in the machine's firmware mode) and
+// powers the machine on, cycling it when it is on. A resumed task whose machine is already on is taken as
 // done: the dead leader's cycle happened.
-func (t *tasks) boot(ctx context.Context, target power.Target, dev power.Device, resumed bool) (power.State, error) {
+func (t *tasks) boot(ctx context.Context, target power.Target, b power.Boot, resumed bool) (power.State, error) {
 	st, err := t.power.Status(ctx, target)
 	if err != nil {
 		return power.Unknown, err
@@ -168,7 +168,7 @@ func (t *tasks) boot(ctx context.Context, target power.Target, dev power.Device,
 	if resumed && st == power.On {
 		return st, nil
 	}
-	if err := t.power.SetBoot(ctx, target, power.Boot{Device: dev}); err != nil && !errors.Is(err, power.ErrUnsupported) {
+	if err := t.power.SetBoot(ctx, target, b); err != nil && !errors.Is(err, power.ErrUnsupported) {
 		return st, err
 	}
 	if st == power.On {

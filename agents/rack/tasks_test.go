@@ -76,7 +76,11 @@ func (f *fakePower) SetBoot(_ context.Context, t power.Target, b power.Boot) err
 	if t.Driver == "manual" {
 		return fmt.Errorf("set the boot device of %s by hand: %w", t.Machine, power.ErrManual)
 	}
-	return f.record(t, "boot-"+string(b.Device))
+	mode := "legacy"
+	if b.UEFI {
+		mode = "uefi"
+	}
+	return f.record(t, "boot-"+string(b.Device)+"/"+mode)
 }
 
 func (f *fakePower) ops(machine string) string {
@@ -103,14 +107,18 @@ spec: {cidr: 192.0.2.0/24, rack: r1}
 `
 
 func machineDoc(i int, name, driver string) string {
+	firmware := "" // the default, uefi
+	if strings.HasPrefix(name, "bios") {
+		firmware = "\n  firmware: bios"
+	}
 	return fmt.Sprintf(`---
 apiVersion: kiln.dev/v1alpha1
 kind: Machine
 metadata: {name: %s}
 spec:
   interfaces: [{name: eno1, mac: "02:00:00:00:00:%02x", subnet: net1}]
-  bmc: {driver: %s, address: "192.0.2.250:623", username: admin, password: secret}
-`, name, i, driver)
+  bmc: {driver: %s, address: "192.0.2.250:623", username: admin, password: secret}%s
+`, name, i, driver, firmware)
 }
 
 func TestPowerTasks(t *testing.T) {
@@ -119,7 +127,7 @@ func TestPowerTasks(t *testing.T) {
 	defer cancel()
 	store := inventory.NewStore(cli, "", quiet())
 	doc := tasksInventory
-	for i, m := range []string{"off1", "on1", "gone", "hand", "bad", "resumed"} {
+	for i, m := range []string{"off1", "on1", "gone", "hand", "bad", "resumed", "bios1", "bios2"} {
 		drv := "ipmi"
 		if m == "hand" {
 			drv = "manual"
@@ -161,10 +169,16 @@ func TestPowerTasks(t *testing.T) {
 	write("hand", inventory.TaskNetboot, inventory.TaskPending)
 	write("bad", inventory.TaskNetboot, inventory.TaskPending)
 	write("nosuch", inventory.TaskOff, inventory.TaskPending)
+	write("bios1", inventory.TaskNetboot, inventory.TaskPending)
+	write("bios2", inventory.TaskDiskboot, inventory.TaskPending)
 
 	want := map[string]struct{ state, ops, errHas string }{
-		"off1":    {inventory.TaskDone, "boot-network,on", ""},
-		"on1":     {inventory.TaskDone, "boot-disk,cycle", ""},
+		// The boot override carries the firmware mode: UEFI unless the
+		// machine says bios.
+		"off1":    {inventory.TaskDone, "boot-network/uefi,on", ""},
+		"on1":     {inventory.TaskDone, "boot-disk/uefi,cycle", ""},
+		"bios1":   {inventory.TaskDone, "boot-network/legacy,on", ""},
+		"bios2":   {inventory.TaskDone, "boot-disk/legacy,on", ""},
 		"gone":    {inventory.TaskDone, "off", ""},
 		"hand":    {inventory.TaskManual, "", "by hand"},
 		"bad":     {inventory.TaskFailed, "", "did not answer"},

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
+	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
 )
@@ -40,172 +44,434 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		return exitFail
 	}
 	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.MachineStatusKey(name))
-	hasStatus := err == nil
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
 		return exitFail
 	}
-	m := snap.Inventory.Machines[name]
-	u, unmanaged := snap.Unmanaged[name]
-	if m == nil && !unmanaged {
+	d := description{name: name, machine: snap.Inventory.Machines[name], pointer: snap.Pointer}
+	if err == nil {
+		d.status = &st
+	}
+	if u, ok := snap.Unmanaged[name]; ok {
+		d.unmanaged = &u
+	}
+	if d.machine == nil && d.unmanaged == nil {
 		fmt.Fprintf(errOut, "kiln describe: machine %q not found in revision %s\n", name, short(snap.Pointer.Revision))
 		return exitFail
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	defer w.Flush()
-	kv := func(k string, v any) { fmt.Fprintf(w, "%s:\t%v\n", k, v) }
-	kv("Name", name)
-	if unmanaged {
-		kv("Managed", fmt.Sprintf("no: removed from the source in revision %s at %s", short(u.RemovedIn), u.RemovedAt.Format(time.RFC3339)))
-		kv("", "Kiln leaves this machine as it is: nothing was powered off or wiped.")
-		kv("", "Add it back to the source to manage it again.")
+	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(name)); err == nil {
+		d.timeline = tl.Events
 	}
-	if m != nil {
-		sp := &m.Spec
-		kv("Rack", dash(sp.Rack))
-		kv("Profile", dash(sp.Profile))
-		kv("Labels", labels(m.Metadata.Labels))
-		kv("Origin", fmt.Sprintf("%s (revision %s, applied %s)", m.Origin, short(snap.Pointer.Revision), snap.Pointer.AppliedAt.Format(time.RFC3339)))
-		fmt.Fprintln(w, "Desired:")
-		kv("  State", sp.State)
-		kv("  Image", dash(sp.Image))
-		kv("  Arch/Firmware", sp.Arch+"/"+sp.Firmware)
-		kv("  Maintenance", sp.InMaintenance())
-		kv("  Erase on release", sp.Erase)
-		kv("  Generations", fmt.Sprintf("commission %d, deploy %d", sp.CommissionGeneration, sp.DeployGeneration))
-		if sp.Zone != "" || sp.Pool != "" {
-			kv("  Zone/Pool", dash(sp.Zone)+"/"+dash(sp.Pool))
-		}
-		if rd := sp.RootDisk; rd != nil {
-			kv("  Root disk", rootDisk(rd))
-		}
-		if sp.UserData != "" {
-			src := "inline"
-			if sp.UserDataFile != "" {
-				src = sp.UserDataFile
-			}
-			kv("  User data", fmt.Sprintf("%d bytes (%s)", len(sp.UserData), src))
-		}
-		fmt.Fprintln(w, "Interfaces:")
-		fmt.Fprintln(w, "  NAME\tMAC\tSUBNET\tIP\tBOOT")
-		boot := sp.BootInterface()
-		for i := range sp.Interfaces {
-			ifc := &sp.Interfaces[i]
-			ip := ifc.IP
-			if ip == "" {
-				ip = "auto"
-			}
-			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\n", ifc.Name, ifc.MAC, dash(ifc.Subnet), ip, ifc == boot)
-		}
-		for _, b := range sp.Bonds {
-			fmt.Fprintf(w, "  %s\tbond %s of %s\t%s\t%s\t\n", b.Name, b.Mode, strings.Join(b.Interfaces, "+"), dash(b.Subnet), dash(b.IP))
-		}
-		for _, v := range sp.VLANs {
-			fmt.Fprintf(w, "  %s\tvlan %d on %s\t%s\t%s\t\n", v.Name, v.ID, v.Link, dash(v.Subnet), dash(v.IP))
-		}
-		if b := sp.BMC; b != nil {
-			fmt.Fprintln(w, "BMC:")
-			kv("  Driver", b.Driver)
-			kv("  Address", dash(b.Address))
-			kv("  Username", dash(b.Username))
-			kv("  Password", password(b.Password))
-			if b.SkipVerify() {
-				kv("  TLS", "not verified (insecure: true)")
-			}
-		} else {
-			kv("BMC", "none: someone must power this machine by hand")
-		}
-	}
-	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(name)); err == nil && len(tl.Events) > 0 {
-		fmt.Fprintln(w, "Boot timeline (newest last):")
-		evs := tl.Events[max(0, len(tl.Events)-20):]
-		for _, ev := range evs {
-			fmt.Fprintf(w, "  %s\t%s\t%s\n", ev.Time.Format("2006-01-02 15:04:05.000"), ev.Type, ev.Detail)
-		}
-	}
-	fmt.Fprintln(w, "Status:")
-	if !hasStatus {
-		kv("  Phase", "- (no reconciler has reported on this machine yet)")
-		return exitOK
-	}
-	kv("  Phase", dash(st.Phase))
-	if st.Step != "" {
-		kv("  Step", fmt.Sprintf("%s (since %s)", st.Step, st.StepStartedAt.Format(time.RFC3339)))
-	}
-	if !st.PhaseStartedAt.IsZero() {
-		kv("  Phase started", st.PhaseStartedAt.Format(time.RFC3339))
-	}
-	if st.Message != "" {
-		kv("  Message", st.Message)
-	}
-	if st.Reason != "" {
-		kv("  Reason", st.Reason)
-	}
-	if st.Attempts > 0 {
-		kv("  Attempts", st.Attempts)
-	}
-	if st.Paused != "" {
-		kv("  Paused in", st.Paused)
-	}
-	kv("  Boot purpose", dash(st.BootPurpose))
-	if st.TaskID != "" && st.Rack != "" {
+	if d.status != nil && st.TaskID != "" && st.Rack != "" {
 		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.TaskKey(st.Rack, name)); err == nil && t.ID == st.TaskID {
-			task := fmt.Sprintf("%s on rack %s: %s since %s", t.Action, st.Rack, t.State, t.CreatedAt.Format(time.RFC3339))
-			if t.Finished() {
-				task = fmt.Sprintf("%s on rack %s: %s at %s by %s", t.Action, st.Rack, t.State, t.DoneAt.Format(time.RFC3339), dash(t.Agent))
-			}
-			if t.Error != "" {
-				task += ": " + t.Error
-			}
-			kv("  Power task", task)
+			d.task = &t
 		}
 	}
-	if len(st.Addresses) > 0 {
-		kv("  Addresses", strings.Join(st.Addresses, ", "))
+	if evs, _, err := store.Events(ctx, name); err == nil {
+		d.events = evs
 	}
-	if st.Power != "" {
-		kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
-	}
-	if st.DeployedImage != "" {
-		kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
-	}
-	if p := st.Progress; p != nil {
-		pr := p.Phase
-		if p.TotalBytes > 0 {
-			pr += fmt.Sprintf(" %d/%d bytes (%.0f%%)", p.BytesWritten, p.TotalBytes, 100*float64(p.BytesWritten)/float64(p.TotalBytes))
-		} else if p.BytesWritten > 0 {
-			pr += fmt.Sprintf(" %d bytes", p.BytesWritten)
-		}
-		kv("  Agent progress", pr+" at "+p.At.Format(time.RFC3339))
-	}
-	if r := st.Result; r != nil {
-		res := "success"
-		if !r.Success {
-			res = "failure: " + r.Reason
-		}
-		kv("  Agent result", res+" at "+r.At.Format(time.RFC3339))
-	}
-	if st.SourceRevision != "" {
-		kv("  Source revision", short(st.SourceRevision))
-	}
-	kv("  Observed generation", st.ObservedGeneration)
-	if !st.UpdatedAt.IsZero() {
-		kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
-	}
-	if len(st.Conditions) > 0 {
-		fmt.Fprintln(w, "Conditions:")
-		fmt.Fprintln(w, "  TYPE\tSTATUS\tREASON\tSINCE\tMESSAGE")
-		for _, c := range st.Conditions {
-			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
-		}
-	}
-	if evs, _, err := store.Events(ctx, name); err == nil && len(evs) > 0 {
-		fmt.Fprintln(w, "Events (newest last):")
-		for _, ev := range evs[max(0, len(evs)-15):] {
-			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Type, ev.Reason, ev.Message)
-		}
+	if err := d.write(out); err != nil {
+		fmt.Fprintln(errOut, "kiln describe:", err)
+		return exitFail
 	}
 	return exitOK
+}
+
+// description is what describe shows of one machine, read from etcd;
+// write renders it without touching etcd.
+type description struct {
+	name      string
+	machine   *spec.Machine        // nil when the source no longer has it
+	unmanaged *inventory.Unmanaged // set when removed from the source
+	pointer   inventory.Pointer    // the applied revision
+	timeline  []inventory.TimelineEvent
+	status    *inventory.MachineStatus // nil: no reconciler has reported yet
+	task      *inventory.PowerTask     // the power task status.TaskID names
+	events    []inventory.Event
+}
+
+// printer writes "Key:\tvalue" lines and table rows through a tabwriter.
+// Every value and cell goes through clean: much of what describe shows
+// was written by the machine (facts, the agent's result) or its DHCP and
+// TFTP requests (the boot timeline), and must not drive the terminal.
+type printer struct{ w io.Writer }
+
+func (p printer) section(title string) { fmt.Fprintln(p.w, title+":") }
+
+func (p printer) kv(k string, v any) { fmt.Fprintf(p.w, "%s:\t%s\n", k, clean(fmt.Sprint(v))) }
+
+// note writes "key: value" outside the columns: a one-line stand-in for
+// a section, which must not widen the table next to it.
+func (p printer) note(k, v string) { fmt.Fprintf(p.w, "%s: %s\n", k, clean(v)) }
+
+func (p printer) row(cols ...string) {
+	for i := range cols {
+		cols[i] = clean(cols[i])
+	}
+	fmt.Fprintln(p.w, strings.Join(cols, "\t"))
+}
+
+// clean makes a string safe to print on a terminal: control characters
+// (ESC, CR, LF, tab…), invalid UTF-8 and other runes that do not print,
+// such as bidirectional overrides, are shown as Go escapes (\x1b, \n,
+// \u202e), so a string cannot move the cursor, fake a line or break the
+// columns.
+func clean(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case strconv.IsPrint(r):
+			b.WriteString(s[:n])
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		s = s[n:]
+	}
+	return b.String()
+}
+
+func (d *description) write(out io.Writer) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	p := printer{w}
+	p.kv("Name", d.name)
+	if u := d.unmanaged; u != nil {
+		p.kv("Managed", fmt.Sprintf("no: removed from the source in revision %s at %s", short(u.RemovedIn), u.RemovedAt.Format(time.RFC3339)))
+		p.kv("", "Kiln leaves this machine as it is: nothing was powered off or wiped.")
+		p.kv("", "Add it back to the source to manage it again.")
+	}
+	if d.machine != nil {
+		d.writeSpec(p)
+	}
+	if len(d.timeline) > 0 {
+		p.section("Boot timeline (newest last)")
+		for _, ev := range d.timeline[max(0, len(d.timeline)-20):] {
+			p.row("  "+ev.Time.Format("2006-01-02 15:04:05.000"), ev.Type, ev.Detail)
+		}
+	}
+	p.section("Status")
+	if d.status == nil {
+		p.kv("  Phase", "- (no reconciler has reported on this machine yet)")
+	} else {
+		d.writeStatus(p)
+		writeFacts(p, d.name, d.status.Facts)
+	}
+	if len(d.events) > 0 {
+		p.section("Events (newest last)")
+		for _, ev := range d.events[max(0, len(d.events)-15):] {
+			p.row("  "+ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Type, ev.Reason, ev.Message)
+		}
+	}
+	return w.Flush()
+}
+
+func (d *description) writeSpec(p printer) {
+	m := d.machine
+	sp := &m.Spec
+	p.kv("Rack", dash(sp.Rack))
+	p.kv("Profile", dash(sp.Profile))
+	p.kv("Labels", labels(m.Metadata.Labels))
+	p.kv("Origin", fmt.Sprintf("%s (revision %s, applied %s)", m.Origin, short(d.pointer.Revision), d.pointer.AppliedAt.Format(time.RFC3339)))
+	p.section("Desired")
+	p.kv("  State", sp.State)
+	p.kv("  Image", dash(sp.Image))
+	p.kv("  Arch/Firmware", sp.Arch+"/"+sp.Firmware)
+	p.kv("  Maintenance", sp.InMaintenance())
+	p.kv("  Erase on release", sp.Erase)
+	p.kv("  Generations", fmt.Sprintf("commission %d, deploy %d", sp.CommissionGeneration, sp.DeployGeneration))
+	if sp.Zone != "" || sp.Pool != "" {
+		p.kv("  Zone/Pool", dash(sp.Zone)+"/"+dash(sp.Pool))
+	}
+	if rd := sp.RootDisk; rd != nil {
+		p.kv("  Root disk", rootDisk(rd))
+	}
+	if sp.UserData != "" {
+		src := "inline"
+		if sp.UserDataFile != "" {
+			src = sp.UserDataFile
+		}
+		p.kv("  User data", fmt.Sprintf("%d bytes (%s)", len(sp.UserData), src))
+	}
+	p.section("Interfaces")
+	p.row("  NAME", "MAC", "SUBNET", "IP", "BOOT")
+	boot := sp.BootInterface()
+	for i := range sp.Interfaces {
+		ifc := &sp.Interfaces[i]
+		ip := ifc.IP
+		if ip == "" {
+			ip = "auto"
+		}
+		p.row("  "+ifc.Name, ifc.MAC, dash(ifc.Subnet), ip, fmt.Sprint(ifc == boot))
+	}
+	for _, b := range sp.Bonds {
+		p.row("  "+b.Name, fmt.Sprintf("bond %s of %s", b.Mode, strings.Join(b.Interfaces, "+")), dash(b.Subnet), dash(b.IP), "")
+	}
+	for _, v := range sp.VLANs {
+		p.row("  "+v.Name, fmt.Sprintf("vlan %d on %s", v.ID, v.Link), dash(v.Subnet), dash(v.IP), "")
+	}
+	if b := sp.BMC; b != nil {
+		p.section("BMC")
+		p.kv("  Driver", b.Driver)
+		p.kv("  Address", dash(b.Address))
+		p.kv("  Username", dash(b.Username))
+		p.kv("  Password", password(b.Password))
+		if b.SkipVerify() {
+			p.kv("  TLS", "not verified (insecure: true)")
+		}
+	} else {
+		p.kv("BMC", "none: someone must power this machine by hand")
+	}
+}
+
+func (d *description) writeStatus(p printer) {
+	st := d.status
+	p.kv("  Phase", dash(st.Phase))
+	if st.Step != "" {
+		p.kv("  Step", fmt.Sprintf("%s (since %s)", st.Step, st.StepStartedAt.Format(time.RFC3339)))
+	}
+	if !st.PhaseStartedAt.IsZero() {
+		p.kv("  Phase started", st.PhaseStartedAt.Format(time.RFC3339))
+	}
+	if st.Message != "" {
+		p.kv("  Message", st.Message)
+	}
+	if st.Reason != "" {
+		p.kv("  Reason", st.Reason)
+	}
+	if st.Attempts > 0 {
+		p.kv("  Attempts", st.Attempts)
+	}
+	if st.Paused != "" {
+		p.kv("  Paused in", st.Paused)
+	}
+	p.kv("  Boot purpose", dash(st.BootPurpose))
+	if t := d.task; t != nil {
+		task := fmt.Sprintf("%s on rack %s: %s since %s", t.Action, st.Rack, t.State, t.CreatedAt.Format(time.RFC3339))
+		if t.Finished() {
+			task = fmt.Sprintf("%s on rack %s: %s at %s by %s", t.Action, st.Rack, t.State, t.DoneAt.Format(time.RFC3339), dash(t.Agent))
+		}
+		if t.Error != "" {
+			task += ": " + t.Error
+		}
+		p.kv("  Power task", task)
+	}
+	if len(st.Addresses) > 0 {
+		p.kv("  Addresses", strings.Join(st.Addresses, ", "))
+	}
+	if st.Power != "" {
+		p.kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
+	}
+	if st.DeployedImage != "" {
+		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
+	}
+	if pr := st.Progress; pr != nil {
+		s := pr.Phase
+		if pr.TotalBytes > 0 {
+			s += fmt.Sprintf(" %d/%d bytes (%.0f%%)", pr.BytesWritten, pr.TotalBytes, 100*float64(pr.BytesWritten)/float64(pr.TotalBytes))
+		} else if pr.BytesWritten > 0 {
+			s += fmt.Sprintf(" %d bytes", pr.BytesWritten)
+		}
+		p.kv("  Agent progress", s+" at "+pr.At.Format(time.RFC3339))
+	}
+	if r := st.Result; r != nil {
+		p.kv("  Agent result", agentResult(r))
+	}
+	if r := st.OSReport; r != nil {
+		s := "hostname " + dash(r.Hostname)
+		if r.BootID != "" {
+			s += ", boot " + r.BootID
+		}
+		if r.Address != "" {
+			s += ", from " + r.Address
+		}
+		p.kv("  OS reported in", s+" at "+r.At.Format(time.RFC3339))
+	}
+	if st.SourceRevision != "" {
+		p.kv("  Source revision", short(st.SourceRevision))
+	}
+	p.kv("  Observed generation", st.ObservedGeneration)
+	if !st.UpdatedAt.IsZero() {
+		p.kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
+	}
+	if len(st.Conditions) > 0 {
+		p.section("Conditions")
+		p.row("  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
+		for _, c := range st.Conditions {
+			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
+		}
+	}
+}
+
+// agentResult says how the agent's last task ended, with what it said:
+// the reason of a failure, or the summary of a success.
+func agentResult(r *inventory.AgentResult) string {
+	s := "success"
+	if !r.Success {
+		s = "failure"
+	}
+	s += " at " + r.At.Format(time.RFC3339)
+	if r.Reason != "" {
+		s += ": " + r.Reason
+	}
+	return s
+}
+
+// writeFacts summarises the hardware facts the machine agent reported.
+// Facts that do not decode take one line: describe still shows the rest.
+func writeFacts(p printer, name string, raw json.RawMessage) {
+	if len(raw) == 0 || string(raw) == "null" {
+		p.note("Facts", "none reported yet (the machine agent reports them when it commissions the machine)")
+		return
+	}
+	var f facts.Facts
+	if err := json.Unmarshal(raw, &f); err != nil {
+		p.note("Facts", fmt.Sprintf("%d bytes the agent reported do not decode (%v): `kiln get machine %s -o json` shows them as they are", len(raw), err, name))
+		return
+	}
+	p.section("Facts")
+	if f.Version > facts.Version {
+		p.kv("  Version", fmt.Sprintf("%d, newer than this kiln reads (%d): `kiln get machine %s -o yaml` shows every field", f.Version, facts.Version, name))
+	}
+	p.kv("  Arch", dash(f.Arch))
+	cpu := dash(f.CPU.Model)
+	if f.CPU.Count > 0 {
+		cpu += fmt.Sprintf(", %d logical CPUs", f.CPU.Count)
+	}
+	if f.CPU.Sockets > 1 {
+		cpu += fmt.Sprintf(" in %d sockets", f.CPU.Sockets)
+	}
+	p.kv("  CPU", cpu)
+	p.kv("  Memory", humanSize(f.Memory.TotalBytes))
+	dmi := f.DMI
+	p.kv("  System", joinNonEmpty(strings.TrimSpace(dmi.Vendor+" "+dmi.Product), prefixed("version ", dmi.Version),
+		prefixed("serial ", dmi.Serial), prefixed("asset tag ", dmi.ChassisAsset)))
+	if dmi.UUID != "" {
+		p.kv("  UUID", dmi.UUID)
+	}
+	if dmi.BoardVendor != "" || dmi.BoardName != "" || dmi.BoardSerial != "" {
+		p.kv("  Board", joinNonEmpty(strings.TrimSpace(dmi.BoardVendor+" "+dmi.BoardName), prefixed("serial ", dmi.BoardSerial)))
+	}
+	if dmi.BIOSVendor != "" || dmi.BIOSVersion != "" {
+		fw := strings.TrimSpace(dmi.BIOSVendor + " " + dmi.BIOSVersion)
+		if dmi.BIOSDate != "" {
+			fw += " (" + dmi.BIOSDate + ")"
+		}
+		p.kv("  Firmware", fw)
+	}
+	if len(f.Disks) == 0 {
+		p.note("  Disks", "none found")
+	} else {
+		p.section("  Disks")
+		p.row("    NAME", "SIZE", "SERIAL", "MODEL", "BY-PATH", "ROTATIONAL")
+		for _, d := range f.Disks {
+			rot := fmt.Sprint(d.Rotational)
+			if d.Removable {
+				rot += ", removable"
+			}
+			p.row("    "+dash(d.Name), humanSize(d.SizeBytes), dash(d.Serial), dash(d.Model), dash(d.ByPath), rot)
+		}
+	}
+	if len(f.NICs) == 0 {
+		p.note("  NICs", "none found")
+	} else {
+		p.section("  NICs")
+		p.row("    NAME", "MAC", "LINK", "SPEED", "DRIVER", "MTU")
+		for _, n := range f.NICs {
+			mtu := "-"
+			if n.MTU > 0 {
+				mtu = fmt.Sprint(n.MTU)
+			}
+			p.row("    "+dash(n.Name), dash(n.MAC), link(n), speed(n.SpeedMbps), dash(n.Driver), mtu)
+		}
+	}
+	if len(f.LLDP) == 0 {
+		p.note("  LLDP neighbours", "none heard")
+	} else {
+		p.section("  LLDP neighbours")
+		p.row("    INTERFACE", "SWITCH", "PORT", "CHASSIS")
+		for _, n := range f.LLDP {
+			port := n.PortID
+			if n.PortDescription != "" && n.PortDescription != n.PortID {
+				port += " (" + n.PortDescription + ")"
+			}
+			chassis := n.ChassisID
+			if n.ChassisIDType != "" {
+				chassis += " (" + n.ChassisIDType + ")"
+			}
+			p.row("    "+dash(n.Interface), dash(n.SystemName), dash(port), dash(chassis))
+		}
+	}
+	if len(f.Errors) > 0 {
+		p.section("  Collector errors")
+		for _, e := range f.Errors {
+			p.row("    " + e)
+		}
+	}
+}
+
+// link is a NIC's link state as the kernel saw it.
+func link(n facts.NIC) string {
+	switch {
+	case n.OperState == "" && n.Carrier:
+		return "carrier"
+	case n.OperState == "":
+		return "no carrier"
+	case n.OperState == "up" && !n.Carrier:
+		return "up, no carrier"
+	}
+	return n.OperState
+}
+
+func speed(mbps int) string {
+	switch {
+	case mbps <= 0:
+		return "-"
+	case mbps%1000 == 0:
+		return fmt.Sprintf("%d Gb/s", mbps/1000)
+	case mbps > 1000:
+		return fmt.Sprintf("%.1f Gb/s", float64(mbps)/1000)
+	}
+	return fmt.Sprintf("%d Mb/s", mbps)
+}
+
+// humanSize prints a size in powers of 1024, as disks and memory are
+// usually spoken of: 1.9 GiB, 465.8 GiB, 1.8 TiB. (image.go's humanBytes
+// stops at MiB, which suits initramfs files but not disks.)
+func humanSize(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	if n < 1<<10 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n)/(1<<10), 0
+	for ; v >= 1<<10 && unit < 5; unit++ {
+		v /= 1 << 10
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGTPE"[unit])
+}
+
+func prefixed(prefix, s string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + s
+}
+
+func joinNonEmpty(parts ...string) string {
+	var keep []string
+	for _, s := range parts {
+		if s != "" {
+			keep = append(keep, s)
+		}
+	}
+	return dash(strings.Join(keep, ", "))
 }
 
 func labels(m map[string]string) string {

@@ -59,7 +59,7 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 		if ev.From != ev.To {
 			phase = dash(ev.From) + " → " + ev.To
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Machine, ev.Type, ev.Reason, phase, ev.Message)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05"), ev.Machine, ev.Type, clean(ev.Reason), phase, clean(ev.Message))
 	}
 	if *format == "text" {
 		fmt.Fprintln(w, "TIME\tMACHINE\tTYPE\tREASON\tPHASE\tMESSAGE")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/dhcp"
@@ -321,7 +322,7 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 				if wide {
 					cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
 				}
-				add(n, u, cols...)
+				add(n, unmanagedObject{Unmanaged: u, Status: status(statuses, n)}, cols...)
 				continue
 			}
 			sp := &m.Spec
@@ -344,14 +345,14 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 					inPhase = time.Since(st.PhaseStartedAt).Round(time.Second).String()
 				}
 				reason := st.Reason
-				if len(reason) > 60 {
-					reason = reason[:57] + "..."
+				if utf8.RuneCountInString(reason) > 60 {
+					reason = string([]rune(reason)[:57]) + "..."
 				}
 				cols = append(cols, dash(st.Step), inPhase, dash(reason))
 				cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
 					fmt.Sprint(sp.InMaintenance()), m.Origin.String())
 			}
-			add(n, redact(m), cols...)
+			add(n, machineObject{Machine: redact(m), Status: status(statuses, n)}, cols...)
 		}
 	case spec.KindRack:
 		t.header = []string{"NAME", "ZONE", "SUBNETS", "MACHINES", "SWITCHES"}
@@ -439,6 +440,28 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 	return t
 }
 
+// machineObject is a machine as -o yaml|json prints it, like kubectl:
+// the document from the source and, under status, what Kiln observed,
+// with the facts its agent reported as a structured object.
+type machineObject struct {
+	*spec.Machine
+	Status *inventory.MachineStatus `json:"status,omitempty"`
+}
+
+// unmanagedObject is a machine removed from the source, and its status.
+type unmanagedObject struct {
+	inventory.Unmanaged
+	Status *inventory.MachineStatus `json:"status,omitempty"`
+}
+
+func status(statuses map[string]inventory.MachineStatus, name string) *inventory.MachineStatus {
+	st, ok := statuses[name]
+	if !ok {
+		return nil
+	}
+	return &st
+}
+
 // redact returns a machine safe to print: no plaintext secrets.
 func redact(m *spec.Machine) *spec.Machine {
 	if m.Spec.BMC == nil || m.Spec.BMC.Password == nil || m.Spec.BMC.Password.Value == "" {
@@ -459,13 +482,19 @@ func (g *getter) print(out io.Writer, t *table, header bool) error {
 		if header {
 			fmt.Fprintln(tw, strings.Join(t.header, "\t"))
 		}
+		// Cells may hold what machines sent (a DHCP vendor class, an
+		// agent's reason): clean keeps them from driving the terminal.
 		for _, r := range t.rows {
-			fmt.Fprintln(tw, strings.Join(r, "\t"))
+			cells := make([]string, len(r))
+			for i, c := range r {
+				cells[i] = clean(c)
+			}
+			fmt.Fprintln(tw, strings.Join(cells, "\t"))
 		}
 		return tw.Flush()
 	case "name":
 		for _, r := range t.rows {
-			fmt.Fprintf(out, "%s/%s\n", strings.ToLower(g.kind), r[0])
+			fmt.Fprintf(out, "%s/%s\n", strings.ToLower(g.kind), clean(r[0]))
 		}
 		return nil
 	case "json":

@@ -55,7 +55,7 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	exec := power.NewExecutor(power.Policy{Timeout: *opTimeout}, power.NewMetrics(prometheus.NewRegistry()), discardLogger())
 	defer exec.Close()
-	boot := power.Boot{Persistent: *persistent, UEFI: *uefi || m.Spec.Firmware == "uefi"}
+	boot := power.Boot{Persistent: *persistent, UEFI: *uefi || power.BootFor(m, "").UEFI}
 	switch action {
 	case "on":
 		err = exec.PowerOn(ctx, t)

@@ -102,6 +102,7 @@ type regionFlags struct {
 	workers             int
 	timeouts            [4]time.Duration // by timedPhases
 	powerTimeout        time.Duration
+	osReportTimeout     time.Duration
 	attempts            int
 	backoff, maxBackoff time.Duration
 }
@@ -114,6 +115,7 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 		fs.DurationVar(&r.timeouts[i], "timeout-"+p, reconciler.DefaultTimeouts[p], "how long "+p+" may take before the machine fails")
 	}
 	fs.DurationVar(&r.powerTimeout, "power-timeout", 5*time.Minute, "how long a power task may wait for a rack agent")
+	fs.DurationVar(&r.osReportTimeout, "os-report-timeout", reconciler.DefaultOSReportTimeout, "how long a deploy waits, after the disk boot, for the deployed OS to report in (images with confirm: none do not wait)")
 	fs.IntVar(&r.attempts, "max-attempts", 3, "attempts of a failed phase before the machine waits for a person")
 	fs.DurationVar(&r.backoff, "retry-backoff", time.Minute, "wait before retrying a failed phase; doubles per attempt")
 	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
@@ -134,11 +136,14 @@ func (r *regionFlags) config() (reconciler.Config, error) {
 		return reconciler.Config{}, fmt.Errorf("--max-attempts must be at least 1, not %d", r.attempts)
 	case r.ttl < time.Second:
 		return reconciler.Config{}, fmt.Errorf("--region-ttl must be at least 1s (etcd's lease granularity), not %s", r.ttl)
+	case r.osReportTimeout <= 0:
+		return reconciler.Config{}, fmt.Errorf("--os-report-timeout must be positive, not %s", r.osReportTimeout)
 	case r.powerTimeout <= 0 || r.backoff <= 0 || r.maxBackoff < r.backoff:
 		return reconciler.Config{}, fmt.Errorf("--power-timeout and --retry-backoff must be positive and --max-retry-backoff at least --retry-backoff")
 	}
 	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
-		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff}}, nil
+		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff,
+		OSReportTimeout: r.osReportTimeout}}, nil
 }
 
 func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {

@@ -54,6 +54,8 @@ func runVBMC(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs.StringVar(&c.QEMU.Accel, "qemu-accel", "tcg", "accelerator (tcg or kvm)")
 	fs.StringVar(&c.QEMU.Machine, "qemu-machine", "", "machine type, e.g. q35")
 	fs.StringVar(&c.QEMU.Firmware, "qemu-firmware", "", "firmware (-bios), e.g. /usr/share/ovmf/OVMF.fd; default SeaBIOS")
+	fs.StringVar(&c.QEMU.FirmwareType, "qemu-firmware-type", "", "bios or uefi: how boot overrides reach the firmware; default inferred from --qemu-firmware (OVMF: uefi)")
+	fs.BoolVar(&c.QEMU.DisableNICROM, "qemu-disable-nic-rom", false, "load no option ROM on the NICs (romfile=), so OVMF's own PXE boots (UEFI only)")
 	fs.Var(&disks, "qemu-disk", "disk image path or -drive value (repeatable)")
 	fs.Var(&nics, "qemu-nic", "network card TAP[,MAC[,MODEL]]; TAP empty for user-mode networking (repeatable)")
 	fs.Var(&smbios, "qemu-smbios", "-smbios value, e.g. type=1,serial=vm-1 (repeatable)")
@@ -108,6 +110,12 @@ func runVBMC(ctx context.Context, args []string, out, errOut io.Writer) int {
 		if err := c.Faults.Validate(); err != nil {
 			fmt.Fprintln(errOut, "kiln vbmc:", err)
 			return exitUsage
+		}
+		if c.Backend == vbmc.BackendQEMU {
+			if err := c.QEMU.Validate(); err != nil {
+				fmt.Fprintln(errOut, "kiln vbmc: --qemu-*:", err)
+				return exitUsage
+			}
 		}
 		vms = []vbmc.VMConfig{c}
 	}

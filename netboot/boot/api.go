@@ -56,13 +56,29 @@ type TokenStore interface {
 	// Get returns an error wrapping inventory.ErrNotFound when the machine
 	// has no token.
 	Get(ctx context.Context, machine string) (inventory.BootToken, error)
+	// Update changes the machine's current token record (compare-and-swap).
+	Update(ctx context.Context, machine string, fn func(*inventory.BootToken) error) error
 }
 
-// Report is one report of a machine agent: exactly one field is set.
+// Report is one report of a machine agent, or of the deployed OS:
+// exactly one field is set.
 type Report struct {
 	Facts    json.RawMessage `json:"facts,omitempty"` // a JSON object, as the agent sent it
 	Progress *Progress       `json:"progress,omitempty"`
 	Result   *Result         `json:"result,omitempty"`
+	OS       *OSReport       `json:"os,omitempty"`
+}
+
+// OSReport is the deployed OS reporting in after its first boot: what
+// cloud-init's phone_home posts (instance_id, hostname, fqdn, as a form),
+// or the same as JSON with the boot ID. Every field is checked against a
+// narrow alphabet before it is stored.
+type OSReport struct {
+	Hostname   string `json:"hostname,omitempty"`
+	FQDN       string `json:"fqdn,omitempty"`
+	InstanceID string `json:"instanceID,omitempty"`
+	BootID     string `json:"bootID,omitempty"`
+	Address    string `json:"-"` // the address the report came from, set by the server
 }
 
 // Progress is how far the agent is.
@@ -106,6 +122,9 @@ type Options struct {
 	BaseURL string
 	// TokenTTL is how long a boot token is valid; default 2h.
 	TokenTTL time.Duration
+	// OSTokenTTL is how long the deployed OS's report-in token is valid
+	// from when the deploy's vendor-data is served; default 24h.
+	OSTokenTTL time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -119,4 +138,8 @@ const (
 	EventMetadata = "http-metadata" // a NoCloud file was fetched (detail: file)
 	EventAgent    = "agent-report"  // the machine agent reported (detail: what)
 	EventTask     = "agent-task"    // the machine agent fetched its task
+	EventOS       = "os-report"     // the deployed OS reported in (detail: hostname)
 )
+
+// DefaultOSTokenTTL is the default lifetime of an OS report-in token.
+const DefaultOSTokenTTL = 24 * time.Hour

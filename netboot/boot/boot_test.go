@@ -333,7 +333,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("kiln_http_boot_requests_total{kind=%q,code=%q} = %v, want %v", c.kind, c.code, got, c.want)
 		}
 	}
-	if n, err := testutil.GatherAndCount(ts.reg, "kiln_http_boot_request_seconds"); err != nil || n != 4 {
+	if n, err := testutil.GatherAndCount(ts.reg, "kiln_http_boot_request_seconds"); err != nil || n != len(metricKinds) {
 		t.Errorf("kiln_http_boot_request_seconds series: %d %v", n, err)
 	}
 }
@@ -345,7 +345,7 @@ func TestMetricsExposition(t *testing.T) {
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	curl(t, ts.URL+"/metadata/vm-1/meta-data")
 	var want strings.Builder
-	want.WriteString("# HELP kiln_http_boot_requests_total HTTP boot server requests by kind (script, metadata, agent, other) and status code.\n")
+	want.WriteString("# HELP kiln_http_boot_requests_total HTTP boot server requests by kind (script, metadata, agent, os, other) and status code.\n")
 	want.WriteString("# TYPE kiln_http_boot_requests_total counter\n")
 	for _, k := range metricKinds {
 		for _, c := range metricCodes {
@@ -401,6 +401,10 @@ func (failingTokens) Put(context.Context, string, inventory.BootToken) error {
 
 func (failingTokens) Get(context.Context, string) (inventory.BootToken, error) {
 	return inventory.BootToken{}, errors.New("etcd unavailable")
+}
+
+func (failingTokens) Update(context.Context, string, func(*inventory.BootToken) error) error {
+	return errors.New("etcd unavailable")
 }
 
 func TestBackendUnavailable(t *testing.T) {

@@ -35,7 +35,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	case "user-data":
 		body = UserData(m)
 	case "vendor-data":
-		body = []byte("#cloud-config\n{}\n")
+		body, err = s.vendorData(r.Context(), s.baseURL(r), m)
 	case "network-config":
 		body, err = NetworkConfig(m, s.backend.Subnet)
 	}

@@ -132,6 +132,20 @@ func (s *memTokens) Get(_ context.Context, machine string) (inventory.BootToken,
 	return t, nil
 }
 
+func (s *memTokens) Update(_ context.Context, machine string, fn func(*inventory.BootToken) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.m[machine]
+	if !ok {
+		return fmt.Errorf("token of %s: %w", machine, inventory.ErrNotFound)
+	}
+	if err := fn(&t); err != nil {
+		return err
+	}
+	s.m[machine] = t
+	return nil
+}
+
 // clock is a settable test clock.
 type clock struct {
 	mu sync.Mutex

@@ -11,11 +11,12 @@ const (
 	kindScript   = "script"
 	kindMetadata = "metadata"
 	kindAgent    = "agent"
+	kindOS       = "os"
 	kindOther    = "other"
 )
 
 var (
-	metricKinds = []string{kindScript, kindMetadata, kindAgent, kindOther}
+	metricKinds = []string{kindScript, kindMetadata, kindAgent, kindOS, kindOther}
 	// metricCodes are the codes the server answers with, pre-initialised.
 	metricCodes = []int{200, 204, 400, 403, 404, 405, 413, 415, 500, 503}
 )
@@ -31,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_http_boot_requests_total",
-			Help: "HTTP boot server requests by kind (script, metadata, agent, other) and status code.",
+			Help: "HTTP boot server requests by kind (script, metadata, agent, os, other) and status code.",
 		}, []string{"kind", "code"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kiln_http_boot_request_seconds",

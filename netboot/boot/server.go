@@ -32,6 +32,9 @@ func New(opts Options, backend Backend, metrics *Metrics, log *slog.Logger) *Ser
 	if opts.TokenTTL <= 0 {
 		opts.TokenTTL = DefaultTokenTTL
 	}
+	if opts.OSTokenTTL <= 0 {
+		opts.OSTokenTTL = DefaultOSTokenTTL
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -41,6 +44,7 @@ func New(opts Options, backend Backend, metrics *Metrics, log *slog.Logger) *Ser
 	s.mux.HandleFunc("GET /metadata/{machine}/{file}", s.metadata)
 	s.mux.HandleFunc("GET /agent/{machine}/task", s.task)
 	s.mux.HandleFunc("POST /agent/{machine}/{what}", s.report)
+	s.mux.HandleFunc("POST /os/{machine}/report", s.osReport)
 	return s
 }
 
@@ -66,6 +70,8 @@ func requestKind(path string) string {
 		return kindMetadata
 	case strings.HasPrefix(path, "/agent/"):
 		return kindAgent
+	case strings.HasPrefix(path, "/os/"):
+		return kindOS
 	}
 	return kindOther
 }
@@ -122,20 +128,18 @@ func validName(name string) bool {
 // issueToken makes a new random token for machine, stores its hash and
 // returns it with the boot ID. The previous token stops working.
 func (s *Server) issueToken(ctx context.Context, machine string) (token, bootID string, err error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", "", fmt.Errorf("random token: %w", err)
+	token, sum, err := newSecret()
+	if err != nil {
+		return "", "", err
 	}
-	token = base64.RawURLEncoding.EncodeToString(b[:])
 	var id [8]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return "", "", fmt.Errorf("random boot ID: %w", err)
 	}
 	bootID = hex.EncodeToString(id[:])
 	now := s.opts.Now()
-	sum := sha256.Sum256([]byte(token))
 	err = s.backend.Tokens().Put(ctx, machine, inventory.BootToken{
-		SHA256:   hex.EncodeToString(sum[:]),
+		SHA256:   sum,
 		Expires:  now.Add(s.opts.TokenTTL),
 		IssuedAt: now,
 		BootID:   bootID,
@@ -144,6 +148,25 @@ func (s *Server) issueToken(ctx context.Context, machine string) (token, bootID 
 		return "", "", err
 	}
 	return token, bootID, nil
+}
+
+// newSecret returns a random token and the hex SHA-256 that is stored.
+func newSecret() (token, sum string, err error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", "", fmt.Errorf("random token: %w", err)
+	}
+	token = base64.RawURLEncoding.EncodeToString(b[:])
+	h := sha256.Sum256([]byte(token))
+	return token, hex.EncodeToString(h[:]), nil
+}
+
+// matches reports whether token hashes to the stored hex SHA-256, in
+// constant time.
+func matches(token, stored string) bool {
+	sum := sha256.Sum256([]byte(token))
+	want, err := hex.DecodeString(stored)
+	return err == nil && len(want) == len(sum) && subtle.ConstantTimeCompare(sum[:], want) == 1
 }
 
 // errForbidden is any failed token check; which one is logged, not told.
@@ -173,9 +196,7 @@ func (s *Server) authorize(r *http.Request, machine string) (inventory.BootToken
 	if err != nil {
 		return inventory.BootToken{}, err
 	}
-	sum := sha256.Sum256([]byte(given))
-	want, err := hex.DecodeString(stored.SHA256)
-	if err != nil || subtle.ConstantTimeCompare(sum[:], want) != 1 {
+	if !matches(given, stored.SHA256) {
 		return inventory.BootToken{}, fmt.Errorf("%w: token does not match", errForbidden)
 	}
 	if !s.opts.Now().Before(stored.Expires) {

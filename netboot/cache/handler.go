@@ -56,7 +56,13 @@ func (c *Cache) serve(w http.ResponseWriter, r *http.Request) {
 		if !errors.Is(err, ErrNotCached) {
 			c.log.Warn("image cache: not serving an image", "sha256", h, "err", err)
 		}
-		http.NotFound(w, r)
+		// Say why, so that a machine agent's download error carries the
+		// rack's reason (kiln get images -o wide shows it too).
+		msg := "sha256 " + h + " is not in this rack's image cache"
+		if st := c.Status(h); st.State == Failed && st.Err != "" {
+			msg += ": " + st.Err
+		}
+		http.Error(w, msg, http.StatusNotFound)
 		return
 	}
 

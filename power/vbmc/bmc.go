@@ -114,8 +114,9 @@ type BMC struct {
 	ipmi    *ipmiServer
 	ipmiLn  *net.UDPConn
 	httpLns []httpListener
+	certMu  sync.Mutex // guards certPEM and tlsCert, which RenewCertificate replaces
 	certPEM []byte
-	tlsCert tls.Certificate
+	tlsCert *tls.Certificate
 
 	runMu   sync.Mutex
 	started bool
@@ -256,12 +257,16 @@ func (b *BMC) AdminURL() string {
 
 // CertPEM is the certificate the HTTPS endpoint serves (PEM). A generated
 // one is self-signed, so it is also the CA to trust; nil without HTTPS.
-func (b *BMC) CertPEM() []byte { return b.certPEM }
+func (b *BMC) CertPEM() []byte {
+	b.certMu.Lock()
+	defer b.certMu.Unlock()
+	return b.certPEM
+}
 
 // CertPool is a pool holding CertPEM, for a client's tls.Config RootCAs.
 func (b *BMC) CertPool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AppendCertsFromPEM(b.certPEM)
+	p.AppendCertsFromPEM(b.CertPEM())
 	return p
 }
 
@@ -587,34 +592,63 @@ func uuidString(u [16]byte) string {
 }
 
 func (b *BMC) setupTLS() error {
+	cert, pemBytes, err := b.makeCertificate()
+	if err != nil {
+		return err
+	}
+	return b.useCertificate(cert, pemBytes)
+}
+
+// RenewCertificate replaces the HTTPS certificate, as a BMC whose
+// certificate is renewed does: the configured files are read again, or a
+// new self-signed certificate (a new CA) is generated. New connections get
+// it; CertOut is rewritten. Open connections keep the old one until they
+// close.
+func (b *BMC) RenewCertificate() error {
+	if b.listenerAddr(true, false) == "" {
+		return errors.New("no HTTPS listener")
+	}
+	cert, pemBytes, err := b.makeCertificate()
+	if err != nil {
+		return err
+	}
+	if err := b.useCertificate(cert, pemBytes); err != nil {
+		return err
+	}
+	b.log.Info("HTTPS certificate renewed", "certOut", b.cfg.CertOut)
+	return nil
+}
+
+func (b *BMC) makeCertificate() (tls.Certificate, []byte, error) {
 	if b.cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(b.cfg.TLSCertFile, b.cfg.TLSKeyFile)
 		if err != nil {
-			return fmt.Errorf("TLS certificate: %w", err)
+			return tls.Certificate{}, nil, fmt.Errorf("TLS certificate: %w", err)
 		}
 		pemBytes, err := os.ReadFile(b.cfg.TLSCertFile)
 		if err != nil {
-			return err
+			return tls.Certificate{}, nil, err
 		}
-		b.tlsCert, b.certPEM = cert, pemBytes
-	} else {
-		hosts := append([]string{"localhost", "127.0.0.1", "::1"}, b.cfg.TLSHosts...)
-		if h, _, err := net.SplitHostPort(b.listenerAddr(true, false)); err == nil {
-			hosts = append(hosts, h)
-		}
-		if h, err := os.Hostname(); err == nil {
-			hosts = append(hosts, h)
-		}
-		cert, pemBytes, err := selfSigned(b.cfg.Name, hosts)
-		if err != nil {
-			return err
-		}
-		b.tlsCert, b.certPEM = cert, pemBytes
+		return cert, pemBytes, nil
 	}
+	hosts := append([]string{"localhost", "127.0.0.1", "::1"}, b.cfg.TLSHosts...)
+	if h, _, err := net.SplitHostPort(b.listenerAddr(true, false)); err == nil {
+		hosts = append(hosts, h)
+	}
+	if h, err := os.Hostname(); err == nil {
+		hosts = append(hosts, h)
+	}
+	return selfSigned(b.cfg.Name, hosts)
+}
+
+func (b *BMC) useCertificate(cert tls.Certificate, pemBytes []byte) error {
 	if b.cfg.CertOut != "" {
-		if err := os.WriteFile(b.cfg.CertOut, b.certPEM, 0o644); err != nil {
+		if err := os.WriteFile(b.cfg.CertOut, pemBytes, 0o644); err != nil {
 			return fmt.Errorf("write certificate: %w", err)
 		}
 	}
+	b.certMu.Lock()
+	defer b.certMu.Unlock()
+	b.tlsCert, b.certPEM = &cert, pemBytes
 	return nil
 }

@@ -52,6 +52,11 @@ type VMConfig struct {
 //	    passwordFile: vbmc-password
 //	    backend: qemu
 //	    qemu: {memory: 1G, nics: [{tap: tap-vm1, mac: "52:54:00:42:00:01"}]}
+//	  - name: vm-2  # UEFI, network boot through OVMF's own PXE
+//	    ipmi: 127.0.0.1:6232
+//	    passwordFile: vbmc-password
+//	    backend: qemu
+//	    qemu: {firmware: /usr/share/ovmf/OVMF.fd, disableNICROM: true, nics: [{tap: tap-vm2}]}
 type ConfigFile struct {
 	VMs []VMConfig `yaml:"vms"`
 }
@@ -121,6 +126,11 @@ func ParseConfig(data []byte) ([]VMConfig, error) {
 		}
 		if err := v.Faults.Validate(); err != nil {
 			return nil, fmt.Errorf("vm %s: %w", v.Name, err)
+		}
+		if v.Backend == BackendQEMU {
+			if err := v.QEMU.Validate(); err != nil {
+				return nil, fmt.Errorf("vm %s: qemu: %w", v.Name, err)
+			}
 		}
 	}
 	return f.VMs, nil

@@ -54,19 +54,21 @@ vms:
 	}
 
 	for body, want := range map[string]string{
-		"vms: [{name: a, ipmi: ':1', pasword: x}]":            "pasword",
-		"vms: [{name: a}, {name: a}]":                         "used twice",
-		"vms: [{name: a, backend: libvirt}]":                  "backend",
-		"vms: [{name: a, faults: {errorRate: 3}}]":            "errorRate",
-		"vms: [{ipmi: ':1'}]":                                 "no name",
-		"vms: []":                                             "no vms",
-		"":                                                    "empty",
-		"vms: [{name: a, sessionTimeout: soon}]":              "soon",
-		"vms: [{name: a, qemu: {memory: 1G, cpu: 2}}]":        "cpu",
-		"vms: [{name: a, faults: {protocol: telnet}}]":        "protocol",
-		"vms: [{name: a, faults: {latency: -1s}}]":            "negative",
-		"vms: [{name: a, qemu: {gracefulTimeout: 10x}}]":      "10x",
-		"vms: [{name: a, faults: {ipmiCompletionCode: 300}}]": "300",
+		"vms: [{name: a, ipmi: ':1', pasword: x}]":                                        "pasword",
+		"vms: [{name: a}, {name: a}]":                                                     "used twice",
+		"vms: [{name: a, backend: libvirt}]":                                              "backend",
+		"vms: [{name: a, faults: {errorRate: 3}}]":                                        "errorRate",
+		"vms: [{name: a, backend: qemu, qemu: {disableNICROM: true, nics: [{tap: t1}]}}]": "vm a: qemu: disableNICROM needs UEFI firmware",
+		"vms: [{name: a, backend: qemu, qemu: {firmwareType: efi}}]":                      `vm a: qemu: firmwareType "efi"`,
+		"vms: [{ipmi: ':1'}]":                                                             "no name",
+		"vms: []":                                                                         "no vms",
+		"":                                                                                "empty",
+		"vms: [{name: a, sessionTimeout: soon}]":                                          "soon",
+		"vms: [{name: a, qemu: {memory: 1G, cpu: 2}}]":                                    "cpu",
+		"vms: [{name: a, faults: {protocol: telnet}}]":                                    "protocol",
+		"vms: [{name: a, faults: {latency: -1s}}]":                                        "negative",
+		"vms: [{name: a, qemu: {gracefulTimeout: 10x}}]":                                  "10x",
+		"vms: [{name: a, faults: {ipmiCompletionCode: 300}}]":                             "300",
 	} {
 		if _, err := vbmc.ParseConfig([]byte(body)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want an error about %q", body, err, want)

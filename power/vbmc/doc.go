@@ -10,7 +10,8 @@
 //
 // Both protocols share one boot override (Redfish BootSourceOverride*,
 // IPMI boot flags): Once is spent by the next start or reset, Continuous
-// stays. Faults (latency, errors, hangs, dropped sessions) can be set at
+// stays. QEMU gets it as -boot under SeaBIOS and as the devices' bootindex
+// under OVMF, which ignores -boot (QEMUConfig.Args). Faults (latency, errors, hangs, dropped sessions) can be set at
 // start, by Go, or through the /vbmc admin API on the Redfish listeners, so
 // that clients' retries, timeouts and re-logins can be tested.
 //

@@ -26,14 +26,25 @@ type QEMUConfig struct {
 	Accel    string `yaml:"accel"`    // -accel; default tcg (iPXE under KVM is unreliable in nested setups)
 	Machine  string `yaml:"machine"`  // -machine, e.g. q35; default QEMU's
 	Firmware string `yaml:"firmware"` // -bios, e.g. /usr/share/ovmf/OVMF.fd for UEFI; default SeaBIOS
+	// FirmwareType is "bios" or "uefi": how boot overrides reach the
+	// firmware (see Args). Empty: uefi when Firmware's file name names
+	// OVMF, edk2, AAVMF or UEFI, else bios.
+	FirmwareType string `yaml:"firmwareType"`
 	// Disks are -drive values; a plain path becomes
-	// file=PATH,format=qcow2|raw (by extension),if=virtio.
+	// file=PATH,format=qcow2|raw (by extension),if=virtio (under UEFI a
+	// virtio-blk-pci device of its own, so that it can take a bootindex).
 	Disks []string `yaml:"disks"`
 	// NICs are the network cards; none means QEMU's default (user-mode
 	// networking on an e1000).
-	NICs   []NIC    `yaml:"nics"`
-	SMBIOS []string `yaml:"smbios"` // -smbios values, e.g. type=1,serial=vm-1
-	Args   []string `yaml:"args"`   // more arguments, appended last
+	NICs []NIC `yaml:"nics"`
+	// DisableNICROM loads no option ROM on the NICs (romfile= empty), so
+	// that the firmware's own network boot runs: under OVMF, UEFI PXE
+	// (DHCP with client architecture 7, then ipxe.efi over TFTP) instead
+	// of the iPXE ROM QEMU would load. UEFI only: SeaBIOS has no network
+	// boot of its own.
+	DisableNICROM bool     `yaml:"disableNICROM"`
+	SMBIOS        []string `yaml:"smbios"` // -smbios values, e.g. type=1,serial=vm-1
+	Args          []string `yaml:"args"`   // more arguments, appended last
 	// StateDir holds serial.log (the console of the current boot;
 	// serial.log.1 the previous one), qemu.log (QEMU's own output) and
 	// qmp.sock. Empty: a temporary folder removed by Close.
@@ -75,7 +86,7 @@ type qemuRun struct {
 	cmd      *exec.Cmd
 	done     chan struct{} // closed when the process has exited and been reaped
 	err      error         // its exit status, once done
-	bootArg  string        // the -boot value it started with ("" for none)
+	after    bootPlan      // how the VM boots after a reset (QMP system_reset or the guest's own)
 	graceful bool          // a graceful-shutdown watcher runs
 }
 
@@ -105,6 +116,9 @@ func NewQEMU(cfg QEMUConfig) (*QEMU, error) {
 	}
 	if cfg.CPUs < 0 || cfg.GracefulTimeout < 0 || cfg.StartTimeout < 0 {
 		return nil, errors.New("qemu: negative cpus or timeout")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
 	}
 	if _, err := exec.LookPath(cfg.Binary); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
@@ -149,17 +163,99 @@ func (q *QEMU) PID() int {
 	return q.run.cmd.Process.Pid
 }
 
-// bootArg is the -boot value for boot: QEMU's once= is undone by the
-// guest's first reset, as a one-time override should be.
-func bootArg(b Boot) string {
+// Firmware types.
+const (
+	FirmwareBIOS = "bios"
+	FirmwareUEFI = "uefi"
+)
+
+// Validate checks the options that depend on each other; the errors name
+// the configuration key.
+func (c QEMUConfig) Validate() error {
+	switch c.FirmwareType {
+	case "", FirmwareBIOS, FirmwareUEFI:
+	default:
+		return fmt.Errorf("firmwareType %q: use bios or uefi (or leave it out to infer it from firmware)", c.FirmwareType)
+	}
+	if c.DisableNICROM {
+		if len(c.NICs) == 0 {
+			return errors.New("disableNICROM needs nics: QEMU's default NIC takes no romfile option")
+		}
+		if !c.UEFI() {
+			return fmt.Errorf("disableNICROM needs UEFI firmware (firmware: /usr/share/ovmf/OVMF.fd, or firmwareType: uefi): %s has no network boot without the NIC's ROM", c.firmwareName())
+		}
+	}
+	return nil
+}
+
+// UEFI reports whether the VM's firmware is UEFI (OVMF).
+func (c QEMUConfig) UEFI() bool {
+	switch c.FirmwareType {
+	case FirmwareUEFI:
+		return true
+	case FirmwareBIOS:
+		return false
+	}
+	name := strings.ToLower(filepath.Base(c.Firmware))
+	for _, w := range []string{"ovmf", "edk2", "aavmf", "uefi"} {
+		if c.Firmware != "" && strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c QEMUConfig) firmwareName() string {
+	if c.Firmware == "" {
+		return "SeaBIOS"
+	}
+	return c.Firmware
+}
+
+// bootPlan is how one start or reset of the VM boots: which devices come
+// first, and whether only this once.
+type bootPlan struct {
+	first BootTarget // TargetNone: the firmware's own order
+	once  bool
+}
+
+func planFor(b Boot) bootPlan {
 	if !b.Active() {
+		return bootPlan{first: TargetNone}
+	}
+	return bootPlan{first: b.Target, once: b.Enabled == BootOnce}
+}
+
+// afterReset is how the VM boots after the next reset once it has
+// started with p, when a one-time override reverts by itself.
+func (p bootPlan) afterReset() bootPlan {
+	if p.once {
+		return bootPlan{first: TargetNone}
+	}
+	return p
+}
+
+func (p bootPlan) String() string {
+	if p.first == TargetNone {
+		return "firmware order"
+	}
+	if p.once {
+		return string(p.first) + " first, once"
+	}
+	return string(p.first) + " first"
+}
+
+// bootArg is the -boot value of p under SeaBIOS: QEMU's once= is undone
+// by the guest's first reset, as a one-time override should be.
+func bootArg(p bootPlan) string {
+	if p.first == TargetNone {
 		return ""
 	}
 	dev := "c"
-	if b.Target == TargetPxe {
+	if p.first == TargetPxe {
 		dev = "n"
 	}
-	if b.Enabled == BootOnce {
+	if p.once {
 		return "once=" + dev
 	}
 	return "order=" + dev
@@ -167,8 +263,18 @@ func bootArg(b Boot) string {
 
 // Args is the command line (without the binary) that powering on with
 // boot would run.
+//
+// Under SeaBIOS an override is QEMU's -boot (once= or order=). OVMF
+// ignores -boot and follows the bootindex of each device (QEMU hands
+// them over as the fw_cfg boot order, read at every firmware start), so
+// under UEFI the devices the override names get the lowest bootindex
+// values: the NICs then the disks given as paths for a network override,
+// the other way round for a disk override. Without an override no device
+// has a bootindex and the firmware keeps its own order.
 func (q *QEMU) Args(boot Boot) []string {
 	c := q.cfg
+	plan := planFor(boot)
+	uefi := c.UEFI()
 	a := []string{"-name", "guest=" + c.Name}
 	if c.Machine != "" {
 		a = append(a, "-machine", c.Machine)
@@ -187,15 +293,31 @@ func (q *QEMU) Args(boot Boot) []string {
 	for _, s := range c.SMBIOS {
 		a = append(a, "-smbios", s)
 	}
+	pathDisks := 0
 	for _, d := range c.Disks {
 		if !strings.Contains(d, "=") {
-			format := "raw"
-			if strings.HasSuffix(d, ".qcow2") {
-				format = "qcow2"
-			}
-			d = "file=" + d + ",format=" + format + ",if=virtio"
+			pathDisks++
 		}
-		a = append(a, "-drive", d)
+	}
+	order := bootOrder(plan, uefi, len(c.NICs), pathDisks)
+	n := 0 // path disks so far
+	for i, d := range c.Disks {
+		if strings.Contains(d, "=") { // a full -drive value: as given
+			a = append(a, "-drive", d)
+			continue
+		}
+		format := "raw"
+		if strings.HasSuffix(d, ".qcow2") {
+			format = "qcow2"
+		}
+		if !uefi {
+			a = append(a, "-drive", "file="+d+",format="+format+",if=virtio")
+			continue
+		}
+		id := fmt.Sprintf("disk%d", i)
+		a = append(a, "-drive", "file="+d+",format="+format+",if=none,id="+id,
+			"-device", "virtio-blk-pci,drive="+id+",id="+id+order.index(TargetHdd, n))
+		n++
 	}
 	for i, n := range c.NICs {
 		id := fmt.Sprintf("net%d", i)
@@ -208,16 +330,63 @@ func (q *QEMU) Args(boot Boot) []string {
 		if model == "" {
 			model = "virtio-net-pci"
 		}
-		dev := model + ",netdev=" + id
+		dev := model + ",netdev=" + id + ",id=" + id
 		if n.MAC != "" {
 			dev += ",mac=" + n.MAC
 		}
-		a = append(a, "-device", dev)
+		if c.DisableNICROM {
+			dev += ",romfile="
+		}
+		a = append(a, "-device", dev+order.index(TargetPxe, i))
 	}
-	if ba := bootArg(boot); ba != "" {
-		a = append(a, "-boot", ba)
+	if !uefi {
+		if ba := bootArg(plan); ba != "" {
+			a = append(a, "-boot", ba)
+		}
 	}
 	return append(a, c.Args...)
+}
+
+// bootIndexes numbers the devices of a UEFI VM for a boot plan.
+type bootIndexes struct {
+	nic, disk int // the first bootindex of each kind; 0: none
+}
+
+func bootOrder(p bootPlan, uefi bool, nics, disks int) bootIndexes {
+	switch {
+	case !uefi || p.first == TargetNone:
+		return bootIndexes{}
+	case p.first == TargetPxe:
+		return bootIndexes{nic: 1, disk: 1 + nics}
+	default:
+		return bootIndexes{disk: 1, nic: 1 + disks}
+	}
+}
+
+// index is the ",bootindex=N" option of the i-th device of a kind, or "".
+func (o bootIndexes) index(kind BootTarget, i int) string {
+	first := o.disk
+	if kind == TargetPxe {
+		first = o.nic
+	}
+	if first == 0 {
+		return ""
+	}
+	return ",bootindex=" + strconv.Itoa(first+i)
+}
+
+// bootDevices are the QOM paths of the devices Args gave a bootindex.
+func (q *QEMU) bootDevices() []string {
+	var paths []string
+	for i, d := range q.cfg.Disks {
+		if !strings.Contains(d, "=") {
+			paths = append(paths, fmt.Sprintf("/machine/peripheral/disk%d", i))
+		}
+	}
+	for i := range q.cfg.NICs {
+		paths = append(paths, fmt.Sprintf("/machine/peripheral/net%d", i))
+	}
+	return paths
 }
 
 func (q *QEMU) current() (*qemuRun, error) {
@@ -253,6 +422,12 @@ func (q *QEMU) start(ctx context.Context, boot Boot) error {
 	if err != nil {
 		return err
 	}
+	if boot.Active() && boot.UEFI != q.cfg.UEFI() {
+		// A real BMC would switch the firmware's mode; this VM has one.
+		q.log.Warn("boot override asks for another firmware mode than the VM has; booting with the VM's firmware",
+			"boot", boot.String(), "firmware", q.cfg.firmwareName(), "uefi", q.cfg.UEFI())
+	}
+	plan := planFor(boot)
 	args := q.Args(boot)
 	cmd := exec.Command(q.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = out, out
@@ -263,7 +438,7 @@ func (q *QEMU) start(ctx context.Context, boot Boot) error {
 		out.Close()
 		return fmt.Errorf("qemu: %w", err)
 	}
-	run := &qemuRun{cmd: cmd, done: make(chan struct{}), bootArg: bootArg(boot)}
+	run := &qemuRun{cmd: cmd, done: make(chan struct{}), after: plan.afterReset()}
 	q.mu.Lock()
 	q.run = run
 	q.mu.Unlock()
@@ -278,7 +453,7 @@ func (q *QEMU) start(ctx context.Context, boot Boot) error {
 		close(run.done)
 		q.log.Info("QEMU exited", "pid", cmd.Process.Pid, "status", exitStatus(run.err))
 	})
-	q.log.Info("QEMU started", "pid", cmd.Process.Pid, "boot", bootArg(boot), "serial", q.SerialLog())
+	q.log.Info("QEMU started", "pid", cmd.Process.Pid, "boot", plan.String(), "serial", q.SerialLog())
 	q.log.Debug("QEMU command line", "args", strings.Join(args, " "))
 
 	// Ready when QMP answers; failed when the process exits first.
@@ -286,6 +461,7 @@ func (q *QEMU) start(ctx context.Context, boot Boot) error {
 	defer tick.Stop()
 	for {
 		if _, err := qmp(ctx, q.QMPSocket(), "query-status", nil); err == nil {
+			q.revertOnce(ctx, run, plan)
 			return nil
 		}
 		select {
@@ -295,6 +471,28 @@ func (q *QEMU) start(ctx context.Context, boot Boot) error {
 			q.stop(run)
 			return fmt.Errorf("qemu did not answer on QMP: %w", ctx.Err())
 		case <-tick.C:
+		}
+	}
+}
+
+// revertOnce makes a one-time override under UEFI last for this boot
+// only, as -boot once= does under SeaBIOS: the firmware has read the boot
+// order of this boot already (QEMU rebuilds it from the devices' bootindex
+// at every reset), so clearing the bootindex now gives a reset, the
+// guest's own included, the firmware's order again. When QEMU refuses,
+// the override stays for as long as this process runs.
+func (q *QEMU) revertOnce(ctx context.Context, run *qemuRun, plan bootPlan) {
+	if !plan.once || !q.cfg.UEFI() {
+		return
+	}
+	for _, dev := range q.bootDevices() {
+		if _, err := qmp(ctx, q.QMPSocket(), "qom-set", map[string]any{"path": dev, "property": "bootindex", "value": -1}); err != nil {
+			q.log.Warn("could not clear a one-time boot order; it stays until the VM is powered off or reset through the BMC",
+				"device", dev, "err", err)
+			q.mu.Lock()
+			run.after = bootPlan{first: plan.first}
+			q.mu.Unlock()
+			return
 		}
 	}
 }
@@ -365,7 +563,9 @@ func (q *QEMU) PowerOff(ctx context.Context, hard bool) error {
 }
 
 // Reset implements Machine: QMP system_reset when the VM would boot as
-// asked after a reset; otherwise QEMU restarts with the new boot order.
+// asked after a reset; otherwise QEMU restarts with the new boot order
+// (a new process: the reliable way to hand the firmware another -boot or
+// bootindex, and the same for SeaBIOS and OVMF).
 func (q *QEMU) Reset(ctx context.Context, boot Boot) error {
 	q.opMu.Lock()
 	defer q.opMu.Unlock()
@@ -376,22 +576,16 @@ func (q *QEMU) Reset(ctx context.Context, boot Boot) error {
 	if run == nil {
 		return ErrPoweredOff
 	}
-	after := run.bootArg // what QEMU boots from after a reset
-	if strings.HasPrefix(after, "once=") {
-		after = ""
-	}
-	if want := bootArg(boot); want != after {
-		q.log.Info("reset with a new boot order: restarting QEMU", "boot", want)
+	q.mu.Lock()
+	after := run.after // what the VM boots from after a reset
+	q.mu.Unlock()
+	if want := planFor(boot); want != after {
+		q.log.Info("reset with a new boot order: restarting QEMU", "boot", want.String(), "was", after.String())
 		q.stop(run)
 		return q.start(ctx, boot)
 	}
-	if _, err := qmp(ctx, q.QMPSocket(), "system_reset", nil); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	run.bootArg = after
-	q.mu.Unlock()
-	return nil
+	_, err = qmp(ctx, q.QMPSocket(), "system_reset", nil)
+	return err
 }
 
 // State implements Machine.

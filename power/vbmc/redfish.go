@@ -635,6 +635,18 @@ func (b *BMC) serveAdmin(w http.ResponseWriter, r *http.Request, path string) {
 			b.SetFaults(Faults{}) //nolint:errcheck // the zero value is valid
 		}
 		writeJSON(w, http.StatusOK, b.Faults())
+	case "/vbmc/certificate":
+		if !b.allow(w, r, "GET", "POST") {
+			return
+		}
+		if r.Method == http.MethodPost {
+			if err := b.RenewCertificate(); err != nil {
+				b.rfError(w, http.StatusConflict, "ActionNotSupported", "renew certificate: "+err.Error())
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(b.CertPEM())
 	case "/vbmc/sessions":
 		if b.allow(w, r, "DELETE") {
 			b.DropSessions()

@@ -64,5 +64,9 @@ func selfSigned(name string, hosts []string) (tls.Certificate, []byte, error) {
 }
 
 func (b *BMC) serverTLSConfig() *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{b.tlsCert}, MinVersion: tls.VersionTLS12}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		b.certMu.Lock()
+		defer b.certMu.Unlock()
+		return b.tlsCert, nil
+	}}
 }

@@ -246,3 +246,17 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+func (t *tokens) Update(_ context.Context, m string, fn func(*inventory.BootToken) error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tok, ok := t.tokens[m]
+	if !ok {
+		return fmt.Errorf("token of %s: %w", m, inventory.ErrNotFound)
+	}
+	if err := fn(&tok); err != nil {
+		return err
+	}
+	t.tokens[m] = tok
+	return nil
+}

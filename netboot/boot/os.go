@@ -1,0 +1,197 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
+	"gopkg.in/yaml.v3"
+)
+
+// The deployed OS reports in once it has booted from its disk and
+// cloud-init has run: the deploy's vendor-data turns on cloud-init's
+// phone_home module, which runs once per instance after the user's runcmd
+// and POSTs instance_id, hostname and fqdn as a form to
+// /os/{machine}/report. phone_home cannot send headers, so its token rides
+// in the URL; it is a token of its own (not the boot token), minted when
+// the deploy's vendor-data is served, valid for OSTokenTTL, used once, and
+// gone with the next network boot of the machine.
+
+// MaxOSReportBytes bounds an OS report's body.
+const MaxOSReportBytes = 16 << 10
+
+// vendorData renders the deploy's vendor-data: phone_home with a fresh OS
+// report-in token, or an empty #cloud-config for images that do not
+// confirm their deploys (confirm: none) and for other purposes.
+func (s *Server) vendorData(ctx context.Context, base string, m *spec.Machine) ([]byte, error) {
+	empty := []byte("#cloud-config\n{}\n")
+	img, ok := s.backend.Image(m.Spec.Image)
+	if !ok || img.Spec.Disk == nil || !img.Spec.ConfirmsByOS() {
+		return empty, nil
+	}
+	if p, err := s.backend.Purpose(ctx, m.Metadata.Name); err != nil {
+		return nil, fmt.Errorf("boot purpose: %w", err)
+	} else if p != PurposeDeploy {
+		return empty, nil // only a deployment's seed carries a report-in token
+	}
+	token, sum, err := newSecret()
+	if err != nil {
+		return nil, err
+	}
+	expires := s.opts.Now().Add(s.opts.OSTokenTTL)
+	err = s.backend.Tokens().Update(ctx, m.Metadata.Name, func(t *inventory.BootToken) error {
+		t.OSSHA256, t.OSExpires = sum, expires
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store the OS report-in token: %w", err)
+	}
+	return VendorData(base, m.Metadata.Name, token)
+}
+
+// VendorData is the #cloud-config that makes the deployed OS report in.
+func VendorData(base, machine, token string) ([]byte, error) {
+	type phoneHome struct {
+		URL   string   `yaml:"url"`
+		Post  []string `yaml:"post"`
+		Tries int      `yaml:"tries"`
+	}
+	b, err := yaml.Marshal(struct {
+		PhoneHome phoneHome `yaml:"phone_home"`
+	}{phoneHome{
+		URL:   base + "/os/" + url.PathEscape(machine) + "/report?token=" + url.QueryEscape(token),
+		Post:  []string{"instance_id", "hostname", "fqdn"},
+		Tries: 20,
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("#cloud-config\n"), b...), nil
+}
+
+// osReport serves POST /os/{machine}/report.
+func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("machine")
+	if !validName(name) || isDiscovered(name) {
+		http.Error(w, fmt.Sprintf("%q is not a machine name", name), http.StatusNotFound)
+		return
+	}
+	log := s.log.With("machine", name, "remote", r.RemoteAddr)
+	given := r.URL.Query().Get("token")
+	if h := r.Header.Get("Authorization"); h != "" {
+		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			given = strings.TrimSpace(tok)
+		}
+	}
+	stored, err := s.backend.Tokens().Get(r.Context(), name)
+	switch {
+	case err != nil && !errors.Is(err, inventory.ErrNotFound):
+		log.Error("check OS report-in token", "err", err)
+		http.Error(w, "token store unavailable, try again", http.StatusServiceUnavailable)
+		return
+	case err != nil, given == "", stored.OSSHA256 == "", !matches(given, stored.OSSHA256):
+		log.Warn("OS report refused: no valid OS report-in token")
+		http.Error(w, "forbidden: a valid OS report-in token for this machine is required", http.StatusForbidden)
+		return
+	case !s.opts.Now().Before(stored.OSExpires):
+		log.Warn("OS report refused: token expired", "expired", stored.OSExpires)
+		http.Error(w, "forbidden: the OS report-in token expired", http.StatusForbidden)
+		return
+	}
+	rep, err := decodeOSReport(r.Header.Get("Content-Type"), http.MaxBytesReader(w, r.Body, MaxOSReportBytes))
+	if err != nil {
+		code := http.StatusBadRequest
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		rep.Address = host
+	}
+	if err := s.backend.Report(r.Context(), name, Report{OS: rep}); err != nil {
+		log.Error("store OS report", "err", err)
+		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)
+		return
+	}
+	// Used once: a second report with the same token is refused.
+	err = s.backend.Tokens().Update(r.Context(), name, func(t *inventory.BootToken) error {
+		if t.OSSHA256 == stored.OSSHA256 {
+			t.OSSHA256 = ""
+		}
+		return nil
+	})
+	if err != nil {
+		log.Warn("could not retire the OS report-in token", "err", err)
+	}
+	s.backend.Record(name, EventOS, rep.Hostname)
+	log.Info("deployed OS reported in", "hostname", rep.Hostname, "boot_id", rep.BootID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+var (
+	hostnameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$`)
+	instanceIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+	bootIDRE     = regexp.MustCompile(`^[0-9a-fA-F-]{1,64}$`)
+)
+
+// decodeOSReport reads a phone_home form or a JSON report and checks
+// every field; unknown form fields (phone_home's public keys) are dropped.
+func decodeOSReport(contentType string, body io.Reader) (*OSReport, error) {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	var rep OSReport
+	switch mt {
+	case "application/x-www-form-urlencoded", "":
+		v, err := url.ParseQuery(string(raw))
+		if err != nil {
+			return nil, fmt.Errorf("form: %w", err)
+		}
+		rep = OSReport{Hostname: v.Get("hostname"), FQDN: v.Get("fqdn"), InstanceID: v.Get("instance_id"), BootID: v.Get("boot_id")}
+	case "application/json":
+		if err := decodeStrict(raw, &rep); err != nil {
+			return nil, fmt.Errorf("OS report: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("send application/x-www-form-urlencoded or application/json, not %s", mt)
+	}
+	for _, f := range []struct {
+		name, v string
+		re      *regexp.Regexp
+		max     int
+	}{
+		{"hostname", rep.Hostname, hostnameRE, 253},
+		{"fqdn", rep.FQDN, hostnameRE, 253},
+		{"instance_id", rep.InstanceID, instanceIDRE, 128},
+		{"boot_id", rep.BootID, bootIDRE, 64},
+	} {
+		if f.v != "" && (len(f.v) > f.max || !f.re.MatchString(f.v)) {
+			return nil, fmt.Errorf("%s: %q is not valid", f.name, truncate(f.v, 64))
+		}
+	}
+	if rep.Hostname == "" && rep.InstanceID == "" {
+		return nil, errors.New("an OS report needs at least hostname or instance_id")
+	}
+	return &rep, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

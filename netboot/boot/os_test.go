@@ -1,0 +1,166 @@
+package boot
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/spec"
+	"gopkg.in/yaml.v3"
+)
+
+// phoneHomeURL reads the phone_home URL out of vendor-data.
+func phoneHomeURL(t *testing.T, vendorData string) string {
+	t.Helper()
+	var v struct {
+		PhoneHome struct {
+			URL  string   `yaml:"url"`
+			Post []string `yaml:"post"`
+		} `yaml:"phone_home"`
+	}
+	if !strings.HasPrefix(vendorData, "#cloud-config\n") {
+		t.Fatalf("vendor-data is not #cloud-config:\n%s", vendorData)
+	}
+	if err := yaml.Unmarshal([]byte(vendorData), &v); err != nil {
+		t.Fatalf("vendor-data: %v\n%s", err, vendorData)
+	}
+	if v.PhoneHome.URL == "" || strings.Join(v.PhoneHome.Post, ",") != "instance_id,hostname,fqdn" {
+		t.Fatalf("vendor-data has no phone_home posting instance_id, hostname and fqdn:\n%s", vendorData)
+	}
+	return v.PhoneHome.URL
+}
+
+// The deployed OS reports in with cloud-init's phone_home: a form POST to
+// the URL in the deploy's vendor-data, whose token is its own, used once,
+// and dies with the next network boot.
+func TestOSReportIn(t *testing.T) {
+	t.Parallel()
+	inv := loadInventory(t, "../../examples/lab")
+	b := newMemBackend(inv, nil)
+	ts := newTestServer(t, b)
+	b.setPurpose("vm-1", PurposeDeploy)
+	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	bootToken := tokenOf(t, s)
+	auth := []string{"-H", "Authorization: Bearer " + bootToken}
+
+	code, vd := curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
+	if code != 200 {
+		t.Fatalf("vendor-data: %d %s", code, vd)
+	}
+	u := phoneHomeURL(t, vd)
+	if !strings.HasPrefix(u, ts.URL+"/os/vm-1/report?token=") {
+		t.Fatalf("phone_home URL %q", u)
+	}
+	osToken, _ := url.Parse(u)
+	if tok := osToken.Query().Get("token"); tok == "" || tok == bootToken {
+		t.Fatalf("the report-in token must be its own, not the boot token: %q", tok)
+	}
+	form := func(target, data string) (int, string) {
+		return curlIn(t, data, "-H", "Content-Type: application/x-www-form-urlencoded", "--data-binary", "@-", target)
+	}
+	reportURL := ts.URL + "/os/vm-1/report?token="
+	for _, c := range []struct {
+		name, url, data string
+		code            int
+		msg             string
+	}{
+		{"no token", ts.URL + "/os/vm-1/report", "hostname=vm-1", 403, "forbidden"},
+		{"boot token is not a report-in token", reportURL + url.QueryEscape(bootToken), "hostname=vm-1", 403, "forbidden"},
+		{"wrong token", reportURL + "AAAA", "hostname=vm-1", 403, "forbidden"},
+		{"another machine", ts.URL + "/os/vm-2/report?token=" + osToken.Query().Get("token"), "hostname=vm-2", 403, "forbidden"},
+		{"discovered names", ts.URL + "/os/discovered-52-54-00-00-00-01/report?token=x", "hostname=x", 404, "not a machine name"},
+		{"hostile hostname", u, "hostname=" + url.QueryEscape("vm-1\n\x1b[2Jkind: Machine"), 400, "hostname"},
+		{"hostile instance id", u, "instance_id=" + url.QueryEscape("a b;rm -rf"), 400, "instance_id"},
+		{"nothing said", u, "pub_key_rsa=ssh-rsa+AAAA", 400, "at least hostname"},
+		{"too big", u, "hostname=vm-1&x=" + strings.Repeat("a", MaxOSReportBytes), 413, ""},
+		{"phone_home's form", u, "instance_id=kiln-vm-1-0&hostname=vm-1&fqdn=vm-1.lab.example&pub_key_rsa=ssh-rsa+AAAA", 204, ""},
+		{"used once", u, "instance_id=kiln-vm-1-0&hostname=vm-1", 403, "forbidden"},
+	} {
+		code, msg := form(c.url, c.data)
+		if code != c.code || !strings.Contains(msg, c.msg) {
+			t.Errorf("%s: %d %q, want %d %q", c.name, code, msg, c.code, c.msg)
+		}
+	}
+	b.mu.Lock()
+	got := b.reports["vm-1"]
+	b.mu.Unlock()
+	if len(got) != 1 || got[0].OS == nil || got[0].OS.Hostname != "vm-1" || got[0].OS.FQDN != "vm-1.lab.example" ||
+		got[0].OS.InstanceID != "kiln-vm-1-0" || got[0].OS.Address != "127.0.0.1" {
+		t.Fatalf("stored reports: %+v", got)
+	}
+	if ev := strings.Join(b.eventList(), "\n"); !strings.Contains(ev, "vm-1 os-report vm-1") {
+		t.Errorf("timeline lacks the OS report:\n%s", ev)
+	}
+
+	// JSON with a boot ID works too; a new token dies with the next boot
+	// (the next script fetch replaces the whole token record) and expires.
+	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
+	u2 := phoneHomeURL(t, vd)
+	ts.clock.Add(DefaultOSTokenTTL + time.Second)
+	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", u2); code != 403 || !strings.Contains(msg, "expired") {
+		t.Errorf("expired report-in token: %d %q", code, msg)
+	}
+	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the boot token expired too
+	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
+	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
+	u3 := phoneHomeURL(t, vd)
+	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the machine network-boots again
+	if code, _ := form(u3, "hostname=vm-1"); code != 403 {
+		t.Errorf("a report-in token outlived the next network boot: %d", code)
+	}
+	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
+	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
+	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", phoneHomeURL(t, vd)); code != 204 {
+		t.Errorf("JSON report: %d %q", code, msg)
+	}
+	b.mu.Lock()
+	got = b.reports["vm-1"]
+	b.mu.Unlock()
+	if last := got[len(got)-1]; last.OS == nil || last.OS.BootID != "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0" {
+		t.Errorf("JSON report stored as %+v", last)
+	}
+}
+
+// Only a deployment of an image that confirms gets a report-in token.
+func TestVendorDataWithoutReportIn(t *testing.T) {
+	t.Parallel()
+	inv := loadInventory(t, "../../examples/lab")
+	b := newMemBackend(inv, nil)
+	ts := newTestServer(t, b)
+	vendorData := func() string {
+		_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+		_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
+		return vd
+	}
+	b.setPurpose("vm-1", PurposeCommission)
+	if vd := vendorData(); strings.Contains(vd, "phone_home") {
+		t.Errorf("a commissioning boot got a report-in token:\n%s", vd)
+	}
+	b.setPurpose("vm-1", PurposeDeploy)
+	inv.Images["debian-12"].Spec.Confirm = spec.ConfirmNone
+	if vd := vendorData(); strings.Contains(vd, "phone_home") {
+		t.Errorf("an image with confirm: none got a report-in token:\n%s", vd)
+	}
+}
+
+func FuzzOSReport(f *testing.F) {
+	f.Add("application/x-www-form-urlencoded", "instance_id=kiln-a-0&hostname=a&fqdn=a.b")
+	f.Add("application/json", `{"hostname":"a","bootID":"00ff"}`)
+	f.Add("", "hostname=%ZZ")
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		rep, err := decodeOSReport(ct, strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		for _, v := range []string{rep.Hostname, rep.FQDN, rep.InstanceID, rep.BootID} {
+			if strings.ContainsAny(v, "\x00\r\n\x1b\"'` ;:/") && v != rep.InstanceID {
+				t.Fatalf("unsafe value accepted: %q", v)
+			}
+			if strings.ContainsAny(v, "\x00\r\n\x1b\"'` ;/") {
+				t.Fatalf("unsafe value accepted: %q", v)
+			}
+		}
+	})
+}
