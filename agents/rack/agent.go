@@ -79,6 +79,8 @@ type Agent struct {
 	byMAC  map[string]*spec.Machine
 	view   dhcp.Config
 	ready  chan struct{} // closed when the first view is known
+	// changed is closed (and replaced) each time the view changes.
+	changed chan struct{}
 	leases map[string]dhcp.Lease
 	server *dhcp.Server // while leading
 }
@@ -94,7 +96,7 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 	}
 	log = log.With("rack", cfg.Rack, "agent", cfg.ID)
 	a := &Agent{cfg: cfg, store: store, log: log, ready: make(chan struct{}), leases: map[string]dhcp.Lease{},
-		dhcpM: dhcp.NewMetrics(reg), inv: spec.NewInventory(), byMAC: map[string]*spec.Machine{}}
+		dhcpM: dhcp.NewMetrics(reg), inv: spec.NewInventory(), byMAC: map[string]*spec.Machine{}, changed: make(chan struct{})}
 	if cfg.TFTPAddr != "" {
 		a.tftpM = tftp.NewMetrics(reg)
 	}
@@ -167,6 +169,30 @@ func (a *Agent) followDesired(ctx context.Context) error {
 	return nil
 }
 
+// machineSoon returns the machine from the agent's copy of the inventory,
+// waiting up to wait for a copy that has it: the region may ask for a
+// machine just added to the source before this agent's watch brings it.
+func (a *Agent) machineSoon(ctx context.Context, name string, wait time.Duration) (*spec.Machine, bool) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		a.mu.Lock()
+		m, ok := a.inv.Machines[name]
+		changed := a.changed
+		a.mu.Unlock()
+		if ok {
+			return m, true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
 func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 	byMAC := map[string]*spec.Machine{}
 	for _, m := range inv.Machines {
@@ -177,6 +203,8 @@ func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.view, a.inv, a.byMAC = v, inv, byMAC
+	close(a.changed)
+	a.changed = make(chan struct{})
 	select {
 	case <-a.ready:
 	default:
@@ -311,7 +339,7 @@ func (a *Agent) term(ctx context.Context) error {
 		a.server = nil
 		a.mu.Unlock()
 	}()
-	tr := &tasks{a: a, power: a.power, fence: fence, now: time.Now,
+	tr := &tasks{a: a, power: a.power, fence: fence, now: time.Now, catchUp: inventoryCatchUp,
 		inflight: map[string]string{}, next: map[string]taskWrite{}}
 	tasksDone := make(chan struct{})
 	go func() {

@@ -24,6 +24,10 @@ type Powerer interface {
 	SetBoot(ctx context.Context, t power.Target, b power.Boot) error
 }
 
+// inventoryCatchUp bounds the wait for a task's machine to appear in the
+// agent's copy of the inventory.
+const inventoryCatchUp = 30 * time.Second
+
 // tasks carries out the region's power tasks for this rack's machines
 // while this agent leads: tasks/<rack>/<machine>, pending → done, failed
 // or manual. Writes are fenced by the election key and compared against
@@ -33,6 +37,9 @@ type tasks struct {
 	power Powerer
 	fence inventory.Fence
 	now   func() time.Time
+	// catchUp bounds the wait for a task's machine to reach this agent's
+	// copy of the inventory (inventoryCatchUp).
+	catchUp time.Duration
 
 	mu       sync.Mutex
 	inflight map[string]string    // machine → the task ID a goroutine works on
@@ -110,9 +117,12 @@ func (t *tasks) do(ctx context.Context, w taskWrite) {
 func (t *tasks) execute(ctx context.Context, w taskWrite) {
 	pt := w.task
 	log := t.a.log.With("machine", pt.Machine, "task", pt.ID, "action", pt.Action)
-	m, ok := bootBackend{t.a}.Machine(pt.Machine)
+	m, ok := t.a.machineSoon(ctx, pt.Machine, t.catchUp)
 	if !ok {
-		t.finish(ctx, w, inventory.TaskFailed, "", fmt.Sprintf("machine %s is not in rack %s's copy of the inventory", pt.Machine, t.a.cfg.Rack))
+		if ctx.Err() != nil {
+			return // no longer leading: the successor takes the task
+		}
+		t.finish(ctx, w, inventory.TaskFailed, "", fmt.Sprintf("machine %s is not in rack %s's copy of the inventory (waited %s for it)", pt.Machine, t.a.cfg.Rack, t.catchUp))
 		return
 	}
 	target, err := power.TargetFor(m)

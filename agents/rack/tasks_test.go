@@ -121,6 +121,19 @@ spec:
 `, name, i, driver, firmware)
 }
 
+func getTask(t *testing.T, cli *clientv3.Client, key string) inventory.PowerTask {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), key)
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("task %s: %v", key, err)
+	}
+	var pt inventory.PowerTask
+	if err := json.Unmarshal(resp.Kvs[0].Value, &pt); err != nil {
+		t.Fatal(err)
+	}
+	return pt
+}
+
 func TestPowerTasks(t *testing.T) {
 	cli, _ := etcdtest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -138,7 +151,14 @@ func TestPowerTasks(t *testing.T) {
 	if r.Problems.Errors() > 0 {
 		t.Fatal(r.Problems)
 	}
-	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: r.Inventory}
+	// "late" is in the source, but not yet in this agent's copy when its
+	// task arrives (the region is quicker than the rack's watch).
+	withLate := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(doc + machineDoc(9, "late", "ipmi"))}})
+	if withLate.Problems.Errors() > 0 {
+		t.Fatal(withLate.Problems)
+	}
+	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: r.Inventory,
+		ready: make(chan struct{}), changed: make(chan struct{})}
 	// The fence: a key standing for this agent's election key.
 	lease, err := cli.Grant(ctx, 60)
 	if err != nil {
@@ -150,7 +170,7 @@ func TestPowerTasks(t *testing.T) {
 	}
 	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
 	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.ElectionPrefix("r1") + "agent-1", Rev: put.Header.Revision},
-		now: time.Now, inflight: map[string]string{}, next: map[string]taskWrite{}}
+		now: time.Now, catchUp: 5 * time.Second, inflight: map[string]string{}, next: map[string]taskWrite{}}
 
 	write := func(machine, action, state string) {
 		b, _ := json.Marshal(inventory.PowerTask{ID: machine + "-1", Machine: machine, Action: action, State: state, CreatedAt: time.Now()})
@@ -171,6 +191,14 @@ func TestPowerTasks(t *testing.T) {
 	write("nosuch", inventory.TaskOff, inventory.TaskPending)
 	write("bios1", inventory.TaskNetboot, inventory.TaskPending)
 	write("bios2", inventory.TaskDiskboot, inventory.TaskPending)
+	write("late", inventory.TaskNetboot, inventory.TaskPending)
+	// Once the others are done, "late" still waits for the inventory
+	// rather than failing; when the copy catches up, it is carried out.
+	waitTask(t, cli, store.TaskKey("r1", "off1"))
+	if pt := getTask(t, cli, store.TaskKey("r1", "late")); pt.State != inventory.TaskPending {
+		t.Fatalf("late: %+v, want it pending until the inventory has the machine", pt)
+	}
+	a.setView(a.view, withLate.Inventory)
 
 	want := map[string]struct{ state, ops, errHas string }{
 		// The boot override carries the firmware mode: UEFI unless the
@@ -184,6 +212,7 @@ func TestPowerTasks(t *testing.T) {
 		"bad":     {inventory.TaskFailed, "", "did not answer"},
 		"resumed": {inventory.TaskDone, "", ""},
 		"nosuch":  {inventory.TaskFailed, "", "not in rack r1"},
+		"late":    {inventory.TaskDone, "boot-network/uefi,on", ""},
 	}
 	for m, w := range want {
 		pt := waitTask(t, cli, store.TaskKey("r1", m))
