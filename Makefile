@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
+.PHONY: help build test e2e demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -18,6 +18,30 @@ test: ## run the unit and integration tests (embedded etcd, real git, real socke
 
 e2e: ## run the end-to-end suite (root: network namespaces, QEMU); skipped parts say why
 	$(GO) test -count=1 -tags e2e -timeout 60m ./e2e/...
+
+DEMO_DIR ?= /tmp/kiln-demo
+
+demo: ## a virtual lab (root, QEMU): kiln server on a git inventory, two rack agents, VMs behind vBMCs walked to ready; Ctrl-C tears it down
+	@$(MAKE) --no-print-directory demo-down
+	@mkdir -p $(DEMO_DIR)
+	$(GO) test -c -tags e2e -o $(DEMO_DIR)/e2e.test ./e2e/
+	@# The shell ignores Ctrl-C so that demo-down runs after the lab's own teardown.
+	@cd e2e && trap '' INT; $(DEMO_DIR)/e2e.test -test.run '^TestDemo$$' -test.v -test.timeout 0 -demo $(DEMO_DIR)/state; \
+		status=$$?; cd .. && $(MAKE) --no-print-directory demo-down; exit $$status
+
+demo-down: ## stop the demo lab and remove what it left (processes, network namespaces, /tmp/kiln-demo), even after a kill -9
+	@d=$(DEMO_DIR)/state; pid=$$(cat $$d/pid 2>/dev/null); \
+	if [ -n "$$pid" ] && kill -0 $$pid 2>/dev/null; then \
+		echo "demo-down: stopping the demo (pid $$pid)"; kill -TERM $$pid; \
+		for i in $$(seq 120); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+		kill -KILL $$pid 2>/dev/null || true; \
+	fi; \
+	for ns in $$( [ -n "$$pid" ] && ls /run/netns 2>/dev/null | grep "^kl$${pid}x"); do \
+		echo "demo-down: removing namespace $$ns"; \
+		for p in $$(ip netns pids $$ns 2>/dev/null); do kill -KILL $$p 2>/dev/null || true; done; \
+		sleep 0.5; ip netns del $$ns || true; \
+	done; \
+	rm -rf $(DEMO_DIR)
 
 bench: bench-inventory bench-region bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
 

@@ -53,41 +53,6 @@ const (
 	bootTimeout = 5 * time.Minute
 )
 
-// kernelPackage is Debian's linux-image-amd64 package, which .ci/run keeps
-// at /var/cache/kiln-e2e/linux-image.deb ($KILN_TEST_KERNEL_DEB overrides).
-func kernelPackage(t *testing.T) string {
-	t.Helper()
-	for _, c := range []string{os.Getenv("KILN_TEST_KERNEL_DEB"), "/var/cache/kiln-e2e/linux-image.deb"} {
-		if c == "" {
-			continue
-		}
-		if fi, err := os.Stat(c); err == nil && fi.Size() > 1<<20 {
-			return c
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("no kernel package for the agent tests: .ci/run keeps linux-image-amd64 at /var/cache/kiln-e2e/linux-image.deb")
-	}
-	t.Skip("no Debian kernel package: set KILN_TEST_KERNEL_DEB or run .ci/run once")
-	return ""
-}
-
-// buildAgent builds the static machine agent, or takes the one at
-// $KILN_TEST_AGENT.
-func buildAgent(t *testing.T, dir string) string {
-	t.Helper()
-	if p := os.Getenv("KILN_TEST_AGENT"); p != "" {
-		return p
-	}
-	bin := filepath.Join(dir, "kiln-agent")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/kiln-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the machine agent (CGO_ENABLED=0 go build ./cmd/kiln-agent): %v\n%s", err, out)
-	}
-	return bin
-}
-
 // runKiln runs the kiln CLI here (not in a namespace) and fails on error.
 func runKiln(t *testing.T, args ...string) string {
 	t.Helper()
@@ -101,9 +66,9 @@ func runKiln(t *testing.T, args ...string) string {
 func TestAgentInAVM(t *testing.T) {
 	netlab.Require(t)
 	netlab.RequireBinary(t, "qemu-system-x86_64", "cloud-init")
-	deb := kernelPackage(t)
+	deb := netlab.KernelPackage(t)
 	work := t.TempDir()
-	agentBin := buildAgent(t, work)
+	agentBin := netlab.BuildMachineAgent(t, work)
 
 	// The ephemeral image, from the kernel package; then again from the
 	// same kernel unpacked: the same bytes.

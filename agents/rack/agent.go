@@ -74,15 +74,15 @@ type Agent struct {
 	transitions prometheus.Counter
 	events      *eventLog
 
-	mu     sync.Mutex
-	inv    *spec.Inventory
-	byMAC  map[string]*spec.Machine
-	view   dhcp.Config
-	ready  chan struct{} // closed when the first view is known
+	mu    sync.Mutex
+	inv   *spec.Inventory
+	byMAC map[string]*spec.Machine
+	view  dhcp.Config
+	ready chan struct{} // closed when the first view is known
 	// changed is closed (and replaced) each time the view changes.
 	changed chan struct{}
-	leases map[string]dhcp.Lease
-	server *dhcp.Server // while leading
+	leases  map[string]dhcp.Lease
+	server  *dhcp.Server // while leading
 }
 
 // New returns an agent; its metrics go to reg.
