@@ -30,6 +30,11 @@ type Config struct {
 	DataDir   string // embedded: where etcd keeps its data
 	ClientURL string // embedded: client listener, default http://127.0.0.1:2379
 	PeerURL   string // embedded: peer listener, default http://127.0.0.1:2380
+	// Name and InitialCluster make the embedded server one member of a
+	// cluster started together (InitialCluster: name=peerURL,…); empty,
+	// it is a single-node cluster named kiln.
+	Name           string
+	InitialCluster string
 }
 
 // Embedded returns whether the config asks for an embedded server.
@@ -65,12 +70,19 @@ func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded
 	}
 	ec := embed.NewConfig()
 	ec.Name = "kiln"
+	if cfg.Name != "" {
+		ec.Name = cfg.Name
+	}
 	ec.Dir = cfg.DataDir
 	ec.ListenClientUrls = []url.URL{*curl}
 	ec.AdvertiseClientUrls = []url.URL{*curl}
 	ec.ListenPeerUrls = []url.URL{*purl}
 	ec.AdvertisePeerUrls = []url.URL{*purl}
 	ec.InitialCluster = ec.Name + "=" + purl.String()
+	if cfg.InitialCluster != "" {
+		ec.InitialCluster = cfg.InitialCluster
+		ec.InitialClusterToken = "kiln"
+	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.QuotaBackendBytes = 8 << 30
 	// Keep ten minutes of history for watchers, then compact.
