@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
+.PHONY: help build test e2e lab-deps demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ e2e: ## run the end-to-end suite (root: network namespaces, QEMU); skipped parts
 
 DEMO_DIR ?= /tmp/kiln-demo
 
-demo: ## a virtual lab (root, QEMU): kiln server on a git inventory, two rack agents, VMs behind vBMCs walked to ready; Ctrl-C tears it down
+lab-deps: ## install what make e2e and make demo need (root, Debian): QEMU, OVMF, iPXE, mmdebstrap, the peers, a kernel package
+	bash e2e/deps.sh
+
+demo: lab-deps ## a virtual lab (root, QEMU): kiln server on a git inventory, two rack agents, two VMs behind vBMCs commissioned and deployed with Debian; Ctrl-C tears it down
 	@$(MAKE) --no-print-directory demo-down
 	@mkdir -p $(DEMO_DIR)
 	$(GO) test -c -tags e2e -o $(DEMO_DIR)/e2e.test ./e2e/

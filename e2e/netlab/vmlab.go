@@ -483,7 +483,9 @@ func (v *VMLab) startVBMC(vm *LabVM) {
 	if vm.Firmware == UEFI {
 		fmt.Fprintf(&b, "      firmware: %s\n", OVMFImage)
 	}
-	fmt.Fprintf(&b, "      disks: [%q]\n", "file="+vm.Disk+",format=raw,if=virtio,cache=writeback")
+	// A plain path: the vBMC gives the disk a device of its own, so that a
+	// boot override can put it first under OVMF (bootindex).
+	fmt.Fprintf(&b, "      disks: [%q]\n", vm.Disk)
 	if !vm.NICROM {
 		b.WriteString("      disableNICROM: true\n") // OVMF's own PXE: TFTP ipxe.efi
 	}
