@@ -1,5 +1,7 @@
-// Package netboot will hold DHCPv4 (with proxyDHCP and relays), TFTP, the
-// HTTP boot server with its image cache, and cloud-init metadata. It never
-// imports the reconciler or the agents: it asks its consumer for small
-// lookup interfaces. Not built yet; see docs/architecture.md.
+// Package netboot holds the rack's network boot services, one package
+// each: dhcp (DHCPv4 with proxyDHCP and relays), tftp (the iPXE binaries),
+// boot (the HTTP boot server: iPXE scripts, cloud-init NoCloud metadata,
+// the machine agent's API and the OS report-in) and cache (the verified
+// image cache). They never import the reconciler or the agents: each asks
+// its consumer for a small interface. See docs/boot.md and docs/dhcp.md.
 package netboot
