@@ -372,8 +372,14 @@ func deployInLab(t *testing.T, lab *netlab.VMLab, vm *netlab.LabVM, whileWriting
 	if !strings.Contains(console, "Debian GNU/Linux 12") {
 		t.Errorf("%s: the console shows no Debian boot:\n%s", vm.Name, tailLines(console, 40))
 	}
-	out := lab.MustKiln("describe", "machine", vm.Name)
-	for _, want := range []string{"OS reported in", "hostname " + vm.Name, "os-report"} {
+	// The boot timeline is written in batches by the rack: wait for it.
+	out, err := lab.WaitKiln(time.Minute, func(out string) bool {
+		return strings.Contains(out, "os-report")
+	}, "describe", "machine", vm.Name)
+	if err != nil {
+		t.Errorf("kiln describe machine %s: no os-report in the boot timeline: %v", vm.Name, err)
+	}
+	for _, want := range []string{"OS reported in", "hostname " + vm.Name} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kiln describe machine %s lacks %q:\n%s", vm.Name, want, out)
 		}
