@@ -583,8 +583,11 @@ func TestDemo(t *testing.T) {
 			continue
 		}
 		say("%s is deployed after %s: Debian booted from its disk and reported in", vm.Name, took.Round(time.Second))
-		lines := strings.Split(strings.TrimSpace(lab.Console(vm.Name)), "\n")
-		say("the end of %s's console:\n%s", vm.Name, strings.Join(lines[max(0, len(lines)-6):], "\n"))
+		for _, re := range []string{`Debian GNU/Linux 12 ` + vm.Name, vm.Name + ` login:`, `hello from ` + vm.Name} {
+			if line, err := lab.WaitConsole(vm.Name, re, time.Minute); err == nil {
+				say("  %s's console: %s", vm.Name, strings.TrimSpace(line))
+			}
+		}
 		if ctx.Err() != nil {
 			return
 		}
