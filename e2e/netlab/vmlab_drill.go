@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -56,28 +55,12 @@ func (v *VMLab) RackIndex(p *Proc) int {
 // SetFaults replaces the faults of a VM's vBMC through its admin API,
 // e.g. `{"failNext": 2, "latency": "300ms"}`; "" clears them.
 func (v *VMLab) SetFaults(vm, faults string) error {
-	pw, err := os.ReadFile(v.PasswordFile)
-	if err != nil {
-		return err
-	}
-	method, body := http.MethodPut, strings.NewReader(faults)
+	method := http.MethodPut
 	if faults == "" {
 		method = http.MethodDelete
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.1.%d:8000/vbmc/faults", v.VM(vm).Index), body)
-	req.SetBasicAuth("admin", strings.TrimSpace(string(pw)))
-	client := &http.Client{Transport: &http.Transport{DialContext: v.DialContext}}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("vBMC of %s: %s faults: %s", vm, method, resp.Status)
-	}
-	return nil
+	_, err := v.vbmcAdmin(vm, method, "/vbmc/faults", faults)
+	return err
 }
 
 // SumMetric adds up the samples of a metric whose labels contain every

@@ -228,25 +228,38 @@ type VBMCState struct {
 // for the power state and boot override.
 func (v *VMLab) VBMCState(vm string) (VBMCState, error) {
 	var st VBMCState
-	pw, err := os.ReadFile(v.PasswordFile)
+	b, err := v.vbmcAdmin(vm, http.MethodGet, "/vbmc/state", "")
 	if err != nil {
 		return st, err
 	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// vbmcAdmin calls the VM's vBMC admin API with the BMC's credentials and
+// returns the body of a 2xx answer.
+func (v *VMLab) vbmcAdmin(vm, method, path, body string) ([]byte, error) {
+	pw, err := os.ReadFile(v.PasswordFile)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.1.%d:8000/vbmc/state", v.VM(vm).Index), nil)
+	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.1.%d:8000%s", v.VM(vm).Index, path), strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
 	req.SetBasicAuth("admin", strings.TrimSpace(string(pw)))
 	client := &http.Client{Transport: &http.Transport{DialContext: v.DialContext}}
 	resp, err := client.Do(req)
 	if err != nil {
-		return st, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("vBMC of %s: %s: %s", vm, resp.Status, b)
+	if resp.StatusCode/100 != 2 {
+		return nil, fmt.Errorf("vBMC of %s: %s %s: %s: %s", vm, method, path, resp.Status, b)
 	}
-	return st, json.Unmarshal(b, &st)
+	return b, nil
 }
 
 // PowerOns returns when the VM's vBMC started QEMU, oldest first (from
