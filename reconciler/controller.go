@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -143,11 +142,24 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 			changed = append(changed, name)
 		}
 	}
-	// A machine whose image changed is looked at again too.
-	for name, m := range snap.Inventory.Machines {
-		old, now := c.images[m.Spec.Image], snap.Inventory.Images[m.Spec.Image]
-		if !sameImage(old, now) && !slices.Contains(changed, name) {
-			changed = append(changed, name)
+	// A machine whose image changed is looked at again too (the queue
+	// drops a name queued twice).
+	images := map[string]bool{}
+	for name, im := range snap.Inventory.Images {
+		if !sameImage(c.images[name], im) {
+			images[name] = true
+		}
+	}
+	for name := range c.images {
+		if snap.Inventory.Images[name] == nil {
+			images[name] = true
+		}
+	}
+	if len(images) > 0 {
+		for name, m := range snap.Inventory.Machines {
+			if images[m.Spec.Image] {
+				changed = append(changed, name)
+			}
 		}
 	}
 	c.desired, c.specJSON, c.images = snap.Inventory.Machines, next, snap.Inventory.Images
