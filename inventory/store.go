@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kilnhq/kiln/inventory/keys"
 	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -75,6 +76,9 @@ func NewStore(cli *clientv3.Client, prefix string, log *slog.Logger) *Store {
 	}
 	return &Store{cli: cli, prefix: prefix, log: log, MaxOps: defaultMaxOps, MaxBytes: defaultMaxBytes, Parallel: 4}
 }
+
+// Keys is the store's key layout.
+func (s *Store) Keys() keys.Layout { return keys.New(s.prefix) }
 
 // Client returns the etcd client.
 func (s *Store) Client() *clientv3.Client { return s.cli }

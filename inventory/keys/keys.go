@@ -1,0 +1,157 @@
+// Package keys is Kiln's etcd key layout: every key Kiln reads or
+// writes, in one place, and who may touch it.
+//
+// Everything a rack agent writes lives under a prefix that names its
+// rack, so that etcd's role-based access control (which grants single
+// keys and prefixes only) can confine a rack's credentials to its own
+// machines:
+//
+//	desired/current, desired/gens/<gen>, desired/g/<gen>/…  region; everyone reads
+//	sources/<name>                       region
+//	status/machines/<machine>            region; racks and viewers read
+//	events/<machine>/<seq>               region
+//	election/region/…                    region servers' election
+//	tasks/<rack>/<machine>               region writes; the rack updates the outcome
+//	secrets/<rack>/<machine>             region writes; only that rack reads
+//	election/rack/<rack>/…               the rack's agents' election
+//	tokens/<rack>/<machine>              the rack: boot tokens (hashes)
+//	reports/<rack>/<machine>             the rack: what agents and OSes reported
+//	timeline/<rack>/<machine>            the rack: boot timelines
+//	discovered/<rack>/<mac>              the rack: unknown MACs, leased
+//	leases/<rack>/<subnet>/<ip>          the rack: DHCP leases
+//	imagestatus/<rack>/<image>           the rack: its image cache
+//
+// Machine and rack names are validated DNS labels, so no name contains
+// '/' and no prefix of one rack is a prefix of another's.
+package keys
+
+import "strings"
+
+// DefaultPrefix is where Kiln keeps its keys.
+const DefaultPrefix = "/kiln/"
+
+// Layout computes keys under one prefix.
+type Layout struct{ prefix string }
+
+// New returns the layout under prefix (DefaultPrefix if ""); a missing
+// trailing '/' is added.
+func New(prefix string) Layout {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return Layout{prefix: prefix}
+}
+
+// Prefix is the layout's root prefix, ending in '/'.
+func (l Layout) Prefix() string { return l.prefix }
+
+// Region-owned keys.
+
+func (l Layout) Desired() string            { return l.prefix + "desired/" }
+func (l Layout) DesiredPointer() string     { return l.prefix + "desired/current" }
+func (l Layout) GenIndex(gen string) string { return l.prefix + "desired/gens/" + gen }
+func (l Layout) Gen(gen string) string      { return l.prefix + "desired/g/" + gen + "/" }
+func (l Layout) Source(name string) string  { return l.prefix + "sources/" + name }
+func (l Layout) RegionElection() string     { return l.prefix + "election/region/" }
+
+// MachineStatus is a machine's status; machine "" is the prefix of all.
+func (l Layout) MachineStatus(machine string) string { return l.prefix + "status/machines/" + machine }
+
+// Events is where a machine's events live; machine "" lists all.
+func (l Layout) Events(machine string) string {
+	if machine == "" {
+		return l.prefix + "events/"
+	}
+	return l.prefix + "events/" + machine + "/"
+}
+
+// Per-rack keys. For each kind, rack "" is the prefix of every rack's
+// keys (what the region watches), and machine "" the prefix of one
+// rack's.
+
+func (l Layout) kind(kind, rack, rest string) string {
+	if rack == "" {
+		return l.prefix + kind + "/"
+	}
+	return l.prefix + kind + "/" + rack + "/" + rest
+}
+
+func (l Layout) Task(rack, machine string) string      { return l.kind("tasks", rack, machine) }
+func (l Layout) Secret(rack, machine string) string    { return l.kind("secrets", rack, machine) }
+func (l Layout) RackElection(rack string) string       { return l.kind("election/rack", rack, "") }
+func (l Layout) Token(rack, machine string) string     { return l.kind("tokens", rack, machine) }
+func (l Layout) Report(rack, machine string) string    { return l.kind("reports", rack, machine) }
+func (l Layout) Timeline(rack, machine string) string  { return l.kind("timeline", rack, machine) }
+func (l Layout) Discovered(rack, mac string) string    { return l.kind("discovered", rack, mac) }
+func (l Layout) ImageStatus(rack, image string) string { return l.kind("imagestatus", rack, image) }
+
+// Lease is one DHCP lease; subnet "" is the prefix of the rack's leases.
+func (l Layout) Lease(rack, subnet, ip string) string {
+	if rack == "" || subnet == "" {
+		return l.kind("leases", rack, "")
+	}
+	return l.kind("leases", rack, subnet+"/"+ip)
+}
+
+// Split cuts a per-rack key of kind (as produced above with rack and
+// name) into its rack and the rest; ok is false for any other key.
+func (l Layout) Split(kind, key string) (rack, rest string, ok bool) {
+	s, found := strings.CutPrefix(key, l.prefix+kind+"/")
+	if !found {
+		return "", "", false
+	}
+	rack, rest, ok = strings.Cut(s, "/")
+	return rack, rest, ok && rack != "" && rest != ""
+}
+
+// Grant is one etcd permission: a key prefix and whether it may be
+// written.
+type Grant struct {
+	Prefix string
+	Write  bool
+}
+
+// RackGrants is what a rack's etcd role needs: its own per-rack keys
+// read-write, desired state and machine statuses read-only (to know what
+// to serve), its own secrets read-only. Nothing of other racks but their
+// desired state.
+func (l Layout) RackGrants(rack string) []Grant {
+	return []Grant{
+		{l.Desired(), false},
+		{l.MachineStatus(""), false},
+		{l.Secret(rack, ""), false},
+		{l.Task(rack, ""), true},
+		{l.RackElection(rack), true},
+		{l.Token(rack, ""), true},
+		{l.Report(rack, ""), true},
+		{l.Timeline(rack, ""), true},
+		{l.Discovered(rack, ""), true},
+		{l.Lease(rack, "", ""), true},
+		{l.ImageStatus(rack, ""), true},
+	}
+}
+
+// RegionGrants is what the region's role needs: everything under the
+// prefix.
+func (l Layout) RegionGrants() []Grant { return []Grant{{l.prefix, true}} }
+
+// ViewerGrants is a read-only role for dashboards and the CLI's get and
+// describe: everything except secrets and tokens.
+func (l Layout) ViewerGrants() []Grant {
+	return []Grant{
+		{l.Desired(), false},
+		{l.prefix + "sources/", false},
+		{l.MachineStatus(""), false},
+		{l.Events(""), false},
+		{l.Task("", ""), false},
+		{l.Report("", ""), false},
+		{l.Timeline("", ""), false},
+		{l.Discovered("", ""), false},
+		{l.Lease("", "", ""), false},
+		{l.ImageStatus("", ""), false},
+		{l.prefix + "election/", false},
+	}
+}
