@@ -39,6 +39,7 @@ func commands() map[string]command {
 		"diff":     {"show what applying a folder would add, change and remove", runDiff},
 		"export":   {"print discovered machines as Machine documents to commit", runExport},
 		"image":    {"build the ephemeral boot image (kiln image build-ephemeral)", runImage},
+		"certs":    {"make a lab CA and issue TLS certificates (kiln certs init, issue)", runCerts},
 		"get":      {"list machines, racks, subnets, images, profiles or the source", runGet},
 		"describe": {"show one machine in detail", runDescribe},
 		"events":   {"list lifecycle events of all machines or one; --watch follows", runEvents},

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kilnhq/kiln/inventory/pki"
+)
+
+func TestCertsCommand(t *testing.T) {
+	dir := t.TempDir()
+	kiln := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), args, &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	if code, _, e := kiln("certs", "init", "--dir", dir); code != exitOK {
+		t.Fatalf("init: %d %s", code, e)
+	}
+	if code, _, e := kiln("certs", "init", "--dir", dir); code != exitFail || !strings.Contains(e, "refusing to overwrite") {
+		t.Errorf("second init: %d %s", code, e)
+	}
+	if code, out, e := kiln("certs", "issue", "--dir", dir, "--name", "rack-1", "--host", "10.42.0.1", "--host", "rack-1.lab"); code != exitOK || !strings.Contains(out, "server certificate") {
+		t.Fatalf("issue server: %d %s %s", code, out, e)
+	}
+	if code, _, e := kiln("certs", "issue", "--dir", dir, "--name", "region", "--client", "--days", "10"); code != exitOK {
+		t.Fatalf("issue client: %d %s", code, e)
+	}
+	c, err := pki.ReadCerts(filepath.Join(dir, "rack-1.pem"))
+	if err != nil || len(c[0].IPAddresses) != 1 || len(c[0].DNSNames) != 1 {
+		t.Errorf("rack-1.pem: %v %+v", err, c)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "region-key.pem")); err != nil {
+		t.Error(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"certs"}, exitUsage, "Usage: kiln certs"},
+		{[]string{"certs", "sign"}, exitUsage, "unknown command"},
+		{[]string{"certs", "init"}, exitUsage, "--dir is required"},
+		{[]string{"certs", "issue", "--dir", dir}, exitUsage, "--name is required"},
+		{[]string{"certs", "issue", "--dir", dir, "--name", "x", "--client", "--host", "h"}, exitUsage, "--host is for server"},
+		{[]string{"certs", "issue", "--dir", dir, "--name", "x"}, exitFail, "needs at least one --host"},
+		{[]string{"certs", "issue", "--dir", t.TempDir(), "--name", "x", "--host", "h"}, exitFail, "kiln certs init --dir"},
+	} {
+		if code, _, e := kiln(tc.args...); code != tc.code || !strings.Contains(e, tc.want) {
+			t.Errorf("kiln %v = %d %q; want %d %q", tc.args, code, e, tc.code, tc.want)
+		}
+	}
+}
