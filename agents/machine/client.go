@@ -44,6 +44,7 @@ type Client struct {
 	http                 *http.Client
 	retry                Retry
 	log                  *slog.Logger
+	httpsOnly            bool // NewTLSClient: plain http URLs are refused
 }
 
 // NewClient returns a client for machine at base (kiln.url).
@@ -104,6 +105,11 @@ func (c *Client) agentURL(what string) string {
 // do sends the request, retrying network errors and 5xx answers with
 // backoff; a 4xx answer is returned at once as a *StatusError.
 func (c *Client) do(ctx context.Context, r Retry, method, url string, body []byte) ([]byte, error) {
+	if c.httpsOnly {
+		if err := checkHTTPS(url); err != nil {
+			return nil, fmt.Errorf("%s: %w", method, err)
+		}
+	}
 	wait := r.Initial
 	deadline := time.Now().Add(r.Elapsed)
 	for attempt := 1; ; attempt++ {

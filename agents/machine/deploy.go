@@ -48,6 +48,10 @@ type Deployer struct {
 	// Stall is how long a download may make no progress before it is
 	// resumed; default 2 minutes.
 	Stall time.Duration
+	// CA, when set, is the rack's CA (PEM): the seed's vendor-data makes
+	// the deployed OS trust it (cloud-init ca_certs) before it reports in
+	// over https.
+	CA []byte
 }
 
 // Deploy writes task's image to disk, verifies its sha256 while

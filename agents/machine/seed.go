@@ -11,6 +11,7 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
+	"gopkg.in/yaml.v3"
 )
 
 // SeedLabel is the volume label cloud-init's NoCloud datasource looks for.
@@ -45,7 +46,90 @@ func (d *Deployer) fetchSeed(ctx context.Context, base string) (map[string][]byt
 		}
 		files[sf.name] = b
 	}
+	if d.CA != nil {
+		if err := addSeedCA(files, d.CA); err != nil {
+			return nil, fmt.Errorf("NoCloud seed: %w", err)
+		}
+	}
 	return files, nil
+}
+
+// cloudConfigHeader starts a cloud-config document.
+const cloudConfigHeader = "#cloud-config"
+
+// addSeedCA makes the deployed OS trust the rack's CA: cloud-init's
+// ca_certs module (init stage) adds it to the system's trust store before
+// phone_home (final stage) posts to the rack's https URL. The
+// vendor-data gets ca_certs.trusted; the user-data is changed only when
+// it sets ca_certs itself (a user-data key replaces the vendor-data's),
+// and then gets the CA appended to its own list.
+func addSeedCA(files map[string][]byte, caPEM []byte) error {
+	vd, ok := files["vendor-data"]
+	if !ok {
+		vd = []byte(cloudConfigHeader + "\n{}\n")
+	}
+	out, err := withCA(vd, caPEM, true)
+	if err != nil {
+		return fmt.Errorf("vendor-data: %w", err)
+	}
+	files["vendor-data"] = out
+	if ud, ok := files["user-data"]; ok {
+		out, err := withCA(ud, caPEM, false)
+		if err != nil {
+			return fmt.Errorf("user-data: %w", err)
+		}
+		files["user-data"] = out
+	}
+	return nil
+}
+
+// withCA adds caPEM to the ca_certs.trusted list of a #cloud-config
+// document. Unless always, a document that is not a cloud-config or has
+// no ca_certs key is returned as it is.
+func withCA(doc, caPEM []byte, always bool) ([]byte, error) {
+	first, _, _ := strings.Cut(string(doc), "\n")
+	if strings.TrimSpace(first) != cloudConfigHeader {
+		if always {
+			return nil, fmt.Errorf("not a %s document: cannot give the deployed OS the rack's CA", cloudConfigHeader)
+		}
+		return doc, nil
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(doc, &cfg); err != nil {
+		if always {
+			return nil, fmt.Errorf("parse: %w", err)
+		}
+		return doc, nil // cloud-init will report it; not ours to fix
+	}
+	if cfg == nil {
+		cfg = map[string]any{}
+	}
+	key := "ca_certs"
+	if _, ok := cfg[key]; !ok {
+		if _, ok := cfg["ca-certs"]; ok {
+			key = "ca-certs" // the deprecated spelling, still read by 22.4
+		} else if !always {
+			return doc, nil
+		}
+	}
+	cc, _ := cfg[key].(map[string]any)
+	if cc == nil {
+		cc = map[string]any{}
+	}
+	pem := string(caPEM)
+	trusted, _ := cc["trusted"].([]any)
+	for _, t := range trusted {
+		if t == pem {
+			return doc, nil
+		}
+	}
+	cc["trusted"] = append(trusted, pem)
+	cfg[key] = cc
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(cloudConfigHeader+"\n"), b...), nil
 }
 
 // writeSeedFS makes a FAT16 filesystem labelled CIDATA of size bytes at

@@ -23,6 +23,7 @@ type options struct {
 	netWait  time.Duration // DHCP deadline
 	lldpWait time.Duration
 	roots    facts.Roots
+	caPath   string // the rack's CA; a missing file means plain http
 }
 
 // run is the agent as a normal process: the kiln.* arguments come from
@@ -34,6 +35,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	cmdline := fs.String("cmdline", "", "kernel command line with the kiln.* arguments (default: /proc/cmdline)")
 	network := fs.Bool("network", true, "bring the network up with DHCP before talking to the rack")
 	lldpWait := fs.Duration("lldp-wait", facts.DefaultLLDPWait, "how long to listen for LLDP frames")
+	caPath := fs.String("ca", machine.CAPath, "the rack's CA (PEM): when the file exists, the agent talks to the rack over https verified against it only, and refuses http")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -56,7 +58,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(stderr, cfg.Debug)
-	opts := options{network: *network, netWait: 60 * time.Second, lldpWait: *lldpWait, roots: facts.DefaultRoots}
+	opts := options{network: *network, netWait: 60 * time.Second, lldpWait: *lldpWait, roots: facts.DefaultRoots, caPath: *caPath}
 	if err := agentMain(ctx, cfg, opts, log, stderr); err != nil {
 		return 1
 	}
@@ -83,15 +85,15 @@ func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.
 			return err
 		}
 	}
-	hc := &http.Client{Timeout: time.Minute}
-	client := machine.NewClient(cfg.URL, cfg.Machine, cfg.Token, hc, machine.DefaultRetry, log)
+	client, deployer, err := rackClients(cfg, opts.caPath, log)
+	if err != nil {
+		log.Error("cannot talk to the rack safely", "err", err)
+		fmt.Fprintf(console, "kiln-agent: result failure: %v\n", err)
+		return err
+	}
 	a := &machine.Agent{
-		Client: client,
-		Deployer: &machine.Deployer{
-			Client: client,
-			HTTP:   &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: time.Minute}},
-			Log:    log,
-		},
+		Client:     client,
+		Deployer:   deployer,
 		Eraser:     &machine.Eraser{Client: client, Log: log},
 		Collectors: facts.Default(opts.roots, opts.lldpWait, log),
 		Disks:      func() ([]facts.Disk, error) { return facts.Disks(opts.roots) },
@@ -99,11 +101,42 @@ func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.
 		Log:        log,
 		Console:    console,
 	}
-	err := a.Run(ctx)
+	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		log.Warn("stopped")
 	}
 	return err
+}
+
+// rackClients are the agent API client and the image downloader: over
+// https verified against the CA at caPath when that file exists (http
+// refused), else plain http, which is logged as unauthenticated.
+func rackClients(cfg machine.Config, caPath string, log *slog.Logger) (*machine.Client, *machine.Deployer, error) {
+	var ca []byte
+	if caPath != "" {
+		var err error
+		if ca, err = machine.LoadCA(caPath); err != nil {
+			return nil, nil, err
+		}
+	}
+	if ca == nil {
+		log.Warn("no rack CA in this image: the channel to the rack is unauthenticated (anyone on the provisioning network can read the token and impersonate the rack)", "ca", caPath, "url", cfg.URL)
+		client := machine.NewClient(cfg.URL, cfg.Machine, cfg.Token, &http.Client{Timeout: time.Minute}, machine.DefaultRetry, log)
+		return client, &machine.Deployer{Client: client, Log: log,
+			HTTP: &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: time.Minute}}}, nil
+	}
+	client, err := machine.NewTLSClient(cfg.URL, cfg.Machine, cfg.Token, ca, machine.DefaultRetry, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Images may come over http (their sha256 comes from the task, over
+	// https); over https they are verified against the same CA.
+	images, err := machine.TLSHTTPClient(ca, 0, time.Minute)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("talking to the rack over https, verified against the image's CA", "ca", caPath, "url", cfg.URL)
+	return client, &machine.Deployer{Client: client, HTTP: images, Log: log, CA: ca}, nil
 }
 
 // cmdlineHasDebug is for PID 1 before the arguments are checked.

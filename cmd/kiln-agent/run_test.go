@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,10 +12,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
+	"github.com/kilnhq/kiln/inventory/pki"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -120,5 +123,62 @@ func TestLoadModuleMissing(t *testing.T) {
 	err := loadModule(filepath.Join(t.TempDir(), "absent.ko"))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestAgentMainTLS: with a CA file (as /etc/kiln/ca.pem in the image) the
+// agent commissions over https verified against it, refuses an http
+// kiln.url (it would hand its token to whoever answers), and refuses a CA
+// file that holds no certificate; without one it warns that the channel
+// is unauthenticated.
+func TestAgentMainTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := pki.Init(dir, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := pki.Load(dir)
+	certPath, keyPath, err := ca.Issue(dir, pki.IssueOptions{Name: "rack", Hosts: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := facts.Roots{Sys: "../../agents/machine/facts/testdata/sys", Proc: "../../agents/machine/facts/testdata/proc", Dev: "../../agents/machine/facts/testdata/dev"}
+	runWith := func(url, caPath string) (error, string) {
+		cfg, err := machine.ParseCmdline("kiln.url=" + url + " kiln.machine=vm-2 kiln.token=" + racktest.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var console, logs bytes.Buffer
+		err = agentMain(context.Background(), cfg, options{roots: roots, lldpWait: 1, caPath: caPath}, slog.New(slog.NewTextHandler(&logs, nil)), &console)
+		return err, console.String() + logs.String()
+	}
+	caFile := filepath.Join(dir, pki.CAFile)
+
+	rack := racktest.NewTLS(t, discard(), cert)
+	if err, out := runWith(rack.Server.URL, caFile); err != nil || !strings.Contains(out, "over https") {
+		t.Fatalf("over TLS: %v\n%s", err, out)
+	}
+	if rs := rack.Results(); len(rs) != 1 || !rs[0].Success {
+		t.Errorf("results = %+v", rs)
+	}
+
+	plain := racktest.New(t, discard())
+	if err, out := runWith(plain.Server.URL, caFile); !errors.Is(err, machine.ErrDowngrade) || !strings.Contains(out, "result failure") {
+		t.Errorf("http kiln.url with a CA: %v\n%s", err, out)
+	}
+	if n := len(plain.Reports()); n != 0 {
+		t.Errorf("the http rack got %d reports", n)
+	}
+	bad := filepath.Join(dir, "bad.pem")
+	os.WriteFile(bad, []byte("not a certificate"), 0o644)
+	if err, _ := runWith(rack.Server.URL, bad); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Errorf("bad CA file: %v", err)
+	}
+	if err, out := runWith(plain.Server.URL, filepath.Join(dir, "absent.pem")); err != nil || !strings.Contains(out, "unauthenticated") {
+		t.Errorf("no CA: %v\n%s", err, out)
 	}
 }

@@ -35,7 +35,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	case "user-data":
 		body = UserData(m)
 	case "vendor-data":
-		body, err = s.vendorData(r.Context(), s.baseURL(r), m)
+		body, err = s.vendorData(r.Context(), agentBase(s, r), m)
 	case "network-config":
 		body, err = NetworkConfig(m, s.backend.Subnet)
 	}
@@ -48,6 +48,18 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(body)
 	s.backend.Record(name, EventMetadata, file)
+}
+
+// agentBase is the URL the deployed OS reports in at: for a request that
+// came over TLS (the agent fetching the seed from the rack's https
+// listener, where it verified the rack) the https URL it used, so that
+// phone_home goes over https too and the OS report-in token is never
+// sent in the clear; else the boot server's URL.
+func agentBase(s *Server, r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + safeHost(r.Host)
+	}
+	return s.baseURL(r)
 }
 
 // MetaData is the NoCloud meta-data. The instance ID changes with each

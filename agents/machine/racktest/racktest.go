@@ -7,6 +7,7 @@ package racktest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -35,6 +36,7 @@ const (
 type Rack struct {
 	Server *httptest.Server
 	Images *Images
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	machine *spec.Machine
@@ -47,6 +49,22 @@ type Rack struct {
 // New starts a rack whose machine vm-2 (purpose commission) holds Token.
 func New(t testing.TB, log *slog.Logger) *Rack {
 	t.Helper()
+	r := newRack(t, log)
+	r.start(boot.Options{})
+	return r
+}
+
+// NewTLS is New serving https only, with the certificate cert; the URLs
+// the boot server hands out (metadata, images, phone_home) are https.
+func NewTLS(t testing.TB, log *slog.Logger, cert tls.Certificate) *Rack {
+	t.Helper()
+	r := newRack(t, log)
+	r.Server.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	r.start(boot.Options{BaseURL: "https://" + r.Server.Listener.Addr().String()})
+	return r
+}
+
+func newRack(t testing.TB, log *slog.Logger) *Rack {
 	sum := sha256.Sum256([]byte(Token))
 	r := &Rack{
 		machine: &spec.Machine{Header: spec.Header{Metadata: spec.Metadata{Name: Machine}}, Spec: spec.MachineSpec{
@@ -59,12 +77,25 @@ func New(t testing.TB, log *slog.Logger) *Rack {
 		}},
 		Images: &Images{files: map[string][]byte{}, cuts: map[string][]int64{}, gets: map[string]int{}},
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/", boot.New(boot.Options{}, r, nil, log).Handler())
-	mux.Handle("/images/", r.Images)
-	r.Server = httptest.NewServer(mux)
+	r.log = log
+	r.Server = httptest.NewUnstartedServer(nil)
 	t.Cleanup(r.Server.Close)
 	return r
+}
+
+// start serves the boot server with o and the images, over TLS when
+// Server.TLS is set.
+func (r *Rack) start(o boot.Options) {
+	mux := http.NewServeMux()
+	mux.Handle("/", boot.New(o, r, nil, r.log).Handler())
+	mux.Handle("/images/", r.Images)
+	r.Server.Config.Handler = mux
+	r.Server.Config.ErrorLog = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug) // TLS handshake refusals
+	if r.Server.TLS != nil {
+		r.Server.StartTLS()
+	} else {
+		r.Server.Start()
+	}
 }
 
 // SetImage makes the machine's OS image the file served as name, with
