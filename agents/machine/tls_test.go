@@ -18,6 +18,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/kilnhq/kiln/agents/machine/facts"
+	"github.com/kilnhq/kiln/agents/machine/image"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
 	"github.com/kilnhq/kiln/inventory/pki"
 	"github.com/kilnhq/kiln/netboot/boot"
@@ -261,5 +262,12 @@ func TestSeedCA(t *testing.T) {
 				t.Errorf("user-data trusted = %q", got)
 			}
 		})
+	}
+}
+
+// The agent reads the CA where the image builder puts it.
+func TestCAPathIsTheImagesCAFile(t *testing.T) {
+	if CAPath != "/"+image.CAFile {
+		t.Errorf("machine.CAPath %q, image.CAFile %q", CAPath, image.CAFile)
 	}
 }

@@ -41,6 +41,7 @@ func runBuildEphemeral(ctx context.Context, args []string, out, errOut io.Writer
 	name := fs.String("name", "kiln-ephemeral", "the Image's name")
 	arch := fs.String("arch", "amd64", "amd64 or arm64")
 	cmdline := fs.String("cmdline", image.DefaultCmdline, "the Image's kernel command line")
+	ca := fs.String("ca", "", "the rack's CA (PEM, e.g. kiln certs init's ca.pem), put at /"+image.CAFile+": the agent then talks to the rack over https verified against it only")
 	urlBase := fs.String("url-base", "", "URL the output folder will be served from (http://host/path/); default: file://<absolute --out>")
 	if _, code, ok := parse(fs, args); !ok {
 		return code
@@ -64,7 +65,7 @@ func runBuildEphemeral(ctx context.Context, args []string, out, errOut io.Writer
 	case *drivers != "" && *extra != "":
 		return usageErr("--drivers replaces the default list, --extra-drivers adds to it: give one")
 	}
-	o := image.Options{Agent: *agent, Kernel: *kernel, Out: *outDir, Name: *name, Arch: *arch, Cmdline: *cmdline, URLBase: *urlBase}
+	o := image.Options{Agent: *agent, Kernel: *kernel, Out: *outDir, Name: *name, Arch: *arch, Cmdline: *cmdline, URLBase: *urlBase, CA: *ca}
 	if o.Agent == "" {
 		self, err := os.Executable()
 		if err != nil {

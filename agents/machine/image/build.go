@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kilnhq/kiln/inventory/pki"
 	"github.com/kilnhq/kiln/spec"
 )
 
@@ -31,6 +32,10 @@ const (
 // ModulesList is where the initramfs lists the modules to load, one path
 // relative to /lib/modules/<release> a line, in load order.
 const ModulesList = "etc/kiln/modules"
+
+// CAFile is where the initramfs carries the rack's CA (Options.CA): the
+// agent reads it as /etc/kiln/ca.pem (machine.CAPath).
+const CAFile = "etc/kiln/ca.pem"
 
 // DefaultCmdline is the kernel command line an image gets unless told:
 // the console on the screen and on the first serial port.
@@ -52,6 +57,10 @@ type Options struct {
 	// URLBase is where the folder's files will be fetched from; default
 	// file://<absolute Out>.
 	URLBase string
+	// CA, when set, is a PEM file of the CA that signed the rack's
+	// certificate, put at CAFile: the agent then talks to the rack over
+	// https verified against it only.
+	CA string
 	// Epoch is the mtime of every archive entry, seconds since 1970 (e.g.
 	// SOURCE_DATE_EPOCH); default 0.
 	Epoch int64
@@ -120,6 +129,21 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var ca []byte
+	if o.CA != "" {
+		if ca, err = os.ReadFile(o.CA); err != nil {
+			return nil, fmt.Errorf("CA: %w", err)
+		}
+		certs, err := pki.ParseCerts(ca, o.CA)
+		if err != nil {
+			return nil, fmt.Errorf("CA: %w", err)
+		}
+		for _, c := range certs {
+			if !c.IsCA {
+				return nil, fmt.Errorf("CA %s: %q is not a CA certificate (give the CA's ca.pem, not the rack's certificate)", o.CA, c.Subject.CommonName)
+			}
+		}
+	}
 	kernel, err := os.ReadFile(o.Kernel)
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
@@ -167,6 +191,9 @@ func Build(o Options) (*Result, error) {
 		list.WriteString(rel + "\n")
 	}
 	a.File(ModulesList, 0o644, []byte(list.String()))
+	if ca != nil {
+		a.File(CAFile, 0o644, ca)
+	}
 
 	var cpio bytes.Buffer
 	if _, err := a.WriteTo(&cpio, o.Epoch); err != nil {
