@@ -56,6 +56,15 @@ type Config struct {
 	Power power.Policy
 	// Powerer, when set, replaces the power executor (tests).
 	Powerer Powerer
+
+	// HTTPSAddr, when set (with HTTPAddr), serves the HTTP boot server's
+	// routes over TLS too, for the machine agent and the deployed OS
+	// (tls.go). TLSCert and TLSKey are PEM files, read again when they
+	// change. AgentURL is that listener's URL as machines reach it, e.g.
+	// https://10.42.0.1:8443 (see TLSAgentURL).
+	HTTPSAddr       string
+	TLSCert, TLSKey string
+	AgentURL        string
 }
 
 // Agent is a rack agent.

@@ -82,6 +82,9 @@ func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
 		}()
 		stops = append(stops, func() { <-hdone })
 		a.log.Info("serving HTTP boot", "addr", ln.Addr().String())
+		if err := a.startHTTPS(ctx, mux, &stops); err != nil {
+			return nil, err
+		}
 	}
 	go func() {
 		for _, s := range stops {

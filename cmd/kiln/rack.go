@@ -38,6 +38,8 @@ type rackFlags struct {
 	tftpRoot, bootURL    string
 	ipxeDir              string
 	cacheDir, cacheSeed  string
+	httpsAddr, agentURL  string
+	tlsCert, tlsKey      string
 }
 
 func (r *rackFlags) register(fs interface {
@@ -63,6 +65,10 @@ func (r *rackFlags) register(fs interface {
 	fs.StringVar(&r.bootURL, "boot-url", "", "the HTTP boot server's URL as machines reach it (default: from each request's Host)")
 	fs.StringVar(&r.cacheDir, "cache-dir", "", "the rack's image cache (content-addressed); empty: no image serving")
 	fs.StringVar(&r.cacheSeed, "cache-seed", "", "folders to seed the image cache from, comma-separated (offline sites)")
+	fs.StringVar(&r.httpsAddr, "https", "", `HTTPS address serving the HTTP boot server's routes for the machine agent and the deployed OS, e.g. ":8443" (needs --http, --tls-cert, --tls-key); empty: off`)
+	fs.StringVar(&r.tlsCert, "tls-cert", "", "the rack's certificate (PEM) for --https, e.g. from kiln certs issue; read again when it changes")
+	fs.StringVar(&r.tlsKey, "tls-key", "", "the key of --tls-cert (PEM)")
+	fs.StringVar(&r.agentURL, "agent-url", "", "the HTTPS listener's URL as machines reach it, e.g. https://10.42.0.1:8443 (default: --boot-url's host with --https's port); must match a name in the certificate")
 }
 
 func (r *rackFlags) config() (rack.Config, error) {
@@ -74,6 +80,17 @@ func (r *rackFlags) config() (rack.Config, error) {
 		IPXEDir:  r.ipxeDir,
 		BootHTTP: boot.Options{BaseURL: r.bootURL},
 		Cache:    cache.Options{Dir: r.cacheDir, SeedDirs: splitList(r.cacheSeed)}}
+	c.HTTPSAddr, c.TLSCert, c.TLSKey, c.AgentURL = r.httpsAddr, r.tlsCert, r.tlsKey, r.agentURL
+	agentURL, err := c.TLSAgentURL()
+	if err != nil {
+		return c, err
+	}
+	// The boot server tells machines this URL (kiln.url): after merging
+	// the boot server's AgentURL option, add c.BootHTTP.AgentURL = agentURL.
+	c.AgentURL = agentURL
+	if err := c.CheckTLS(); err != nil {
+		return c, err
+	}
 	if c.TFTPAddr != "" && c.TFTP.Root == "" {
 		switch {
 		case r.cacheDir != "":

@@ -1,0 +1,180 @@
+package rack
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+)
+
+// The HTTPS listener serves the boot server's routes (the same mux as
+// HTTP) with the rack's certificate, so that the machine agent, which
+// holds the CA in its initramfs, can tell the rack from an impostor, and
+// its token and the deployed OS's report-in token never cross the
+// network in the clear. iPXE stays on the HTTP listener (see
+// docs/boot.md).
+
+// startHTTPS serves h over TLS on HTTPSAddr until ctx ends, and adds the
+// wait for its end to stops. Without HTTPSAddr it does nothing.
+func (a *Agent) startHTTPS(ctx context.Context, h http.Handler, stops *[]func()) error {
+	if a.cfg.HTTPSAddr == "" {
+		return nil
+	}
+	certs, err := loadCertFiles(a.cfg.TLSCert, a.cfg.TLSKey, a.log)
+	if err != nil {
+		return fmt.Errorf("boot https: %w", err)
+	}
+	ln, err := net.Listen("tcp", a.cfg.HTTPSAddr)
+	if err != nil {
+		return fmt.Errorf("boot https: %w", err)
+	}
+	done := serveTLS(ctx, ln, h, certs, a.log)
+	*stops = append(*stops, func() { <-done })
+	a.log.Info("serving HTTPS boot (agent API, metadata, OS report-in)", "addr", ln.Addr().String(), "cert", a.cfg.TLSCert)
+	return nil
+}
+
+// serveTLS serves h on ln over TLS with the certificate of certs until
+// ctx ends; the channel closes when the server has stopped.
+func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, log *slog.Logger) <-chan struct{} {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get},
+		// A refused handshake (an agent without the CA, a scanner) is
+		// logged at debug level, not on the server's standard logger.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("boot https server stopped", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	return done
+}
+
+// certFiles is the rack's certificate and key as last read. The files are
+// looked at on each handshake (a stat each: handshakes are few) and read
+// again when they changed, so that a renewed certificate is served
+// without a restart; a pair that does not load (half written, or a key
+// that does not match) is logged and the previous one stays.
+type certFiles struct {
+	certPath, keyPath string
+	log               *slog.Logger
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+	seen [2]os.FileInfo
+}
+
+func loadCertFiles(certPath, keyPath string, log *slog.Logger) (*certFiles, error) {
+	if certPath == "" || keyPath == "" {
+		return nil, errors.New("a TLS certificate and key are required (--tls-cert, --tls-key; kiln certs issue makes them)")
+	}
+	c := &certFiles{certPath: certPath, keyPath: keyPath, log: log}
+	seen, err := c.stat()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate %s, key %s: %w", certPath, keyPath, err)
+	}
+	c.cert, c.seen = &cert, seen
+	return c, nil
+}
+
+func (c *certFiles) stat() ([2]os.FileInfo, error) {
+	var fi [2]os.FileInfo
+	for i, p := range []string{c.certPath, c.keyPath} {
+		var err error
+		if fi[i], err = os.Stat(p); err != nil {
+			return fi, fmt.Errorf("TLS: %w", err)
+		}
+	}
+	return fi, nil
+}
+
+func sameFile(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// get is tls.Config.GetCertificate.
+func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen, err := c.stat()
+	if err != nil || (sameFile(seen[0], c.seen[0]) && sameFile(seen[1], c.seen[1])) {
+		return c.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
+	if err != nil {
+		c.log.Warn("TLS certificate changed but does not load; serving the previous one", "cert", c.certPath, "key", c.keyPath, "err", err)
+		return c.cert, nil // seen unchanged: tried again next handshake
+	}
+	c.cert, c.seen = &cert, seen
+	c.log.Info("TLS certificate reloaded", "cert", c.certPath)
+	return c.cert, nil
+}
+
+// TLSAgentURL is the URL machines reach the HTTPS listener at: AgentURL
+// when given, else BootHTTP.BaseURL's host with HTTPSAddr's port. It is
+// empty without HTTPSAddr.
+func (c Config) TLSAgentURL() (string, error) {
+	if c.HTTPSAddr == "" {
+		if c.AgentURL != "" {
+			return "", errors.New("an agent URL needs the HTTPS listener (--https)")
+		}
+		return "", nil
+	}
+	if c.HTTPAddr == "" {
+		return "", errors.New("the HTTPS listener serves the HTTP boot server's routes: --http is needed too")
+	}
+	if c.AgentURL != "" {
+		u, err := url.Parse(c.AgentURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return "", fmt.Errorf("agent URL %q: want https://host[:port]", c.AgentURL)
+		}
+		return "https://" + u.Host, nil
+	}
+	_, port, err := net.SplitHostPort(c.HTTPSAddr)
+	if err != nil {
+		return "", fmt.Errorf("HTTPS address %q: %w", c.HTTPSAddr, err)
+	}
+	if c.BootHTTP.BaseURL == "" {
+		return "", errors.New("machines need the rack's https URL: give --agent-url, or --boot-url so that its host is used")
+	}
+	u, err := url.Parse(c.BootHTTP.BaseURL)
+	if err != nil || u.Hostname() == "" {
+		return "", fmt.Errorf("boot URL %q has no host", c.BootHTTP.BaseURL)
+	}
+	if port == "0" {
+		return "", errors.New("an HTTPS address with port 0 cannot be told to machines: give a port or --agent-url")
+	}
+	return "https://" + net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// CheckTLS loads the certificate and key once, so that a bad pair is
+// reported at start rather than at the first term of leadership.
+func (c Config) CheckTLS() error {
+	if c.HTTPSAddr == "" {
+		return nil
+	}
+	_, err := loadCertFiles(c.TLSCert, c.TLSKey, slog.New(slog.DiscardHandler))
+	return err
+}
