@@ -55,3 +55,35 @@ func TestCertsCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestRackTLSFlags: kiln rack's TLS flags with certificates from kiln
+// certs; a missing piece is a clear error before anything starts.
+func TestRackTLSFlags(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	if run(context.Background(), []string{"certs", "init", "--dir", dir}, &out, &errOut) != exitOK ||
+		run(context.Background(), []string{"certs", "issue", "--dir", dir, "--name", "rack", "--host", "10.42.0.1"}, &out, &errOut) != exitOK {
+		t.Fatal(errOut.String())
+	}
+	cert, key := filepath.Join(dir, "rack.pem"), filepath.Join(dir, "rack-key.pem")
+	r := rackFlags{rack: "r1", httpAddr: ":8080", httpsAddr: ":8443", bootURL: "http://10.42.0.1:8080", tlsCert: cert, tlsKey: key}
+	c, err := r.config()
+	if err != nil || c.AgentURL != "https://10.42.0.1:8443" || c.HTTPSAddr != ":8443" {
+		t.Fatalf("config: %+v %v", c, err)
+	}
+	for _, tc := range []struct {
+		edit func(*rackFlags)
+		want string
+	}{
+		{func(r *rackFlags) { r.bootURL = "" }, "--agent-url, or --boot-url"},
+		{func(r *rackFlags) { r.tlsKey = "" }, "--tls-cert, --tls-key"},
+		{func(r *rackFlags) { r.tlsKey = cert }, "TLS certificate"},
+		{func(r *rackFlags) { r.agentURL = "http://10.42.0.1:8443" }, "want https://"},
+	} {
+		r2 := r
+		tc.edit(&r2)
+		if _, err := r2.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config: %v, want %q", err, tc.want)
+		}
+	}
+}
