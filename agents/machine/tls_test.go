@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -185,6 +186,15 @@ func TestAgentRunsOverTLS(t *testing.T) {
 	}
 	if !strings.HasPrefix(cfg.PhoneHome.URL, rack.Server.URL+"/os/vm-2/report?token=") {
 		t.Errorf("phone_home URL %q, want the rack's https URL", cfg.PhoneHome.URL)
+	}
+	// Debian 12's cloud-init (22.4) accepts it.
+	if ci, err := exec.LookPath("cloud-init"); err == nil {
+		p := filepath.Join(t.TempDir(), "vendor-data")
+		os.WriteFile(p, []byte(vd), 0o644)
+		out, err := exec.Command(ci, "schema", "--config-file", p).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Valid cloud-config") {
+			t.Errorf("cloud-init schema rejects the seed's vendor-data: %v\n%s\n%s", err, out, vd)
+		}
 	}
 }
 
