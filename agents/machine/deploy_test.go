@@ -180,15 +180,7 @@ func checkDeployed(t *testing.T, img []byte, path string) {
 func checkSeed(t *testing.T, env *rackEnv, path string) {
 	t.Helper()
 	off := int64(imageSize)
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fs, err := fat16.Read(file.New(f, true), DefaultSeedSize, off, 512)
-	if err != nil {
-		t.Fatalf("read seed filesystem: %v", err)
-	}
+	fs := openSeed(t, path)
 	if l := strings.TrimSpace(fs.Label()); l != "CIDATA" {
 		t.Errorf("label = %q", l)
 	}
@@ -219,6 +211,21 @@ func checkSeed(t *testing.T, env *rackEnv, path string) {
 			t.Errorf("blkid: %v\n%s", err, out)
 		}
 	}
+}
+
+// openSeed opens the seed file system after an imageSize image.
+func openSeed(t *testing.T, path string) *fat16.FileSystem {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fs, err := fat16.Read(file.New(f, true), DefaultSeedSize, imageSize, 512)
+	if err != nil {
+		t.Fatalf("read seed filesystem: %v", err)
+	}
+	return fs
 }
 
 // wiped reports whether the disk's first MiB is zeros.

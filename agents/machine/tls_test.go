@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/image"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
@@ -200,15 +198,7 @@ func TestAgentRunsOverTLS(t *testing.T) {
 
 func readSeedFile(t *testing.T, path, name string) string {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fs, err := fat16.Read(file.New(f, true), DefaultSeedSize, imageSize, 512)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs := openSeed(t, path)
 	fh, err := fs.OpenFile("/"+name, os.O_RDONLY)
 	if err != nil {
 		t.Fatal(err)
