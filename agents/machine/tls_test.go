@@ -271,3 +271,28 @@ func TestCAPathIsTheImagesCAFile(t *testing.T) {
 		t.Errorf("machine.CAPath %q, image.CAFile %q", CAPath, image.CAFile)
 	}
 }
+
+// TestVendorDataOverTLSPointsAtHTTPS: on a rack whose BaseURL is the
+// plain http URL iPXE uses, vendor-data fetched over TLS sends the
+// deployed OS's report (and its token) to the https URL the agent used,
+// not to plain http.
+func TestVendorDataOverTLSPointsAtHTTPS(t *testing.T) {
+	t.Parallel()
+	ca, cert := testCA(t, "127.0.0.1")
+	rack := racktest.NewTLSBase(t, testLogger(t), cert, "http://10.42.0.1:8080")
+	rack.SetImage("disk.raw", []byte("image"), "")
+	rack.SetPurpose(boot.PurposeDeploy)
+	vd, err := tlsClient(t, rack.Server.URL, ca).Get(context.Background(), rack.Server.URL+"/metadata/vm-2/vendor-data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		PhoneHome struct{ URL string } `yaml:"phone_home"`
+	}
+	if err := yaml.Unmarshal(vd, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(cfg.PhoneHome.URL, rack.Server.URL+"/os/vm-2/report?token=") {
+		t.Errorf("phone_home URL %q, want %s/os/…", cfg.PhoneHome.URL, rack.Server.URL)
+	}
+}

@@ -59,8 +59,19 @@ func New(t testing.TB, log *slog.Logger) *Rack {
 func NewTLS(t testing.TB, log *slog.Logger, cert tls.Certificate) *Rack {
 	t.Helper()
 	r := newRack(t, log)
+	return r.startTLS(cert, "https://"+r.Server.Listener.Addr().String())
+}
+
+// NewTLSBase is NewTLS with the boot server's BaseURL set to base, as on
+// a rack whose BaseURL is the plain http URL iPXE uses.
+func NewTLSBase(t testing.TB, log *slog.Logger, cert tls.Certificate, base string) *Rack {
+	t.Helper()
+	return newRack(t, log).startTLS(cert, base)
+}
+
+func (r *Rack) startTLS(cert tls.Certificate, base string) *Rack {
 	r.Server.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	r.start(boot.Options{BaseURL: "https://" + r.Server.Listener.Addr().String()})
+	r.start(boot.Options{BaseURL: base})
 	return r
 }
 
