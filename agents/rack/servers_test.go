@@ -1,9 +1,11 @@
 package rack
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -37,7 +39,7 @@ type bootServer struct {
 	reg      *prometheus.Registry
 }
 
-func startBootServer(t *testing.T) *bootServer {
+func startBootServer(t *testing.T, limits ...httpsrv.Options) *bootServer {
 	t.Helper()
 	cfg := etcd.Config{DataDir: t.TempDir(), ClientURL: "http://" + etcdtest.FreeAddr(t), PeerURL: "http://" + etcdtest.FreeAddr(t)}
 	ctx := t.Context()
@@ -89,7 +91,11 @@ func startBootServer(t *testing.T) *bootServer {
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithCancel(context.Background())
-	stopped := a.serve(sctx, ln, h, httpsrv.Options{})
+	var o httpsrv.Options
+	if len(limits) > 0 {
+		o = limits[0]
+	}
+	stopped := a.serve(sctx, ln, h, o)
 	t.Cleanup(func() { cancel(); <-stopped })
 	return &bootServer{agent: a, stopEtcd: stopEtcd, url: "http://" + ln.Addr().String(), image: "/images/sha256/" + hex.EncodeToString(sum[:]), body: body, reg: reg}
 }
@@ -173,4 +179,34 @@ func TestImagesOnlyForTheRackSubnets(t *testing.T) {
 	if err := testutil.GatherAndCompare(b.reg, strings.NewReader(want), "kiln_http_image_refused_total"); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestBootServerClosesIdleConnections performs the attack of issue 12 (8)
+// on the boot server: a keep-alive connection makes a request and goes
+// idle; the server closes it after IdleTimeout (the read sees EOF).
+func TestBootServerClosesIdleConnections(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	b := startBootServer(t, httpsrv.Options{IdleTimeout: idle})
+	c, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /boot/52:54:00:77:00:01/script.ipxe HTTP/1.1\r\nHost: rack\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("script: %s, close %v", resp.Status, resp.Close)
+	}
+	t0 := time.Now()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a guard, not the wait
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle keep-alive connection: read %v, want EOF (closed by the server)", err)
+	}
+	t.Logf("idle connection closed by the server after %s", time.Since(t0).Round(time.Millisecond))
 }
