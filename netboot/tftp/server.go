@@ -252,19 +252,18 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		}
 		return fail(ResultBusy, err)
 	}
-	defer slot.release()
 
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(size) // answers the tsize option
 	}
 	started = true
-	fr := &firstBlockReader{cutReader: cutReader{ctx: s.transfers, r: f}, slot: slot}
+	fr := &firstBlockReader{cutReader: cutReader{ctx: s.transfers, r: f}, srv: s, peer: ev.Peer.Addr(), slot: slot}
 	fr.timer = time.AfterFunc(s.opts.FirstBlockTimeout, fr.expire)
-	defer fr.timer.Stop()
+	defer fr.done()
 	n, err := rf.ReadFrom(fr)
 	ev.Bytes = n
-	if fr.timedOut() {
-		ev.Result, ev.Err = ResultError, fmt.Sprintf("first block not acknowledged within %s; slot given back", s.opts.FirstBlockTimeout)
+	if err != nil && fr.timedOut() {
+		ev.Result, ev.Err = ResultError, fmt.Sprintf("first block not acknowledged within %s, and no slot free when it was: %v", s.opts.FirstBlockTimeout, err)
 		return nil
 	}
 	if err != nil {
@@ -326,28 +325,36 @@ func (sl *slot) release() {
 // firstBlockReader watches for the acknowledgement of the first data
 // block: pin/tftp reads the file a block at a time (io.ReadFull) and reads
 // past the first full block only once that block is acknowledged. If that
-// has not happened when the timer fires, the slot is given back and every
-// later read fails, which aborts the transfer.
+// has not happened when the timer fires, the transfer gives its slot back.
+// Should the acknowledgement come later (a lost packet on a slow link), the
+// transfer takes a slot again if one is free and goes on; if none is, the
+// read fails and pin/tftp aborts the transfer.
 type firstBlockReader struct {
 	cutReader
-	slot  *slot
+	srv   *Server
+	peer  netip.Addr
 	timer *time.Timer
 
 	mu      sync.Mutex
-	full    bool // a read has filled its buffer: the next read means the block was acknowledged
+	slot    *slot // nil while the transfer holds none
+	full    bool  // a read has filled its buffer: the next read means the block was acknowledged
 	acked   bool
-	expired bool
+	expired bool // the first-block timeout passed before the acknowledgement
 }
 
 func (r *firstBlockReader) Read(p []byte) (int, error) {
 	r.mu.Lock()
-	if r.expired {
-		r.mu.Unlock()
-		return 0, errors.New("first block not acknowledged in time")
-	}
 	if r.full && !r.acked {
 		r.acked = true
 		r.timer.Stop()
+	}
+	if r.slot == nil {
+		sl, err := r.srv.acquire(r.peer)
+		if err != nil {
+			r.mu.Unlock()
+			return 0, fmt.Errorf("first block acknowledged after the slot was given back: %w", err)
+		}
+		r.slot = sl
 	}
 	r.mu.Unlock()
 	n, err := r.cutReader.Read(p)
@@ -361,16 +368,27 @@ func (r *firstBlockReader) Read(p []byte) (int, error) {
 
 func (r *firstBlockReader) expire() {
 	r.mu.Lock()
-	if r.acked {
-		r.mu.Unlock()
+	defer r.mu.Unlock()
+	if r.acked || r.slot == nil {
 		return
 	}
 	r.expired = true
-	r.mu.Unlock()
 	r.slot.release()
-	s := r.slot.s
+	r.slot = nil
+	s := r.srv
 	s.metrics.refused(RefusedFirstBlock)
-	s.log.Info("tftp first block not acknowledged in time; slot given back", "peer", r.slot.addr.String(), "timeout", s.opts.FirstBlockTimeout.String())
+	s.log.Info("tftp first block not acknowledged in time; slot given back", "peer", r.peer.String(), "timeout", s.opts.FirstBlockTimeout.String())
+}
+
+// done stops the timer and gives back the slot the transfer holds.
+func (r *firstBlockReader) done() {
+	r.timer.Stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.slot != nil {
+		r.slot.release()
+		r.slot = nil
+	}
 }
 
 func (r *firstBlockReader) timedOut() bool {

@@ -745,3 +745,61 @@ func TestSlotExhaustionFromOnePeer(t *testing.T) {
 		t.Errorf("first_block_timeout %v, want at least 1", got)
 	}
 }
+
+// TestLateFirstAckStillServed: a client whose first acknowledgement comes
+// after FirstBlockTimeout (a lost packet on a slow link) loses its slot
+// meanwhile, but takes one again when the acknowledgement comes and gets
+// the whole file, since slots are free.
+func TestLateFirstAckStillServed(t *testing.T) {
+	h := start(t, Options{Timeout: 5 * time.Second, Retries: 5, FirstBlockTimeout: 200 * time.Millisecond})
+	want := writeFile(t, filepath.Join(h.root, "f"), 3*512+100)
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ua, _ := net.ResolveUDPAddr("udp", h.addr())
+	conn.WriteToUDP(append(binary.BigEndian.AppendUint16(nil, 1), "f\x00octet\x00"...), ua)
+	buf := make([]byte, 1024)
+	var got []byte
+	var tid *net.UDPAddr
+	for block := uint16(1); ; block++ {
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("block %d: %v", block, err)
+		}
+		if op := binary.BigEndian.Uint16(buf); op != 3 || binary.BigEndian.Uint16(buf[2:]) != block {
+			t.Fatalf("block %d: got % x", block, buf[:min(n, 40)])
+		}
+		tid = from
+		got = append(got, buf[4:n]...)
+		if block == 1 {
+			// Acknowledge only once the server has given the slot back.
+			waitFor(t, func() bool {
+				return testutil.ToFloat64(h.srv.metrics.refusals.WithLabelValues(RefusedFirstBlock)) == 1
+			})
+		}
+		conn.WriteToUDP(binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 4), block), tid)
+		if n-4 < 512 {
+			break
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d", len(got), len(want))
+	}
+	if ev := h.waitEvent(t, "f"); ev.Result != ResultOK {
+		t.Errorf("event %+v, want ok", ev)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
