@@ -31,9 +31,10 @@ type Options struct {
 	MaxPerPeer int
 	// FirstBlockTimeout is how long after its request a transfer may go
 	// before its first data block (and OACK, if any) is acknowledged
-	// (default 2s). Past it the transfer gives its slots back at once and
-	// is cut at its next block; Timeout and Retries still govern
-	// transfers under way.
+	// (default 2s). Past it the transfer gives its slots back at once; a
+	// late acknowledgement takes a slot again if one is free, else the
+	// transfer is cut. Timeout and Retries still govern transfers under
+	// way.
 	FirstBlockTimeout time.Duration
 }
 
