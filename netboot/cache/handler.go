@@ -27,7 +27,7 @@ func (c *Cache) Handler() http.Handler {
 // RestrictedHandler is Handler for the clients whose source address allow
 // accepts; others get 403 and are counted in kiln_http_image_refused_total.
 // allow is asked on every request, so it may follow a changing view (a
-// rack's subnets).
+// rack's subnets); a nil allow refuses every client.
 //
 // Images are not secrets in Kiln's model (secrets go in the user-data,
 // which needs the machine's token), and iPXE and the machine agent fetch
@@ -37,7 +37,7 @@ func (c *Cache) RestrictedHandler(allow func(netip.Addr) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ap, err := netip.ParseAddrPort(r.RemoteAddr)
 		a := ap.Addr().Unmap()
-		if err != nil || !allow(a) {
+		if err != nil || allow == nil || !allow(a) {
 			c.m.refused.Inc()
 			c.log.Info("image cache: request refused, client outside the rack's subnets", "peer", r.RemoteAddr, "path", r.URL.Path)
 			http.Error(w, "images are served only to clients on this rack's subnets; "+a.String()+" is not on one", http.StatusForbidden)
