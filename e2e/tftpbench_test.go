@@ -36,7 +36,8 @@ const (
 // then from tftpd-hpa (in.tftpd in the foreground on a high port of
 // 127.0.0.1), one after the other in the same run, and reports each one's
 // total time and failed fetches, and the ratio of Kiln's time to tftpd's.
-// Kiln runs with MaxTransfers 200 so that no request is refused as busy.
+// Kiln runs with MaxTransfers and MaxPerPeer 200 so that no request is
+// refused (all clients share 127.0.0.1).
 //
 // Run it with `make bench-tftp` (root, for in.tftpd's chroot and user
 // switch) on an otherwise idle machine.
@@ -132,7 +133,7 @@ func TestTFTPBenchServer(t *testing.T) {
 	if root == "" {
 		t.Skip("the server process of BenchmarkTFTP, run by it")
 	}
-	srv, err := tftp.New(tftp.Options{Root: root, Addr: "127.0.0.1:0", MaxTransfers: tftpBenchClients}, nil, nil,
+	srv, err := tftp.New(tftp.Options{Root: root, Addr: "127.0.0.1:0", MaxTransfers: tftpBenchClients, MaxPerPeer: tftpBenchClients}, nil, nil,
 		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/netboot/tftp"
 	"github.com/kilnhq/kiln/power"
 	"github.com/kilnhq/kiln/spec"
@@ -65,6 +66,14 @@ type Config struct {
 	HTTPSAddr       string
 	TLSCert, TLSKey string
 	AgentURL        string
+	// HTTPLimits are the boot server's listener limits; zero values take
+	// httpsrv's defaults (ReadHeaderTimeout 10s, IdleTimeout 60s,
+	// MaxHeaderBytes 16 KiB, 1,024 connections).
+	HTTPLimits httpsrv.Options
+	// RequestTimeout bounds every boot-server request but /images/ and
+	// /ipxe/ (default 2s): past it etcd look-ups fail and the request is
+	// answered 503 with Retry-After.
+	RequestTimeout time.Duration
 }
 
 // Agent is a rack agent.

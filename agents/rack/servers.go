@@ -2,15 +2,25 @@ package rack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/netboot/tftp"
+)
+
+// Defaults of the boot server's Config fields.
+const (
+	DefaultRequestTimeout = 2 * time.Second
+	// retryAfter is the Retry-After (seconds) added to every 503 of the
+	// boot server that does not set its own.
+	retryAfter = "2"
 )
 
 // startBootServers starts TFTP and the HTTP boot server (scripts,
@@ -19,7 +29,7 @@ import (
 // ctx ends.
 func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
 	done := make(chan struct{})
-	var stops []func()
+	var stops []<-chan struct{}
 	if a.cfg.TFTPAddr != "" {
 		o := a.cfg.TFTP
 		o.Addr = a.cfg.TFTPAddr
@@ -45,52 +55,126 @@ func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
 				a.log.Error("tftp server stopped", "err", err)
 			}
 		}()
-		stops = append(stops, func() { <-tdone })
+		stops = append(stops, tdone)
 	}
 	if a.cfg.HTTPAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/", boot.New(a.cfg.BootHTTP, bootBackend{a}, a.bootM, a.log.With("component", "boot")).Handler())
-		if a.cache != nil {
-			mux.Handle("/images/", a.cache.Handler())
-		}
-		if a.cfg.TFTPAddr != "" && a.cfg.TFTP.Root != "" {
-			// UEFI HTTP boot firmware fetches ipxe.efi over HTTP: the same
-			// files TFTP serves, through an os.Root (no links out).
-			root, err := os.OpenRoot(a.cfg.TFTP.Root)
-			if err != nil {
-				return nil, fmt.Errorf("iPXE over HTTP: %w", err)
-			}
-			mux.Handle("GET /ipxe/", http.StripPrefix("/ipxe/", http.FileServerFS(root.FS())))
+		h, err := a.bootHandler()
+		if err != nil {
+			return nil, err
 		}
 		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
 		if err != nil {
 			return nil, fmt.Errorf("boot http: %w", err)
 		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		hdone := make(chan struct{})
-		go func() {
-			defer close(hdone)
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("boot http server stopped", "err", err)
-			}
-		}()
-		go func() {
-			<-ctx.Done()
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			srv.Shutdown(sctx)
-		}()
-		stops = append(stops, func() { <-hdone })
+		stops = append(stops, a.serve(ctx, ln, h, a.cfg.HTTPLimits))
 		a.log.Info("serving HTTP boot", "addr", ln.Addr().String())
-		if err := a.startHTTPS(ctx, mux, &stops); err != nil {
+		done, err := a.startHTTPS(ctx, h)
+		if err != nil {
 			return nil, err
+		}
+		if done != nil {
+			stops = append(stops, done)
 		}
 	}
 	go func() {
 		for _, s := range stops {
-			s()
+			<-s
 		}
 		close(done)
 	}()
 	return done, nil
+}
+
+// serve serves h on ln with the hardened server of httpsrv until ctx ends.
+// The returned channel closes once the server has stopped.
+func (a *Agent) serve(ctx context.Context, ln net.Listener, h http.Handler, o httpsrv.Options) <-chan struct{} {
+	stopped := make(chan struct{})
+	errs := httpsrv.Serve(ctx, ln, h, o, a.log)
+	go func() {
+		defer close(stopped)
+		for err := range errs {
+			a.log.Error("boot http server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	return stopped
+}
+
+// bootHandler is the boot server's handler: scripts, metadata and the
+// agent API under a per-request deadline, images for the rack's subnets,
+// and the iPXE binaries over HTTP.
+func (a *Agent) bootHandler() (http.Handler, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/", boot.New(a.cfg.BootHTTP, bootBackend{a}, a.bootM, a.log.With("component", "boot")).Handler())
+	if a.cache != nil {
+		mux.Handle("/images/", a.cache.RestrictedHandler(a.onRackSubnet))
+	}
+	if a.cfg.TFTPAddr != "" && a.cfg.TFTP.Root != "" {
+		// UEFI HTTP boot firmware fetches ipxe.efi over HTTP: the same
+		// files TFTP serves, through an os.Root (no links out).
+		root, err := os.OpenRoot(a.cfg.TFTP.Root)
+		if err != nil {
+			return nil, fmt.Errorf("iPXE over HTTP: %w", err)
+		}
+		mux.Handle("GET /ipxe/", http.StripPrefix("/ipxe/", http.FileServerFS(root.FS())))
+	}
+	d := a.cfg.RequestTimeout
+	if d <= 0 {
+		d = DefaultRequestTimeout
+	}
+	return withDeadline(mux, d), nil
+}
+
+// withDeadline gives every request but the long downloads (/images/,
+// /ipxe/) a context that ends after d, so that etcd look-ups fail (and the
+// boot handlers answer 503) instead of hanging while etcd is away, and adds
+// Retry-After to their 503 answers.
+func withDeadline(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/images/") || strings.HasPrefix(r.URL.Path, "/ipxe/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		h.ServeHTTP(&retryWriter{ResponseWriter: w}, r.WithContext(ctx))
+	})
+}
+
+// retryWriter adds Retry-After to a 503 that has none.
+type retryWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *retryWriter) WriteHeader(code int) {
+	if !w.wrote && code == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	w.wrote = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *retryWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *retryWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// onRackSubnet reports whether ip may fetch images: an address on one of
+// the subnets this rack serves (in its current view, which follows
+// reloads), or the rack host itself (127.0.0.1, ::1).
+func (a *Agent) onRackSubnet(ip netip.Addr) bool {
+	if ip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || ip == netip.IPv6Loopback() {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.view.Subnets {
+		if s.Prefix.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -5,13 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"sync"
-	"time"
 )
 
 // The HTTPS listener serves the boot server's routes (the same mux as
@@ -21,49 +21,41 @@ import (
 // network in the clear. iPXE stays on the HTTP listener (see
 // docs/boot.md).
 
-// startHTTPS serves h over TLS on HTTPSAddr until ctx ends, and adds the
-// wait for its end to stops. Without HTTPSAddr it does nothing.
-func (a *Agent) startHTTPS(ctx context.Context, h http.Handler, stops *[]func()) error {
+// startHTTPS serves h over TLS on HTTPSAddr until ctx ends, with the
+// boot server's listener limits; the channel closes once it has stopped.
+// Without HTTPSAddr it does nothing (nil channel).
+func (a *Agent) startHTTPS(ctx context.Context, h http.Handler) (<-chan struct{}, error) {
 	if a.cfg.HTTPSAddr == "" {
-		return nil
+		return nil, nil
 	}
 	certs, err := loadCertFiles(a.cfg.TLSCert, a.cfg.TLSKey, a.log)
 	if err != nil {
-		return fmt.Errorf("boot https: %w", err)
+		return nil, fmt.Errorf("boot https: %w", err)
 	}
 	ln, err := net.Listen("tcp", a.cfg.HTTPSAddr)
 	if err != nil {
-		return fmt.Errorf("boot https: %w", err)
+		return nil, fmt.Errorf("boot https: %w", err)
 	}
-	done := serveTLS(ctx, ln, h, certs, a.log)
-	*stops = append(*stops, func() { <-done })
+	done := serveTLS(ctx, ln, h, certs, a.cfg.HTTPLimits, a.log)
 	a.log.Info("serving HTTPS boot (agent API, metadata, OS report-in)", "addr", ln.Addr().String(), "cert", a.cfg.TLSCert)
-	return nil
+	return done, nil
 }
 
-// serveTLS serves h on ln over TLS with the certificate of certs until
-// ctx ends; the channel closes when the server has stopped.
-func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, log *slog.Logger) <-chan struct{} {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get},
-		// A refused handshake (an agent without the CA, a scanner) is
-		// logged at debug level, not on the server's standard logger.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+// serveTLS serves h on ln over TLS with the certificate of certs, through
+// httpsrv's hardened server, until ctx ends; the channel closes when the
+// server has stopped.
+func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, o httpsrv.Options, log *slog.Logger) <-chan struct{} {
+	o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+	// A refused handshake (an agent without the CA, a scanner) is logged
+	// at debug level, not on the server's standard logger.
+	o.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	errs := httpsrv.Serve(ctx, ln, h, o, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("boot https server stopped", "err", err)
+		for err := range errs {
+			log.Error("boot https server stopped", "addr", ln.Addr().String(), "err", err)
 		}
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
 	}()
 	return done
 }

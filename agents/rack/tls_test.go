@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"net"
 	"net/http"
 	"os"
@@ -53,7 +54,7 @@ func serveTLSOnLoopback(t *testing.T, h http.Handler, certs *certFiles) string {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := serveTLS(ctx, ln, h, certs, quiet())
+	done := serveTLS(ctx, ln, h, certs, httpsrv.Options{}, quiet())
 	t.Cleanup(func() { cancel(); <-done })
 	return "https://" + ln.Addr().String()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/netboot/tftp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -180,7 +181,8 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, addr string, reg *prometh
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Metrics and admin routes: a small connection cap is plenty.
+	srv, ln := httpsrv.New(mux, ln, httpsrv.Options{MaxConns: 64})
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,29 @@ import (
 // and then get 503 with Retry-After.
 func (c *Cache) Handler() http.Handler {
 	return http.HandlerFunc(c.serve)
+}
+
+// RestrictedHandler is Handler for the clients whose source address allow
+// accepts; others get 403 and are counted in kiln_http_image_refused_total.
+// allow is asked on every request, so it may follow a changing view (a
+// rack's subnets); a nil allow refuses every client.
+//
+// Images are not secrets in Kiln's model (secrets go in the user-data,
+// which needs the machine's token), and iPXE and the machine agent fetch
+// them before they hold anything that could be checked cheaply on every
+// range request: the source address is what is checked.
+func (c *Cache) RestrictedHandler(allow func(netip.Addr) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		a := ap.Addr().Unmap()
+		if err != nil || allow == nil || !allow(a) {
+			c.m.refused.Inc()
+			c.log.Info("image cache: request refused, client outside the rack's subnets", "peer", r.RemoteAddr, "path", r.URL.Path)
+			http.Error(w, "images are served only to clients on this rack's subnets; "+a.String()+" is not on one", http.StatusForbidden)
+			return
+		}
+		c.serve(w, r)
+	})
 }
 
 func (c *Cache) serve(w http.ResponseWriter, r *http.Request) {

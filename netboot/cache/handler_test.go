@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,5 +289,53 @@ func TestRequestWaitsForAFetch(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// clientFrom is an HTTP client whose connections leave from ip.
+func clientFrom(ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, Proxy: nil}}
+}
+
+// TestRestrictedHandler: /images/ is served to the addresses allow
+// accepts (the rack's subnets) and refused with 403 to others: a client at
+// 127.0.0.2 stands for a host outside the rack's subnets.
+func TestRestrictedHandler(t *testing.T) {
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+		if c, err := net.Listen("tcp", ip+":0"); err != nil {
+			t.Skipf("no loopback address %s: %v", ip, err)
+		} else {
+			c.Close()
+		}
+	}
+	b := newBlob(t, 100_000)
+	h, _ := readyCache(t, b, Options{})
+	subnet := netip.MustParsePrefix("127.0.0.3/32")
+	srv := httptest.NewServer(h.c.RestrictedHandler(subnet.Contains))
+	t.Cleanup(srv.Close)
+	u := srv.URL + "/images/sha256/" + b.sha
+
+	resp, err := clientFrom("127.0.0.3").Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, b.data) {
+		t.Fatalf("client on the subnet: %s, %d bytes", resp.Status, len(got))
+	}
+
+	resp, err = clientFrom("127.0.0.2").Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(msg), "127.0.0.2 is not on one") {
+		t.Fatalf("client off the subnets: %s %q, want 403 saying why", resp.Status, msg)
+	}
+	if n := testutil.ToFloat64(h.c.m.refused); n != 1 {
+		t.Errorf("kiln_http_image_refused_total %v, want 1", n)
 	}
 }

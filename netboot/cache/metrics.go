@@ -17,6 +17,7 @@ type Metrics struct {
 	fetchTime prometheus.Histogram
 	served    prometheus.Counter
 	queue     prometheus.Gauge
+	refused   prometheus.Counter
 }
 
 // NewMetrics registers the image cache metrics with reg.
@@ -43,10 +44,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kiln_http_image_queue",
 			Help: "Image requests waiting for a transfer slot.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_http_image_refused_total",
+			Help: "Image requests refused because the client was not on one of the rack's subnets (nor loopback).",
+		}),
 	}
 	for _, r := range []string{resultOK, resultMismatch, resultError, resultSeeded} {
 		m.fetches.WithLabelValues(r)
 	}
-	reg.MustRegister(m.bytes, m.fetches, m.fetchTime, m.served, m.queue)
+	reg.MustRegister(m.bytes, m.fetches, m.fetchTime, m.served, m.queue, m.refused)
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/pin/tftp/v3"
@@ -24,6 +25,17 @@ type Options struct {
 	MaxTransfers int           // concurrent reads; default 64; beyond it requests are refused (busy)
 	Timeout      time.Duration // wait for one acknowledgement; default pin/tftp's 5s
 	Retries      int           // sends of one packet before giving up; default pin/tftp's 5
+	// MaxPerPeer caps the concurrent reads from one source address
+	// (default 4); beyond it that address is refused with "too many
+	// transfers from your address" while other peers are served.
+	MaxPerPeer int
+	// FirstBlockTimeout is how long after its request a transfer may go
+	// before its first data block (and OACK, if any) is acknowledged
+	// (default 2s). Past it the transfer gives its slots back at once; a
+	// late acknowledgement takes a slot again if one is free, else the
+	// transfer is cut. Timeout and Retries still govern transfers under
+	// way.
+	FirstBlockTimeout time.Duration
 }
 
 // Defaults of Options.
@@ -31,7 +43,16 @@ const (
 	DefaultRoot         = "/usr/lib/ipxe"
 	DefaultAddr         = ":69"
 	DefaultMaxTransfers = 64
+	DefaultMaxPerPeer   = 4
+	DefaultFirstBlock   = 2 * time.Second
 )
+
+// pendingFactor bounds the requests whose handler is still running, slots
+// given back or not, at pendingFactor×MaxTransfers: a transfer whose first
+// block timed out no longer holds a slot, but pin/tftp keeps resending it
+// for Timeout×Retries and there is no way to stop that early. Beyond the
+// bound requests are refused as busy.
+const pendingFactor = 4
 
 // drainTimeout bounds how long Run lets transfers in progress finish after
 // its context ends, before it cuts them.
@@ -54,6 +75,9 @@ type Server struct {
 	conn    *net.UDPConn
 	srv     *tftp.Server
 	slots   chan struct{}
+	pending chan struct{} // handlers running, slots given back or not
+	peersMu sync.Mutex
+	peers   map[netip.Addr]int // transfers holding a slot, by source address
 	metrics *Metrics
 	onEvent func(Event)
 	log     *slog.Logger
@@ -77,6 +101,12 @@ func New(o Options, m *Metrics, onEvent func(Event), log *slog.Logger) (*Server,
 	if o.MaxTransfers <= 0 {
 		o.MaxTransfers = DefaultMaxTransfers
 	}
+	if o.MaxPerPeer <= 0 {
+		o.MaxPerPeer = DefaultMaxPerPeer
+	}
+	if o.FirstBlockTimeout <= 0 {
+		o.FirstBlockTimeout = DefaultFirstBlock
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -99,6 +129,8 @@ func New(o Options, m *Metrics, onEvent func(Event), log *slog.Logger) (*Server,
 		root:    root,
 		conn:    conn,
 		slots:   make(chan struct{}, o.MaxTransfers),
+		pending: make(chan struct{}, pendingFactor*o.MaxTransfers),
+		peers:   map[netip.Addr]int{},
 		metrics: m,
 		onEvent: onEvent,
 		log:     log.With("component", "tftp"),
@@ -122,7 +154,8 @@ func (s *Server) Addr() netip.AddrPort {
 func (s *Server) Run(ctx context.Context) error {
 	defer s.root.Close()
 	defer s.cut()
-	s.log.Info("tftp serving", "addr", s.Addr().String(), "root", s.opts.Root, "max_transfers", s.opts.MaxTransfers)
+	s.log.Info("tftp serving", "addr", s.Addr().String(), "root", s.opts.Root, "max_transfers", s.opts.MaxTransfers,
+		"max_per_peer", s.opts.MaxPerPeer, "first_block_timeout", s.opts.FirstBlockTimeout.String())
 	served := make(chan error, 1)
 	go func() { served <- s.srv.Serve(s.conn) }()
 
@@ -206,24 +239,163 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	label = path.Base(f.Name())
 
 	select {
-	case s.slots <- struct{}{}:
-		defer func() { <-s.slots }()
+	case s.pending <- struct{}{}:
+		defer func() { <-s.pending }()
 	default:
-		return fail(ResultBusy, fmt.Errorf("server busy (%d transfers), try again", s.opts.MaxTransfers))
+		s.metrics.refused(RefusedBusy)
+		return fail(ResultBusy, fmt.Errorf("server busy (%d requests pending), try again", cap(s.pending)))
+	}
+	slot, err := s.acquire(ev.Peer.Addr())
+	if err != nil {
+		if errors.Is(err, errPeerLimit) {
+			s.refuse(rf, 0, errPeerLimit.Error())
+			return fail(ResultPeerLimit, err)
+		}
+		return fail(ResultBusy, err)
 	}
 
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(size) // answers the tsize option
 	}
 	started = true
-	n, err := rf.ReadFrom(&cutReader{ctx: s.transfers, r: f})
+	fr := &firstBlockReader{cutReader: cutReader{ctx: s.transfers, r: f}, srv: s, peer: ev.Peer.Addr(), slot: slot}
+	fr.timer = time.AfterFunc(s.opts.FirstBlockTimeout, fr.expire)
+	defer fr.done()
+	n, err := rf.ReadFrom(fr)
 	ev.Bytes = n
+	if err != nil && fr.timedOut() {
+		ev.Result, ev.Err = ResultError, fmt.Sprintf("first block not acknowledged within %s, and no slot free when it was: %v", s.opts.FirstBlockTimeout, err)
+		return nil
+	}
 	if err != nil {
 		// pin/tftp has already aborted the transfer (or the client did).
 		ev.Result, ev.Err = ResultError, err.Error()
 		return nil
 	}
 	return nil
+}
+
+// errPeerLimit is the refusal sent to a source address that already holds
+// MaxPerPeer transfers.
+var errPeerLimit = errors.New("too many transfers from your address")
+
+// slot is a transfer's share of the global and per-peer limits; release
+// gives it back once (at the first-block timeout or at the end).
+type slot struct {
+	s    *Server
+	addr netip.Addr
+	once sync.Once
+}
+
+// acquire takes a per-peer slot for addr, then a global one. Errors wrap
+// errPeerLimit or say the server is busy; refusals are counted.
+func (s *Server) acquire(addr netip.Addr) (*slot, error) {
+	s.peersMu.Lock()
+	if s.peers[addr] >= s.opts.MaxPerPeer {
+		s.peersMu.Unlock()
+		s.metrics.refused(RefusedPeerLimit)
+		return nil, fmt.Errorf("%w (%d)", errPeerLimit, s.opts.MaxPerPeer)
+	}
+	s.peers[addr]++
+	s.peersMu.Unlock()
+	select {
+	case s.slots <- struct{}{}:
+		return &slot{s: s, addr: addr}, nil
+	default:
+		s.dropPeer(addr)
+		s.metrics.refused(RefusedBusy)
+		return nil, fmt.Errorf("server busy (%d transfers), try again", s.opts.MaxTransfers)
+	}
+}
+
+func (s *Server) dropPeer(addr netip.Addr) {
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	if s.peers[addr]--; s.peers[addr] <= 0 {
+		delete(s.peers, addr)
+	}
+}
+
+func (sl *slot) release() {
+	sl.once.Do(func() {
+		<-sl.s.slots
+		sl.s.dropPeer(sl.addr)
+	})
+}
+
+// firstBlockReader watches for the acknowledgement of the first data
+// block: pin/tftp reads the file a block at a time (io.ReadFull) and reads
+// past the first full block only once that block is acknowledged. If that
+// has not happened when the timer fires, the transfer gives its slot back.
+// Should the acknowledgement come later (a lost packet on a slow link), the
+// transfer takes a slot again if one is free and goes on; if none is, the
+// read fails and pin/tftp aborts the transfer.
+type firstBlockReader struct {
+	cutReader
+	srv   *Server
+	peer  netip.Addr
+	timer *time.Timer
+
+	mu      sync.Mutex
+	slot    *slot // nil while the transfer holds none
+	full    bool  // a read has filled its buffer: the next read means the block was acknowledged
+	acked   bool
+	expired bool // the first-block timeout passed before the acknowledgement
+}
+
+func (r *firstBlockReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	if r.full && !r.acked {
+		r.acked = true
+		r.timer.Stop()
+	}
+	if r.slot == nil {
+		sl, err := r.srv.acquire(r.peer)
+		if err != nil {
+			r.mu.Unlock()
+			return 0, fmt.Errorf("first block acknowledged after the slot was given back: %w", err)
+		}
+		r.slot = sl
+	}
+	r.mu.Unlock()
+	n, err := r.cutReader.Read(p)
+	if n == len(p) && n > 0 {
+		r.mu.Lock()
+		r.full = true
+		r.mu.Unlock()
+	}
+	return n, err
+}
+
+func (r *firstBlockReader) expire() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.acked || r.slot == nil {
+		return
+	}
+	r.expired = true
+	r.slot.release()
+	r.slot = nil
+	s := r.srv
+	s.metrics.refused(RefusedFirstBlock)
+	s.log.Info("tftp first block not acknowledged in time; slot given back", "peer", r.peer.String(), "timeout", s.opts.FirstBlockTimeout.String())
+}
+
+// done stops the timer and gives back the slot the transfer holds.
+func (r *firstBlockReader) done() {
+	r.timer.Stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.slot != nil {
+		r.slot.release()
+		r.slot = nil
+	}
+}
+
+func (r *firstBlockReader) timedOut() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.expired
 }
 
 // open opens a regular file under the root. Errors wrap errDenied,

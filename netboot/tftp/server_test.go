@@ -446,7 +446,7 @@ func TestMetrics(t *testing.T) {
 	h.waitEvent(t, "../a.efi")
 
 	expected := `
-# HELP kiln_tftp_transfers_total TFTP read requests by file (base name of a file in the root, else other) and result (ok, not_found, denied, error, busy).
+# HELP kiln_tftp_transfers_total TFTP read requests by file (base name of a file in the root, else other) and result (ok, not_found, denied, error, busy, peer_limit).
 # TYPE kiln_tftp_transfers_total counter
 kiln_tftp_transfers_total{file="a.efi",result="ok"} 2
 kiln_tftp_transfers_total{file="other",result="busy"} 0
@@ -454,6 +454,7 @@ kiln_tftp_transfers_total{file="other",result="denied"} 1
 kiln_tftp_transfers_total{file="other",result="error"} 0
 kiln_tftp_transfers_total{file="other",result="not_found"} 2
 kiln_tftp_transfers_total{file="other",result="ok"} 0
+kiln_tftp_transfers_total{file="other",result="peer_limit"} 0
 # HELP kiln_tftp_bytes_total File bytes sent by TFTP transfers, complete or not.
 # TYPE kiln_tftp_bytes_total counter
 kiln_tftp_bytes_total ` + fmt.Sprint(2*len(want)) + `
@@ -630,5 +631,175 @@ func TestDrainCutsLongTransfers(t *testing.T) {
 	defer mu.Unlock()
 	if len(evs) != 1 || evs[0].Result != ResultError || evs[0].Bytes <= 0 || evs[0].Bytes >= 512*200 {
 		t.Errorf("events %+v, want one error with part of the file sent", evs)
+	}
+}
+
+// rrq sends a read request for name from a new socket on ip and returns
+// the first answer: a DATA packet (op 3) with the server's transfer port, or
+// an ERROR (op 5) with its message. end sends an ERROR to the transfer
+// port, when there is one, and closes the socket.
+func rrq(t *testing.T, ip net.IP, addr, name string) (op uint16, msg string, end func()) {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := binary.BigEndian.AppendUint16(nil, 1)
+	pkt = append(pkt, name+"\x00octet\x00"...)
+	if _, err := conn.WriteToUDP(pkt, ua); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1024)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, tid, err := conn.ReadFromUDP(buf)
+	if err != nil || n < 4 {
+		conn.Close()
+		t.Fatalf("no answer to a read request from %s: %v", ip, err)
+	}
+	op = binary.BigEndian.Uint16(buf)
+	if op == 5 {
+		msg = strings.TrimRight(string(buf[4:n]), "\x00")
+	}
+	return op, msg, func() {
+		if op == 3 {
+			e := binary.BigEndian.AppendUint16(nil, 5)
+			e = binary.BigEndian.AppendUint16(e, 0)
+			e = append(e, "test done\x00"...)
+			conn.WriteToUDP(e, tid)
+		}
+		conn.Close()
+	}
+}
+
+// TestSlotExhaustionFromOnePeer performs the attack of issue 12 (6): 64
+// read requests from one address, none acknowledged. That address gets at
+// most MaxPerPeer transfers and "too many transfers from your address" for
+// the rest, a client at another address completes its transfer meanwhile,
+// and the attacker's slots come back after FirstBlockTimeout although
+// pin/tftp keeps resending their first block for Timeout×Retries.
+func TestSlotExhaustionFromOnePeer(t *testing.T) {
+	attacker := net.IPv4(127, 0, 0, 2)
+	if c, err := net.ListenUDP("udp", &net.UDPAddr{IP: attacker}); err != nil {
+		t.Skipf("no second loopback address: %v", err)
+	} else {
+		c.Close()
+	}
+	const firstBlock = 500 * time.Millisecond
+	// The server's own retry budget (5 s × 5) is what held slots for
+	// ~26 s before; it stays.
+	h := start(t, Options{Timeout: 5 * time.Second, Retries: 5, FirstBlockTimeout: firstBlock})
+	want := writeFile(t, filepath.Join(h.root, "ipxe.efi"), 200_000)
+
+	var started, refused int
+	for range 64 {
+		op, msg, end := rrq(t, attacker, h.addr(), "ipxe.efi")
+		t.Cleanup(end)
+		switch {
+		case op == 3:
+			started++
+		case op == 5 && strings.Contains(msg, "too many transfers from your address"):
+			refused++
+		default:
+			t.Fatalf("attacker's request: op %d %q", op, msg)
+		}
+	}
+	if started != DefaultMaxPerPeer || refused != 64-DefaultMaxPerPeer {
+		t.Fatalf("attacker started %d transfers and was refused %d, want %d and %d", started, refused, DefaultMaxPerPeer, 64-DefaultMaxPerPeer)
+	}
+
+	// A legitimate client elsewhere is served promptly meanwhile.
+	t0 := time.Now()
+	got, _, err := get(h.addr(), "ipxe.efi", 1428, true)
+	if err != nil {
+		t.Fatalf("legitimate client during the attack: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("legitimate client: content differs")
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("legitimate transfer took %s", took)
+	}
+
+	// The attacker's slots come back once the first-block timeout has
+	// passed, long before pin/tftp gives up on them.
+	deadline := time.Now().Add(firstBlock + 3*time.Second)
+	for {
+		op, msg, end := rrq(t, attacker, h.addr(), "ipxe.efi")
+		end()
+		if op == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("attacker's slots still held %s after the first-block timeout: %q", time.Since(t0), msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.refusals.WithLabelValues(RefusedPeerLimit)); got < 64-DefaultMaxPerPeer {
+		t.Errorf("peer_limit refusals %v, want at least %d", got, 64-DefaultMaxPerPeer)
+	}
+	if got := testutil.ToFloat64(h.srv.metrics.refusals.WithLabelValues(RefusedFirstBlock)); got < 1 {
+		t.Errorf("first_block_timeout %v, want at least 1", got)
+	}
+}
+
+// TestLateFirstAckStillServed: a client whose first acknowledgement comes
+// after FirstBlockTimeout (a lost packet on a slow link) loses its slot
+// meanwhile, but takes one again when the acknowledgement comes and gets
+// the whole file, since slots are free.
+func TestLateFirstAckStillServed(t *testing.T) {
+	h := start(t, Options{Timeout: 5 * time.Second, Retries: 5, FirstBlockTimeout: 200 * time.Millisecond})
+	want := writeFile(t, filepath.Join(h.root, "f"), 3*512+100)
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ua, _ := net.ResolveUDPAddr("udp", h.addr())
+	conn.WriteToUDP(append(binary.BigEndian.AppendUint16(nil, 1), "f\x00octet\x00"...), ua)
+	buf := make([]byte, 1024)
+	var got []byte
+	var tid *net.UDPAddr
+	for block := uint16(1); ; block++ {
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("block %d: %v", block, err)
+		}
+		if op := binary.BigEndian.Uint16(buf); op != 3 || binary.BigEndian.Uint16(buf[2:]) != block {
+			t.Fatalf("block %d: got % x", block, buf[:min(n, 40)])
+		}
+		tid = from
+		got = append(got, buf[4:n]...)
+		if block == 1 {
+			// Acknowledge only once the server has given the slot back.
+			waitFor(t, func() bool {
+				return testutil.ToFloat64(h.srv.metrics.refusals.WithLabelValues(RefusedFirstBlock)) == 1
+			})
+		}
+		conn.WriteToUDP(binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 4), block), tid)
+		if n-4 < 512 {
+			break
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d", len(got), len(want))
+	}
+	if ev := h.waitEvent(t, "f"); ev.Result != ResultOK {
+		t.Errorf("event %+v, want ok", ev)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -338,13 +339,13 @@ func (b *BMC) Run(ctx context.Context) error {
 	errLog := slog.NewLogLogger(b.log.Handler(), slog.LevelDebug)
 	for _, l := range b.httpLns {
 		h := b.handler(l.admin)
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog,
+		o := httpsrv.Options{MaxConns: 64, ErrorLog: errLog,
 			BaseContext: func(net.Listener) context.Context { return b.ctx }}
-		servers = append(servers, srv)
-		ln := l.ln
 		if l.tls {
-			ln = tls.NewListener(ln, b.serverTLSConfig())
+			o.TLS = b.serverTLSConfig()
 		}
+		srv, ln := httpsrv.New(h, l.ln, o)
+		servers = append(servers, srv)
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("vbmc %s: serve %s: %w", b.cfg.Name, ln.Addr(), err)
