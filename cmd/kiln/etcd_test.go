@@ -63,3 +63,14 @@ func TestEtcdInitRoles(t *testing.T) {
 		}
 	}
 }
+
+// kiln server refuses to serve embedded etcd beyond loopback without TLS
+// (before anything listens: 10.1.2.3 is no address of this host).
+func TestServerRefusesPlainEtcdOnTheNetwork(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"server", "--source", t.TempDir(), "--data-dir", t.TempDir(),
+		"--etcd-listen-client", "http://10.1.2.3:2379", "--listen", "127.0.0.1:0"}, &out, &errOut)
+	if code != exitFail || !strings.Contains(errOut.String(), "refusing to serve client URL http://10.1.2.3:2379 without TLS") {
+		t.Fatalf("exit %d, want a refusal:\n%s", code, errOut.String())
+	}
+}
