@@ -182,4 +182,14 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 	if !strings.Contains(body, "kiln.purpose=commission") {
 		t.Errorf("boot script is not the commissioning one:\n%s", body)
 	}
+	// An unknown MAC boots too: discovery is the rack's to record.
+	resp, err := http.Get("http://" + httpAddr + "/boot/02:00:00:00:00:99/script.ipxe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("unknown MAC's script: %d %s", resp.StatusCode, strings.TrimSpace(string(bb)))
+	}
 }
