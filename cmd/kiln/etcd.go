@@ -15,12 +15,6 @@ import (
 	"github.com/kilnhq/kiln/spec"
 )
 
-// stringList is a flag that may be repeated.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
-
 // runEtcd runs the etcd administration subcommands.
 func runEtcd(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if len(args) == 0 || args[0] != "init-roles" {
@@ -30,7 +24,7 @@ func runEtcd(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("etcd init-roles", "[flags]", errOut)
 	var (
 		cf          clientFlags
-		racks       stringList
+		racks       listFlag
 		fromDesired = fs.Bool("from-desired", true, "also create a role for every Rack in the applied desired state")
 		pwDir       = fs.String("password-dir", "", "folder of password files, one per user named like the user (root, kiln-region, kiln-rack-NAME, kiln-viewer); users without a file authenticate by client certificate only")
 		enableAuth  = fs.Bool("enable-auth", false, "turn etcd authentication on once the roles exist (then every client needs a certificate or a user)")
