@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -156,8 +155,11 @@ func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded
 		ec.InitialClusterToken = "kiln"
 	}
 	if cfg.ServerCertFile != "" {
-		ti := transport.TLSInfo{CertFile: cfg.ServerCertFile, KeyFile: cfg.ServerKeyFile, TrustedCAFile: cfg.ServerCAFile, ClientCertAuth: true}
-		ec.ClientTLSInfo, ec.PeerTLSInfo = ti, ti
+		// Both listeners: TLS, and only clients and peers with a
+		// certificate of this CA (client-cert-auth).
+		c, p := &ec.ClientTLSInfo, &ec.PeerTLSInfo
+		c.CertFile, c.KeyFile, c.TrustedCAFile, c.ClientCertAuth = cfg.ServerCertFile, cfg.ServerKeyFile, cfg.ServerCAFile, true
+		p.CertFile, p.KeyFile, p.TrustedCAFile, p.ClientCertAuth = cfg.ServerCertFile, cfg.ServerKeyFile, cfg.ServerCAFile, true
 	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.QuotaBackendBytes = 8 << 30
