@@ -75,6 +75,12 @@ func runEtcd(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "kiln etcd init-roles:", err)
 		return exitUsage
 	}
+	// Without a root password, only a root client certificate can
+	// administer etcd once auth is on: refuse to lock everyone out.
+	if _, ok := pw[etcd.RootUser]; *enableAuth && !ok && cf.cert == "" {
+		fmt.Fprintln(errOut, "kiln etcd init-roles: --enable-auth would lock etcd: root has no password (give a file root in --password-dir) and this command holds no client certificate (--etcd-cert, CN root)")
+		return exitUsage
+	}
 	err = etcd.InitRoles(rctx, store.Client(), etcd.RolesConfig{Layout: store.Keys(), Racks: names, Passwords: pw, EnableAuth: *enableAuth},
 		func(s string) { fmt.Fprintln(out, s) })
 	if err != nil {

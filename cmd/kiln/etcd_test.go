@@ -38,6 +38,12 @@ func TestEtcdInitRoles(t *testing.T) {
 		}
 		return out.String()
 	}
+	// Enabling auth with neither a root password nor a root certificate
+	// would lock everyone out: refused.
+	var o, e bytes.Buffer
+	if code := run(ctx, []string{"etcd", "init-roles", "--enable-auth", "--etcd-endpoints", cfg.ClientURL}, &o, &e); code != exitUsage || !strings.Contains(e.String(), "would lock etcd") {
+		t.Fatalf("enable-auth without root credentials: exit %d\n%s%s", code, o.String(), e.String())
+	}
 	out := kiln("etcd", "init-roles", "--rack", "extra", "--password-dir", dir, "--enable-auth")
 	for r := range inv.Racks {
 		if !strings.Contains(out, "created user kiln-rack-"+r+" (client certificate only)") {
@@ -51,7 +57,8 @@ func TestEtcdInitRoles(t *testing.T) {
 	}
 	// Auth is on: without credentials the command is refused, as root
 	// it runs again and only sets the passwords.
-	var o, e bytes.Buffer
+	o.Reset()
+	e.Reset()
 	if code := run(ctx, []string{"etcd", "init-roles", "--etcd-endpoints", cfg.ClientURL}, &o, &e); code == exitOK {
 		t.Fatalf("init-roles without credentials after --enable-auth succeeded:\n%s", o.String())
 	}
