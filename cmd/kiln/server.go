@@ -169,6 +169,9 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 		// The server's own client keeps its credentials (--etcd-cert,
 		// --etcd-user…): with auth on, it is the kiln-region user.
 		ecfg.Endpoints = []string{e.URL}
+		if ecfg.CAFile == "" {
+			ecfg.CAFile = c.srvCA // the CA that signed the server's certificate
+		}
 	}
 	cli, err := etcd.Connect(ecfg)
 	if err != nil {
