@@ -36,6 +36,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"server":   {"run a region server: embedded etcd, inventory source, metrics", runServer},
 		"validate": {"validate an inventory folder; exit 1 on errors", runValidate},
+		"etcd":     {"set up etcd access control: roles and users per component (kiln etcd init-roles)", runEtcd},
 		"diff":     {"show what applying a folder would add, change and remove", runDiff},
 		"export":   {"print discovered machines as Machine documents to commit", runExport},
 		"image":    {"build the ephemeral boot image (kiln image build-ephemeral)", runImage},
@@ -118,6 +119,8 @@ type clientFlags struct {
 	endpoints string
 	cert, key string
 	ca        string
+	user      string
+	pwFile    string
 	prefix    string
 	timeout   time.Duration
 }
@@ -127,12 +130,15 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.cert, "etcd-cert", os.Getenv("KILN_ETCD_CERT"), "client certificate for etcd ($KILN_ETCD_CERT)")
 	fs.StringVar(&c.key, "etcd-key", os.Getenv("KILN_ETCD_KEY"), "client key for etcd ($KILN_ETCD_KEY)")
 	fs.StringVar(&c.ca, "etcd-ca", os.Getenv("KILN_ETCD_CA"), "CA bundle for etcd ($KILN_ETCD_CA)")
+	fs.StringVar(&c.user, "etcd-user", os.Getenv("KILN_ETCD_USER"), "etcd user, when etcd authenticates by password; with client certificates the certificate's CN is the user ($KILN_ETCD_USER)")
+	fs.StringVar(&c.pwFile, "etcd-password-file", os.Getenv("KILN_ETCD_PASSWORD_FILE"), "file holding the etcd user's password ($KILN_ETCD_PASSWORD_FILE)")
 	fs.StringVar(&c.prefix, "prefix", inventory.DefaultPrefix, "key prefix in etcd")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for etcd")
 }
 
 func (c *clientFlags) config() etcd.Config {
-	return etcd.Config{Endpoints: splitList(c.endpoints), CertFile: c.cert, KeyFile: c.key, CAFile: c.ca}
+	return etcd.Config{Endpoints: splitList(c.endpoints), CertFile: c.cert, KeyFile: c.key, CAFile: c.ca,
+		Username: c.user, PasswordFile: c.pwFile}
 }
 
 // store connects to etcd; the caller closes the returned client.

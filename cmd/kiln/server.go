@@ -18,6 +18,7 @@ import (
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -44,6 +45,10 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		clientURL   = fs.String("etcd-listen-client", "http://127.0.0.1:2379", "embedded etcd: client URL")
 		peerURL     = fs.String("etcd-listen-peer", "http://127.0.0.1:2380", "embedded etcd: peer URL")
 		embedded    = fs.Bool("embedded-etcd", true, "run etcd in-process; false uses --etcd-endpoints")
+		srvCert     = fs.String("etcd-server-cert", "", "embedded etcd: server certificate; with --etcd-server-key and --etcd-server-ca it serves TLS and requires client certificates")
+		srvKey      = fs.String("etcd-server-key", "", "embedded etcd: server key")
+		srvCA       = fs.String("etcd-server-ca", "", "embedded etcd: CA that signs client and peer certificates")
+		insecure    = fs.Bool("insecure-etcd", false, "embedded etcd: allow a non-loopback URL without TLS (anyone on that network can read every secret; logged as a warning at start and hourly)")
 		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz, /readyz and the sync trigger")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
@@ -73,7 +78,7 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err := serve(ctx, log, serverConfig{
 		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
 		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
-		embedded: *embedded, listen: *listen, rack: rf, region: regionCfg,
+		embedded: *embedded, srvCert: *srvCert, srvKey: *srvKey, srvCA: *srvCA, insecureEtcd: *insecure, listen: *listen, rack: rf, region: regionCfg,
 	}); err != nil {
 		log.Error("server stopped", "err", err)
 		return exitFail
@@ -87,6 +92,8 @@ type serverConfig struct {
 	gitInterval                        time.Duration
 	dataDir, clientURL, peerURL        string
 	embedded                           bool
+	srvCert, srvKey, srvCA             string
+	insecureEtcd                       bool
 	listen                             string
 	rack                               rackFlags
 	region                             reconciler.Config
@@ -153,12 +160,18 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 
 	ecfg := c.config()
 	if c.embedded {
-		e, err := etcd.StartEmbedded(ctx, etcd.Config{DataDir: filepath.Join(c.dataDir, "etcd"), ClientURL: c.clientURL, PeerURL: c.peerURL}, log)
+		e, err := etcd.StartEmbedded(ctx, etcd.Config{DataDir: filepath.Join(c.dataDir, "etcd"), ClientURL: c.clientURL, PeerURL: c.peerURL,
+			ServerCertFile: c.srvCert, ServerKeyFile: c.srvKey, ServerCAFile: c.srvCA, InsecureNetwork: c.insecureEtcd}, log)
 		if err != nil {
 			return err
 		}
 		g.Go(func() error { return e.Run(ctx) })
-		ecfg = etcd.Config{Endpoints: []string{e.URL}}
+		// The server's own client keeps its credentials (--etcd-cert,
+		// --etcd-user…): with auth on, it is the kiln-region user.
+		ecfg.Endpoints = []string{e.URL}
+		if ecfg.CAFile == "" {
+			ecfg.CAFile = c.srvCA // the CA that signed the server's certificate
+		}
 	}
 	cli, err := etcd.Connect(ecfg)
 	if err != nil {
@@ -196,7 +209,8 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
-			if _, err := cli.Get(rctx, "health"); err != nil {
+			// A key the region role may read: with auth on, "health" is not.
+			if _, err := cli.Get(rctx, store.Keys().DesiredPointer(), clientv3.WithCountOnly()); err != nil {
 				http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}

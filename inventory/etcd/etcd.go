@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -26,6 +27,11 @@ type Config struct {
 	CertFile  string   // client certificate for an external cluster
 	KeyFile   string
 	CAFile    string
+	// Username and PasswordFile authenticate to an etcd with auth on
+	// (kiln etcd init-roles); with client-certificate auth the
+	// certificate's CN is the user and neither is needed.
+	Username     string
+	PasswordFile string
 
 	DataDir   string // embedded: where etcd keeps its data
 	ClientURL string // embedded: client listener, default http://127.0.0.1:2379
@@ -35,6 +41,16 @@ type Config struct {
 	// it is a single-node cluster named kiln.
 	Name           string
 	InitialCluster string
+	// Embedded: the server's certificate, key and the CA that signs
+	// client and peer certificates. With them the embedded server serves
+	// TLS and requires client certificates (client-cert-auth).
+	ServerCertFile string
+	ServerKeyFile  string
+	ServerCAFile   string
+	// InsecureNetwork lets the embedded server listen beyond loopback
+	// without TLS (--insecure-etcd): anyone on that network can then read
+	// and rewrite everything. Logged loudly at start and every hour.
+	InsecureNetwork bool
 }
 
 // Embedded returns whether the config asks for an embedded server.
@@ -42,8 +58,59 @@ func (c Config) Embedded() bool { return len(c.Endpoints) == 0 }
 
 // Embedded is a single-node etcd server running in-process.
 type Embedded struct {
-	etcd *embed.Etcd
-	URL  string
+	etcd     *embed.Etcd
+	URL      string
+	log      *slog.Logger
+	insecure []string // non-loopback URLs served without TLS
+}
+
+// serverTLS reports whether the embedded server has its certificate,
+// key and client CA.
+func (c Config) serverTLS() bool {
+	return c.ServerCertFile != "" && c.ServerKeyFile != "" && c.ServerCAFile != ""
+}
+
+// CheckListen refuses an embedded server that would listen beyond
+// loopback without TLS and client certificates, unless InsecureNetwork
+// is set; it returns the URLs that are served insecurely (for the
+// warning). It runs before anything listens.
+func CheckListen(cfg Config) (insecure []string, err error) {
+	if (cfg.ServerCertFile != "" || cfg.ServerKeyFile != "" || cfg.ServerCAFile != "") && !cfg.serverTLS() {
+		return nil, errors.New("embedded etcd: TLS needs all of the server certificate, key and client CA (--etcd-server-cert, --etcd-server-key, --etcd-server-ca)")
+	}
+	for _, u := range []struct{ what, raw string }{{"client", cfg.ClientURL}, {"peer", cfg.PeerURL}} {
+		parsed, err := url.Parse(u.raw)
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd: %s URL %q: %w", u.what, u.raw, err)
+		}
+		switch parsed.Scheme {
+		case "http", "https":
+		default:
+			return nil, fmt.Errorf("embedded etcd: %s URL %q: scheme must be http or https", u.what, u.raw)
+		}
+		if parsed.Scheme == "https" && !cfg.serverTLS() {
+			return nil, fmt.Errorf("embedded etcd: %s URL %s is https but no server certificate, key and CA are given", u.what, u.raw)
+		}
+		if loopback(parsed.Hostname()) || parsed.Scheme == "https" {
+			continue
+		}
+		if !cfg.InsecureNetwork {
+			return nil, fmt.Errorf("embedded etcd: refusing to serve %s URL %s without TLS: anyone who reaches it could read every BMC password and rewrite the desired state. "+
+				"Serve https:// with --etcd-server-cert, --etcd-server-key and --etcd-server-ca (see docs/operations.md, Access control), listen on loopback, or pass --insecure-etcd", u.what, u.raw)
+		}
+		insecure = append(insecure, u.raw)
+	}
+	return insecure, nil
+}
+
+// loopback reports whether host is a loopback name or address; "" and
+// unspecified addresses (0.0.0.0, ::) listen everywhere, so they are not.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // StartEmbedded starts etcd in cfg.DataDir and waits until it serves.
@@ -56,6 +123,10 @@ func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded
 	}
 	if cfg.PeerURL == "" {
 		cfg.PeerURL = "http://127.0.0.1:2380"
+	}
+	insecure, err := CheckListen(cfg)
+	if err != nil {
+		return nil, err
 	}
 	curl, err := url.Parse(cfg.ClientURL)
 	if err != nil {
@@ -83,6 +154,13 @@ func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded
 		ec.InitialCluster = cfg.InitialCluster
 		ec.InitialClusterToken = "kiln"
 	}
+	if cfg.ServerCertFile != "" {
+		// Both listeners: TLS, and only clients and peers with a
+		// certificate of this CA (client-cert-auth).
+		c, p := &ec.ClientTLSInfo, &ec.PeerTLSInfo
+		c.CertFile, c.KeyFile, c.TrustedCAFile, c.ClientCertAuth = cfg.ServerCertFile, cfg.ServerKeyFile, cfg.ServerCAFile, true
+		p.CertFile, p.KeyFile, p.TrustedCAFile, p.ClientCertAuth = cfg.ServerCertFile, cfg.ServerKeyFile, cfg.ServerCAFile, true
+	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.QuotaBackendBytes = 8 << 30
 	// Keep ten minutes of history for watchers, then compact.
@@ -104,18 +182,34 @@ func StartEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Embedded
 		e.Close()
 		return nil, ctx.Err()
 	}
-	log.Info("embedded etcd ready", "data_dir", cfg.DataDir, "client_url", curl.String())
-	return &Embedded{etcd: e, URL: curl.String()}, nil
+	log.Info("embedded etcd ready", "data_dir", cfg.DataDir, "client_url", curl.String(), "tls", cfg.ServerCertFile != "")
+	em := &Embedded{etcd: e, URL: curl.String(), log: log, insecure: insecure}
+	em.warnInsecure()
+	return em, nil
+}
+
+// warnInsecure logs, loudly, that etcd is open to the network.
+func (e *Embedded) warnInsecure() {
+	if len(e.insecure) > 0 {
+		e.log.Warn("INSECURE: embedded etcd serves the network without TLS or authentication (--insecure-etcd): anyone who reaches it can read every BMC password and rewrite the desired state",
+			"urls", strings.Join(e.insecure, ","))
+	}
 }
 
 // Run blocks until ctx ends or etcd fails, then stops etcd.
 func (e *Embedded) Run(ctx context.Context) error {
 	defer e.etcd.Close()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-e.etcd.Err():
-		return fmt.Errorf("embedded etcd: %w", err)
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-e.etcd.Err():
+			return fmt.Errorf("embedded etcd: %w", err)
+		case <-tick.C:
+			e.warnInsecure()
+		}
 	}
 }
 
@@ -136,6 +230,18 @@ func Connect(cfg Config) (*clientv3.Client, error) {
 		// A revision is written in requests of up to ~1 MiB; answers to
 		// a whole-inventory read may be larger.
 		MaxCallRecvMsgSize: 256 << 20,
+	}
+	if cfg.Username != "" {
+		cc.Username = cfg.Username
+		if cfg.PasswordFile != "" {
+			b, err := os.ReadFile(cfg.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("etcd password for %s: %w", cfg.Username, err)
+			}
+			cc.Password = strings.TrimRight(string(b), "\r\n")
+		}
+	} else if cfg.PasswordFile != "" {
+		return nil, errors.New("etcd: a password file needs a user name (--etcd-user)")
 	}
 	if cfg.CertFile != "" || cfg.CAFile != "" || anyHTTPS(endpoints) {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
