@@ -276,6 +276,10 @@ type SecretRef struct {
 	// where the Rack opts in). Apply moves it out of the desired state
 	// into the rack's secrets (leaving FromSecret set); output redacts it.
 	Value string `yaml:"-" json:"value,omitempty"`
+	// FromSecret marks, in the stored desired state, a plaintext
+	// password that was moved into the rack's secrets; the rack agent
+	// fills Value back in from there. Never written in the source.
+	FromSecret bool `yaml:"-" json:"fromSecret,omitempty"`
 }
 
 func (s *SecretRef) parseScalar(v string) error { s.Value = v; return nil }
