@@ -134,7 +134,7 @@ spec:
 			found = found || strings.Contains(string(kv.Value), password)
 			continue
 		}
-		if strings.HasPrefix(k, l.Prefix()+"tokens/") {
+		if strings.HasPrefix(k, l.Token("", "")) {
 			search("etcd "+k+" (hashes only)", string(kv.Value))
 			continue
 		}
