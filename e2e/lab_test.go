@@ -178,10 +178,10 @@ func discoverInLab(t *testing.T, lab *netlab.VMLab, vm *netlab.LabVM) {
 	}
 	// The operator names it, gives it its address and its BMC.
 	doc := out[strings.Index(out, "apiVersion"):]
-	doc = strings.Replace(doc, "name: node-"+mac+"   # name it", "name: "+vm.Name, 1)
+	doc = strings.Replace(doc, "name: node-"+mac+" # name it", "name: "+vm.Name, 1)
 	doc = strings.Replace(doc, ", subnet: "+netlab.SubnetName+"}", ", subnet: "+netlab.SubnetName+", ip: "+vm.IP.String()+"}", 1)
 	full := lab.MachineYAML(vm, netlab.MachineOpts{State: "ready"})
-	doc = strings.Replace(doc, "  bmc: {driver: manual}   # set the BMC\n", full[strings.Index(full, "  bmc:\n"):], 1)
+	doc = strings.Replace(doc, "  bmc: {driver: manual} # set the BMC\n", full[strings.Index(full, "  bmc:\n"):], 1)
 	if !strings.Contains(doc, "name: "+vm.Name) || !strings.Contains(doc, "ip: "+vm.IP.String()) || strings.Contains(doc, "driver: manual") {
 		t.Fatalf("kiln export discovered printed an unexpected document:\n%s", out)
 	}

@@ -64,6 +64,7 @@ type appliedState struct {
 	ptrModRev int64
 	sums      map[string][32]byte // relative key → sha256 of value
 	unmanaged map[string][]byte   // unmanaged/<name> → value
+	secrets   map[string][]byte   // BMC secrets as written (full key); nil: read them
 }
 
 // NewStore returns a store using keys under prefix (DefaultPrefix if "").
@@ -178,8 +179,13 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	now := time.Now().UTC()
 	next := map[string][]byte{}
 	counts := map[string]int{}
+	secrets := map[string][]byte{}
 	for _, o := range inv.Objects() {
 		h := o.GetHeader()
+		o, err := s.withoutSecret(o, secrets)
+		if err != nil {
+			return res, err
+		}
 		b, err := json.Marshal(o)
 		if err != nil {
 			return res, fmt.Errorf("encode %s %s: %w", h.Kind, h.Metadata.Name, err)
@@ -240,12 +246,27 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	sort.Strings(puts)
 	sort.Strings(dels)
 
+	// Plaintext BMC passwords: written before the pointer flips, so that
+	// a rack reading the new revision finds them; stale ones dropped
+	// after.
+	secretPuts, staleSecrets, n, err := s.secretChanges(ctx, old.secrets, secrets)
+	res.Requests += n
+	if err != nil {
+		return res, fmt.Errorf("apply revision %s: %w", meta.Revision, err)
+	}
+
 	ptr := Pointer{Generation: old.pointer.Generation, Previous: old.pointer.Previous, Source: meta.Source,
 		Revision: meta.Revision, Digest: meta.Digest, AppliedAt: now, Counts: counts}
-	if len(puts)+len(dels) == 0 && old.pointer.Generation != "" && old.pointer.Revision == meta.Revision && old.pointer.Source == meta.Source {
+	if len(puts)+len(dels)+len(secretPuts)+len(staleSecrets) == 0 && old.pointer.Generation != "" && old.pointer.Revision == meta.Revision && old.pointer.Source == meta.Source {
 		res.Unchanged = true
 		res.Generation = old.pointer.Generation
 		return res, nil
+	}
+
+	n, err = s.writeChunks(ctx, "", secretPuts, secrets)
+	res.Requests += n
+	if err != nil {
+		return res, fmt.Errorf("apply revision %s: write BMC secrets: %w", meta.Revision, err)
 	}
 
 	size := 0
@@ -277,8 +298,13 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 			return res, fmt.Errorf("apply revision %s: %w", meta.Revision, ErrConflict)
 		}
 		res.Generation = ptr.Generation
-		s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged}
-		return res, nil
+		s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged, secrets: secrets}
+		n, err = s.deleteSecrets(ctx, staleSecrets)
+		res.Requests += n
+		if err != nil {
+			s.applied.secrets = nil // some may remain: read them next time
+		}
+		return res, err
 	}
 
 	// Large: a new generation, written in chunks, published by one swap.
@@ -297,7 +323,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	n, err := s.writeChunks(ctx, s.genPrefix(gen), keys, next)
+	n, err = s.writeChunks(ctx, s.genPrefix(gen), keys, next)
 	res.Requests += n
 	if err != nil {
 		s.dropGeneration(context.WithoutCancel(ctx), gen)
@@ -320,9 +346,14 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		return res, fmt.Errorf("apply revision %s: publish generation %s: %w", meta.Revision, gen, err)
 	}
 	res.Generation = gen
-	s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged}
+	s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged, secrets: secrets}
 	res.Requests += s.collectGarbage(ctx, gen, old.pointer.Generation)
-	return res, nil
+	n, err = s.deleteSecrets(ctx, staleSecrets)
+	res.Requests += n
+	if err != nil {
+		s.applied.secrets = nil
+	}
+	return res, err
 }
 
 func newGeneration() (string, error) {

@@ -36,6 +36,8 @@ func TestResolveSecret(t *testing.T) {
 		{&spec.SecretRef{FromFile: f}, "from-file", ""},
 		{&spec.SecretRef{FromEnv: "KILN_TEST_PW"}, "from-env", ""},
 		{&spec.SecretRef{Value: "plain"}, "plain", ""},
+		{&spec.SecretRef{Value: "plain", FromSecret: true}, "plain", ""},
+		{&spec.SecretRef{FromSecret: true}, "", "kept in the rack's secrets by Kiln, but not loaded"},
 		{&spec.SecretRef{FromFile: f + ".missing"}, "", "password file " + f + ".missing: no such file"},
 		{&spec.SecretRef{FromEnv: "KILN_TEST_UNSET"}, "", "environment variable KILN_TEST_UNSET is not set"},
 	} {

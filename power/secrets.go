@@ -33,6 +33,8 @@ func ResolveSecret(ref *spec.SecretRef) (string, error) {
 			return "", fmt.Errorf("password: environment variable %s is not set", ref.FromEnv)
 		}
 		return v, nil
+	case ref.FromSecret && ref.Value == "":
+		return "", errors.New("password: kept in the rack's secrets by Kiln, but not loaded (can this rack's etcd user read its secrets/ prefix?)")
 	}
 	return ref.Value, nil
 }

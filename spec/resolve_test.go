@@ -10,6 +10,7 @@ import (
 const baseDocs = `apiVersion: kiln.dev/v1alpha1
 kind: Rack
 metadata: {name: r1}
+spec: {allowPlaintextPasswords: true}
 ---
 apiVersion: kiln.dev/v1alpha1
 kind: Subnet

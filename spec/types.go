@@ -11,6 +11,10 @@ import (
 // APIVersion is the apiVersion every Kiln document carries.
 const APIVersion = "kiln.dev/v1alpha1"
 
+// ReservedMachinePrefix starts the names Kiln gives unknown MACs it
+// discovers; no Machine in the source may use it.
+const ReservedMachinePrefix = "discovered-"
+
 // The kinds of document Kiln reads.
 const (
 	KindRack    = "Rack"
@@ -74,6 +78,9 @@ type Rack struct {
 type RackSpec struct {
 	Zone     string   `yaml:"zone,omitempty" json:"zone,omitempty" doc:"Failure domain or room the rack belongs to."`
 	Switches []Switch `yaml:"switches,omitempty" json:"switches,omitempty" doc:"Top-of-rack switches, used to check cabling against LLDP during commissioning."`
+	// AllowPlaintextPasswords lets this rack's machines carry their BMC
+	// password in the source as a bare string (an error otherwise).
+	AllowPlaintextPasswords bool `yaml:"allowPlaintextPasswords,omitempty" json:"allowPlaintextPasswords,omitempty" doc:"Accept BMC passwords written as plain strings in this rack's Machines (for labs). They are moved out of the desired state into keys only the region and this rack can read; fromFile or fromEnv stay the recommended way."`
 }
 
 // Switch is a top-of-rack switch and what is cabled to it.
@@ -259,14 +266,20 @@ type BMC struct {
 // SkipVerify reports whether TLS verification is turned off.
 func (b *BMC) SkipVerify() bool { return b != nil && b.Insecure != nil && *b.Insecure }
 
-// SecretRef points at a secret outside git. A plain string is accepted but
-// draws a warning: secrets do not belong in a repository.
+// SecretRef points at a secret outside git. A plain string is an error
+// unless the machine's Rack sets allowPlaintextPasswords: secrets do not
+// belong in a repository.
 type SecretRef struct {
 	FromFile string `yaml:"fromFile,omitempty" json:"fromFile,omitempty" doc:"Path of a file on the rack agent's host holding the secret."`
 	FromEnv  string `yaml:"fromEnv,omitempty" json:"fromEnv,omitempty" doc:"Environment variable of the rack agent holding the secret."`
-	// Value is a plaintext secret given as a bare string (a warning). The
-	// rack agent needs it, so it is stored; output redacts it.
+	// Value is a plaintext secret given as a bare string (allowed only
+	// where the Rack opts in). Apply moves it out of the desired state
+	// into the rack's secrets (leaving FromSecret set); output redacts it.
 	Value string `yaml:"-" json:"value,omitempty"`
+	// FromSecret marks, in the stored desired state, a plaintext
+	// password that was moved into the rack's secrets; the rack agent
+	// fills Value back in from there. Never written in the source.
+	FromSecret bool `yaml:"-" json:"fromSecret,omitempty"`
 }
 
 func (s *SecretRef) parseScalar(v string) error { s.Value = v; return nil }

@@ -118,6 +118,10 @@ func build(fsys fs.FS, objects []located) (*Inventory, Problems) {
 			v.errorf(o, "metadata.name", "%q: use lower-case letters, digits, '-' and '.', at most 63 characters, starting and ending with a letter or digit", h.Metadata.Name)
 			continue
 		}
+		if h.Kind == KindMachine && strings.HasPrefix(h.Metadata.Name, ReservedMachinePrefix) {
+			v.errorf(o, "metadata.name", "%q: names starting %q are reserved for machines Kiln discovers on the network; choose another name", h.Metadata.Name, ReservedMachinePrefix)
+			continue
+		}
 		key := h.Kind + "/" + h.Metadata.Name
 		if prev, dup := seen[key]; dup {
 			v.errorf(o, "metadata.name", "%s %q already defined at %s", h.Kind, h.Metadata.Name, prev.GetHeader().Origin)
@@ -674,8 +678,12 @@ func (v *validator) bmc(m *Machine) {
 	case pw == nil && (b.Driver == "ipmi" || b.Driver == "redfish"):
 		v.warnf(m, "spec.bmc", "no password: the BMC must accept an empty one")
 	case pw == nil:
-	case pw.Plaintext():
-		v.warnf(m, "spec.bmc.password", "plaintext password in the source: use fromFile or fromEnv so it stays out of git")
+	case pw.Plaintext() && pw.FromEnv == "" && pw.FromFile == "":
+		if r := v.inv.Racks[m.Spec.Rack]; r == nil || !r.Spec.AllowPlaintextPasswords {
+			v.errorf(m, "spec.bmc.password", "plaintext password in the source: write password: {fromFile: /path/on/the/rack/host} or password: {fromEnv: VARIABLE} (read by the rack agent), or set spec.allowPlaintextPasswords: true on Rack %q", m.Spec.Rack)
+		} else {
+			v.warnf(m, "spec.bmc.password", "plaintext password in the source (allowed by Rack %s): fromFile or fromEnv keep it out of git", m.Spec.Rack)
+		}
 	case pw.FromFile != "" && pw.FromEnv != "":
 		v.errorf(m, "spec.bmc.password", "set one of fromFile and fromEnv, not both")
 	case pw.FromFile == "" && pw.FromEnv == "":

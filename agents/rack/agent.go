@@ -171,6 +171,7 @@ func (a *Agent) followDesired(ctx context.Context) error {
 			continue
 		}
 		attempt = 0
+		a.loadSecrets(ctx, snap.Inventory)
 		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot), snap.Inventory)
 		a.stage(ctx, snap.Inventory)
 		// Wait for the next change of the desired state, then read again.

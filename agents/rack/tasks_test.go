@@ -99,6 +99,7 @@ const tasksInventory = `
 apiVersion: kiln.dev/v1alpha1
 kind: Rack
 metadata: {name: r1}
+spec: {allowPlaintextPasswords: true}
 ---
 apiVersion: kiln.dev/v1alpha1
 kind: Subnet

@@ -493,8 +493,8 @@ func password(p *spec.SecretRef) string {
 		return "from file " + p.FromFile
 	case p.FromEnv != "":
 		return "from environment variable " + p.FromEnv
-	case p.Value != "":
-		return "<redacted> (plaintext in the source: move it to fromFile or fromEnv)"
+	case p.Value != "" || p.FromSecret:
+		return "<redacted> (plaintext in the source, kept in the rack's secrets: move it to fromFile or fromEnv)"
 	}
 	return "none"
 }

@@ -254,7 +254,9 @@ func flatten(o spec.Object) map[string]string {
 		default:
 			s, _ := json.Marshal(x)
 			if path == "spec.bmc.password.value" {
-				s = []byte(`"<redacted>"`)
+				// Never shown; stored in the rack's secrets, which
+				// the desired state marks with fromSecret.
+				path, s = "spec.bmc.password.fromSecret", []byte("true")
 			}
 			out[path] = string(s)
 		}

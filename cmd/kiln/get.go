@@ -464,7 +464,7 @@ func status(statuses map[string]inventory.MachineStatus, name string) *inventory
 
 // redact returns a machine safe to print: no plaintext secrets.
 func redact(m *spec.Machine) *spec.Machine {
-	if m.Spec.BMC == nil || m.Spec.BMC.Password == nil || m.Spec.BMC.Password.Value == "" {
+	if m.Spec.BMC == nil || m.Spec.BMC.Password == nil || (m.Spec.BMC.Password.Value == "" && !m.Spec.BMC.Password.FromSecret) {
 		return m
 	}
 	c := *m

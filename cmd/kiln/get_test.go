@@ -18,6 +18,7 @@ import (
 const testInventory = `apiVersion: kiln.dev/v1alpha1
 kind: Rack
 metadata: {name: r1}
+spec: {allowPlaintextPasswords: true}
 ---
 apiVersion: kiln.dev/v1alpha1
 kind: Subnet

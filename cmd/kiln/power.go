@@ -38,6 +38,9 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 	defer closeFn()
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	snap, err := store.Snapshot(rctx, spec.KindMachine)
+	if err == nil {
+		err = store.FillSecrets(rctx, "", snap.Inventory)
+	}
 	cancel()
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln power:", explain(cf, err))

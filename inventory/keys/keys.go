@@ -107,6 +107,11 @@ func (l Layout) Split(kind, key string) (rack, rest string, ok bool) {
 	return rack, rest, ok && rack != "" && rest != ""
 }
 
+// SplitSecret cuts a key made by Secret into its rack and machine.
+func (l Layout) SplitSecret(key string) (rack, machine string, ok bool) {
+	return l.Split("secrets", key)
+}
+
 // Grant is one etcd permission: a key prefix and whether it may be
 // written.
 type Grant struct {
