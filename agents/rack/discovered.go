@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -91,10 +92,11 @@ func (a *Agent) DiscoveredLease(ctx context.Context, mac string) (clientv3.Lease
 // lease is DiscoveredLease. The set's lock is held across the etcd calls
 // so that one MAC never gets two leases; callers bound them with ctx.
 func (d *discoveredSet) lease(ctx context.Context, mac string) (clientv3.LeaseID, error) {
-	mac = strings.ToLower(mac)
-	if mac == "" {
-		return clientv3.NoLease, errors.New("discovered lease: empty MAC")
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return clientv3.NoLease, fmt.Errorf("discovered lease: %q is not a MAC address", mac)
 	}
+	mac = hw.String()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.loaded {

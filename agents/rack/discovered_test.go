@@ -38,7 +38,9 @@ func discoveryAgent(t *testing.T, cfg Config) (*Agent, *inventory.Store, *client
 	return a, store, cli, reg, &logs
 }
 
-func macN(i int) string { return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", i>>24&0xff, i>>16&0xff, i>>8&0xff, i&0xff) }
+func macN(i int) string {
+	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", i>>24&0xff, i>>16&0xff, i>>8&0xff, i&0xff)
+}
 
 func countKeys(t *testing.T, cli *clientv3.Client, prefix string) int64 {
 	t.Helper()
@@ -193,5 +195,14 @@ func TestDiscoveredLeaseRefreshed(t *testing.T) {
 	}
 	if r, err := cli.TimeToLive(ctx, id); err != nil || r.TTL < 3 {
 		t.Fatalf("the lease was not kept alive: TTL %d (%v)", r.TTL, err)
+	}
+}
+
+func TestDiscoveredLeaseRefusesABadMAC(t *testing.T) {
+	a, _, _, _, _ := discoveryAgent(t, Config{})
+	for _, mac := range []string{"", "../../desired/x", "02:00:00:00:00"} {
+		if _, err := a.DiscoveredLease(context.Background(), mac); err == nil || !strings.Contains(err.Error(), "not a MAC address") {
+			t.Errorf("%q: %v", mac, err)
+		}
 	}
 }

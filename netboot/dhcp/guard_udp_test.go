@@ -40,7 +40,9 @@ func initReboot(mac, want string, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 	return message(dhcpv4.MessageTypeRequest, mac, append(mods, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP(want).To4())))...)
 }
 
-func fakeMAC(i int) string { return fmt.Sprintf("02:00:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff) }
+func fakeMAC(i int) string {
+	return fmt.Sprintf("02:00:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff)
+}
 
 // The attack: spoofed relayed DISCOVERs and INIT-REBOOT REQUESTs,
 // 60 of each kind, with a made-up giaddr, from a host that is not the
