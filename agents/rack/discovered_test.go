@@ -206,3 +206,17 @@ func TestDiscoveredLeaseRefusesABadMAC(t *testing.T) {
 		}
 	}
 }
+
+// A DHCP pool warning (an event without a MAC) lands on the rack's own
+// timeline, not in discovery.
+func TestPoolWarningOnTheRackTimeline(t *testing.T) {
+	a, store, cli, _, _ := discoveryAgent(t, Config{})
+	a.events.Record(dhcp.Event{Time: time.Now(), Type: dhcp.EventPoolLow, Subnet: "lab"})
+	waitFor(t, "the warning on the rack's timeline", 10*time.Second, func() bool {
+		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.TimelineKey("r1", RackTimeline))
+		return err == nil && len(tl.Events) == 1 && tl.Events[0].Type == dhcp.EventPoolLow && strings.Contains(tl.Events[0].Detail, "subnet=lab")
+	})
+	if n := countKeys(t, cli, store.DiscoveredPrefix()); n != 0 {
+		t.Errorf("%d discovered records from a pool warning", n)
+	}
+}
