@@ -10,27 +10,32 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Keys of the rack stage:
+// Keys of the rack stage (see package keys):
 //
-//	election/rack/<rack>/…     rack agents' leader election
-//	leases/<subnet>/<ip>       DHCP leases (written by the rack leader, fenced)
-//	discovered/<mac>           unknown MACs that network-booted
-//	timeline/<machine>         a machine's boot timeline, newest last
+//	election/rack/<rack>/…             rack agents' leader election
+//	leases/<rack>/<subnet>/<ip>        DHCP leases (written by the rack leader, fenced)
+//	discovered/<rack>/<mac>            unknown MACs that network-booted, on a lease
+//	timeline/<rack>/<machine>          a machine's boot timeline, newest last
 
 // ElectionPrefix is where a rack's agents campaign.
-func (s *Store) ElectionPrefix(rack string) string { return s.prefix + "election/rack/" + rack + "/" }
+func (s *Store) ElectionPrefix(rack string) string { return s.Keys().RackElection(rack) }
 
-// LeasePrefix is where DHCP leases live.
-func (s *Store) LeasePrefix() string { return s.prefix + "leases/" }
+// LeasePrefix is where a rack's DHCP leases live; rack "" is the prefix
+// of every rack's.
+func (s *Store) LeasePrefix(rack string) string { return s.Keys().Lease(rack, "", "") }
 
 // LeaseKey is one lease's key.
-func (s *Store) LeaseKey(subnet, ip string) string { return s.prefix + "leases/" + subnet + "/" + ip }
+func (s *Store) LeaseKey(rack, subnet, ip string) string { return s.Keys().Lease(rack, subnet, ip) }
 
-// DiscoveredPrefix is where discovered MACs live.
-func (s *Store) DiscoveredPrefix() string { return s.prefix + "discovered/" }
+// DiscoveredPrefix is where every rack's discovered MACs live.
+func (s *Store) DiscoveredPrefix() string { return s.Keys().Discovered("", "") }
 
-// TimelineKey is where a machine's boot timeline lives.
-func (s *Store) TimelineKey(machine string) string { return s.prefix + "timeline/" + machine }
+// DiscoveredKey is where a rack records an unknown MAC.
+func (s *Store) DiscoveredKey(rack, mac string) string { return s.Keys().Discovered(rack, mac) }
+
+// TimelineKey is where a machine's boot timeline lives, under the rack
+// that boots it.
+func (s *Store) TimelineKey(rack, machine string) string { return s.Keys().Timeline(rack, machine) }
 
 // DesiredPrefix is the prefix of everything applied from the source.
 func (s *Store) DesiredPrefix() string { return s.prefix + "desired/" }
@@ -65,21 +70,54 @@ type Timeline struct {
 // TimelineLimit bounds the events kept per machine.
 const TimelineLimit = 100
 
-// AppendTimeline adds events to a machine's timeline, keeping the newest
-// TimelineLimit.
-func (s *Store) AppendTimeline(ctx context.Context, machine string, events ...TimelineEvent) error {
-	return UpdateJSON(ctx, s, s.TimelineKey(machine), func(t *Timeline) error {
+// AppendTimeline adds events to a machine's timeline on rack, keeping
+// the newest TimelineLimit. A non-zero lease is attached to the key (an
+// unknown MAC's timeline ends with its lease).
+func (s *Store) AppendTimeline(ctx context.Context, rack, machine string, lease clientv3.LeaseID, events ...TimelineEvent) error {
+	key := s.TimelineKey(rack, machine)
+	for attempt := 0; ; attempt++ {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("read timeline %s: %w", machine, err)
+		}
+		var t Timeline
+		var rev int64
+		if len(resp.Kvs) > 0 {
+			rev = resp.Kvs[0].ModRevision
+			if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
+				t = Timeline{} // start afresh rather than never record again
+			}
+		}
 		t.Events = append(t.Events, events...)
 		if n := len(t.Events) - TimelineLimit; n > 0 {
 			t.Events = append([]TimelineEvent(nil), t.Events[n:]...)
 		}
-		return nil
-	})
+		b, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		var opts []clientv3.OpOption
+		if lease != clientv3.NoLease {
+			opts = append(opts, clientv3.WithLease(lease))
+		}
+		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, string(b), opts...)).Commit()
+		if err != nil {
+			return fmt.Errorf("write timeline %s: %w", machine, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+		if attempt == 10 {
+			return fmt.Errorf("write timeline %s: too many concurrent writers", machine)
+		}
+	}
 }
 
-// PutDiscovered records discovered MACs, in transactions within etcd's
-// limits.
-func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered) error {
+// PutDiscovered records a rack's discovered MACs, each on its lease (a
+// record without one, NoLease, is kept until deleted), in transactions
+// within etcd's limits.
+func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered, leases map[string]clientv3.LeaseID) error {
 	var ops []clientv3.Op
 	flush := func() error {
 		if len(ops) == 0 {
@@ -90,11 +128,18 @@ func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered) error {
 		return err
 	}
 	for _, d := range ds {
+		if d.Rack == "" || d.MAC == "" {
+			return fmt.Errorf("record discovered MAC %q: rack and MAC are required", d.MAC)
+		}
 		b, err := json.Marshal(d)
 		if err != nil {
 			return err
 		}
-		ops = append(ops, clientv3.OpPut(s.DiscoveredPrefix()+d.MAC, string(b)))
+		var opts []clientv3.OpOption
+		if id := leases[d.MAC]; id != clientv3.NoLease {
+			opts = append(opts, clientv3.WithLease(id))
+		}
+		ops = append(ops, clientv3.OpPut(s.DiscoveredKey(d.Rack, d.MAC), string(b), opts...))
 		if len(ops) == defaultMaxOps {
 			if err := flush(); err != nil {
 				return fmt.Errorf("record discovered MACs: %w", err)
@@ -107,13 +152,13 @@ func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered) error {
 	return nil
 }
 
-// ListDiscovered reads every discovered MAC.
+// ListDiscovered reads every rack's discovered MACs.
 func (s *Store) ListDiscovered(ctx context.Context) ([]Discovered, error) {
 	return ListJSON[Discovered](ctx, s, s.DiscoveredPrefix())
 }
 
 // WatchPrefix reports changes below prefix (a full key prefix, e.g.
-// LeasePrefix()) after revision rev.
+// LeasePrefix(rack)) after revision rev.
 func (s *Store) WatchPrefix(ctx context.Context, prefix string, rev int64) clientv3.WatchChan {
 	return s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 }

@@ -116,3 +116,28 @@ func TestUserDataLimit(t *testing.T) {
 		t.Fatalf("got:\n%s", r.Problems)
 	}
 }
+
+func TestAllowedRelays(t *testing.T) {
+	load := func(relays string) *Result {
+		doc := "apiVersion: kiln.dev/v1alpha1\nkind: Rack\nmetadata: {name: r}\n---\n" +
+			"apiVersion: kiln.dev/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {cidr: 10.0.0.0/24, rack: r, mode: relay, gateway: 10.0.0.1, allowedRelays: " + relays + "}\n"
+		return Load(fstest.MapFS{"s.yaml": &fstest.MapFile{Data: []byte(doc)}})
+	}
+	r := load("[10.9.0.1, 10.9.0.2]")
+	if r.Problems.Errors() != 0 {
+		t.Fatalf("valid relays refused:\n%s", r.Problems)
+	}
+	if got := r.Inventory.Subnets["s"].Spec.AllowedRelays; len(got) != 2 || got[1] != "10.9.0.2" {
+		t.Errorf("allowedRelays = %v", got)
+	}
+	for relays, want := range map[string]string{
+		"[relay.example]":      `spec.allowedRelays[0]: "relay.example" is not an IPv4 address`,
+		"[\"fe80::1\"]":        `spec.allowedRelays[0]: "fe80::1" is not an IPv4 address`,
+		"[0.0.0.0]":            "spec.allowedRelays[0]: 0.0.0.0 cannot be a relay's address",
+		"[10.9.0.1, 10.9.0.1]": "spec.allowedRelays[1]: 10.9.0.1 is listed twice",
+	} {
+		if r := load(relays); r.Problems.Errors() != 1 || !strings.Contains(r.Problems.String(), want) {
+			t.Errorf("%s: got\n%s\nwant %q", relays, r.Problems, want)
+		}
+	}
+}

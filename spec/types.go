@@ -112,17 +112,18 @@ const (
 
 // SubnetSpec describes a subnet.
 type SubnetSpec struct {
-	CIDR         string    `yaml:"cidr" json:"cidr" doc:"IPv4 network, e.g. 10.0.0.0/24."`
-	Rack         string    `yaml:"rack" json:"rack" doc:"The rack whose agents serve DHCP and boot on this subnet."`
-	Mode         string    `yaml:"mode,omitempty" json:"mode" enum:"managed,proxy,relay" doc:"managed: Kiln is the DHCP server; proxy: proxyDHCP beside an existing server; relay: reached through a DHCP relay (giaddr)." default:"managed"`
-	Gateway      string    `yaml:"gateway,omitempty" json:"gateway,omitempty" doc:"Default router handed out by DHCP."`
-	DNS          []string  `yaml:"dns,omitempty" json:"dns,omitempty" doc:"DNS servers handed out by DHCP."`
-	Domain       string    `yaml:"domain,omitempty" json:"domain,omitempty" doc:"DNS search domain."`
-	MTU          int       `yaml:"mtu,omitempty" json:"mtu" doc:"Link MTU." default:"1500"`
-	VLAN         int       `yaml:"vlan,omitempty" json:"vlan,omitempty" doc:"802.1Q VLAN ID, 0 for untagged."`
-	DynamicRange *IPRange  `yaml:"dynamicRange,omitempty" json:"dynamicRange,omitempty" doc:"Addresses handed to unknown MACs so they can be discovered."`
-	Reserved     []IPRange `yaml:"reserved,omitempty" json:"reserved,omitempty" doc:"Addresses Kiln never hands out or allocates."`
-	LeaseTime    Duration  `yaml:"leaseTime,omitempty" json:"leaseTime" doc:"DHCP lease time, e.g. 1h." default:"1h"`
+	CIDR          string    `yaml:"cidr" json:"cidr" doc:"IPv4 network, e.g. 10.0.0.0/24."`
+	Rack          string    `yaml:"rack" json:"rack" doc:"The rack whose agents serve DHCP and boot on this subnet."`
+	Mode          string    `yaml:"mode,omitempty" json:"mode" enum:"managed,proxy,relay" doc:"managed: Kiln is the DHCP server; proxy: proxyDHCP beside an existing server; relay: reached through a DHCP relay (giaddr)." default:"managed"`
+	Gateway       string    `yaml:"gateway,omitempty" json:"gateway,omitempty" doc:"Default router handed out by DHCP."`
+	DNS           []string  `yaml:"dns,omitempty" json:"dns,omitempty" doc:"DNS servers handed out by DHCP."`
+	Domain        string    `yaml:"domain,omitempty" json:"domain,omitempty" doc:"DNS search domain."`
+	MTU           int       `yaml:"mtu,omitempty" json:"mtu" doc:"Link MTU." default:"1500"`
+	VLAN          int       `yaml:"vlan,omitempty" json:"vlan,omitempty" doc:"802.1Q VLAN ID, 0 for untagged."`
+	DynamicRange  *IPRange  `yaml:"dynamicRange,omitempty" json:"dynamicRange,omitempty" doc:"Addresses handed to unknown MACs so they can be discovered."`
+	Reserved      []IPRange `yaml:"reserved,omitempty" json:"reserved,omitempty" doc:"Addresses Kiln never hands out or allocates."`
+	LeaseTime     Duration  `yaml:"leaseTime,omitempty" json:"leaseTime" doc:"DHCP lease time, e.g. 1h." default:"1h"`
+	AllowedRelays []string  `yaml:"allowedRelays,omitempty" json:"allowedRelays,omitempty" doc:"IPv4 addresses of the DHCP relays allowed to relay for this subnet: when set, a relayed packet whose giaddr is in this subnet is accepted only from one of them (the UDP sender). Empty: any sender whose giaddr is in the subnet."`
 }
 
 // IPRange is an inclusive range of IPv4 addresses.

@@ -314,6 +314,20 @@ func (v *validator) subnet(s *Subnet) {
 			}
 		}
 	}
+	seenRelays := map[netip.Addr]bool{}
+	for i, r := range sp.AllowedRelays {
+		path := fmt.Sprintf("spec.allowedRelays[%d]", i)
+		a, err := netip.ParseAddr(r)
+		switch {
+		case err != nil || !a.Is4():
+			v.errorf(s, path, "%q is not an IPv4 address (the address a relay sends from)", r)
+		case a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			v.errorf(s, path, "%s cannot be a relay's address", a)
+		case seenRelays[a]:
+			v.errorf(s, path, "%s is listed twice", a)
+		}
+		seenRelays[a] = true
+	}
 	for i, rr := range sp.Reserved {
 		if r, ok := parseRange(fmt.Sprintf("spec.reserved[%d]", i), rr); ok {
 			info.reserved = append(info.reserved, r)

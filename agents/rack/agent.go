@@ -74,6 +74,15 @@ type Config struct {
 	// /ipxe/ (default 2s): past it etcd look-ups fail and the request is
 	// answered 503 with Retry-After.
 	RequestTimeout time.Duration
+	// DiscoveredTTL is how long the keys of an unknown MAC (its
+	// discovered record, timeline, boot token and report) outlive its
+	// last boot: they share one etcd lease of this TTL, refreshed while
+	// the MAC keeps booting. Default 24h.
+	DiscoveredTTL time.Duration
+	// MaxDiscovered caps the unknown MACs the rack records at once
+	// (default 1024); beyond it new MACs are not recorded (DHCP may
+	// still answer them) and a warning is raised.
+	MaxDiscovered int
 }
 
 // Agent is a rack agent.
@@ -91,6 +100,7 @@ type Agent struct {
 	leaderGauge prometheus.Gauge
 	transitions prometheus.Counter
 	events      *eventLog
+	discovered  *discoveredSet
 
 	mu    sync.Mutex
 	inv   *spec.Inventory
@@ -141,7 +151,9 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_rack_events_dropped_total",
 		Help: "Boot events dropped because etcd could not keep up.", ConstLabels: prometheus.Labels{"rack": cfg.Rack}})
 	reg.MustRegister(a.leaderGauge, a.transitions, dropped)
-	a.events = newEventLog(cfg.Rack, store, log, dropped)
+	a.discovered = newDiscoveredSet(cfg.Rack, store, cfg.DiscoveredTTL, cfg.MaxDiscovered, reg, log)
+	a.events = newEventLog(cfg.Rack, store, log, dropped, a.discovered)
+	a.discovered.warn = a.events.warn
 	return a
 }
 
@@ -240,7 +252,7 @@ func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 func (a *Agent) followLeases(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		fresh := map[string]dhcp.Lease{}
-		prefix := a.store.LeasePrefix()
+		prefix := a.store.LeasePrefix(a.cfg.Rack)
 		rev, err := a.store.RangeAt(ctx, prefix, 0, func(k string, v []byte) error {
 			var l dhcp.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
@@ -332,7 +344,7 @@ func (a *Agent) term(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	fence := inventory.Fence{Key: el.Key(), Rev: el.Rev()}
-	store := &fencedLeases{store: a.store, fence: fence}
+	store := &fencedLeases{rack: a.cfg.Rack, store: a.store, fence: fence}
 	srv, err := dhcp.New(view, known, store, a.events, a.cfg.DHCP, a.dhcpM, a.log)
 	if err != nil {
 		a.resign(ctx, el, session)
@@ -436,6 +448,7 @@ func (a *Agent) resign(ctx context.Context, el *concurrency.Election, s *concurr
 // fencedLeases writes leases only while our election key is the one that
 // won: a deposed leader's writes fail with dhcp.ErrNotLeader.
 type fencedLeases struct {
+	rack  string
 	store *inventory.Store
 	fence inventory.Fence
 }
@@ -449,7 +462,7 @@ func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
 			if err != nil {
 				return err
 			}
-			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(l.Subnet, l.IP.String()), string(b)))
+			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(f.rack, l.Subnet, l.IP.String()), string(b)))
 		}
 		resp, err := cli.Txn(ctx).If(f.fence.Held()).Then(ops...).Commit()
 		if err != nil {

@@ -236,8 +236,8 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Fatalf("unknown MAC got %s, want one from the dynamic range", ipU)
 	}
 	waitFor(t, "discovery and the boot timeline in etcd", 10*time.Second, func() bool {
-		d, err := inventory.GetJSON[inventory.Discovered](ctx, store, store.DiscoveredPrefix()+unknown.String())
-		tl, err2 := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey("m1"))
+		d, err := inventory.GetJSON[inventory.Discovered](ctx, store, store.DiscoveredKey("r1", unknown.String()))
+		tl, err2 := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey("r1", "m1"))
 		return err == nil && d.IP == ipU.String() && d.Rack == "r1" && err2 == nil && len(tl.Events) >= 3
 	})
 
@@ -255,7 +255,7 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Fatalf("after failover m1 got %s, before %s", ip, ip1)
 	}
 	// The old leader's fence no longer holds.
-	old := &fencedLeases{store: store, fence: inventory.Fence{Key: aKey, Rev: aRev}}
+	old := &fencedLeases{rack: "r1", store: store, fence: inventory.Fence{Key: aKey, Rev: aRev}}
 	err := old.Save(ctx, []dhcp.Lease{{Subnet: "relayed", IP: netip.MustParseAddr("127.77.0.150"), MAC: "02:00:00:00:00:77"}})
 	if !errors.Is(err, dhcp.ErrNotLeader) {
 		t.Fatalf("a deposed leader's write: got %v, want ErrNotLeader", err)

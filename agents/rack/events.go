@@ -2,13 +2,17 @@ package rack
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // eventLog batches DHCP events into machines' timelines and discovered
@@ -23,13 +27,21 @@ type eventLog struct {
 	other   chan machineEvent
 	dropped prometheus.Counter
 	every   time.Duration
+	// lease is Agent.DiscoveredLease: the lease of an unknown MAC's keys.
+	lease func(ctx context.Context, mac string) (clientv3.LeaseID, error)
 
-	discovered map[string]*inventory.Discovered // by MAC, this agent's knowledge
+	// discovered is this agent's knowledge of unknown MACs, by MAC: at
+	// most max, the ones whose lease ran out forgotten first.
+	discovered map[string]*inventory.Discovered
+	max        int
+	known      func(mac string) bool
 }
 
-func newEventLog(rack string, store *inventory.Store, log *slog.Logger, dropped prometheus.Counter) *eventLog {
+func newEventLog(rack string, store *inventory.Store, log *slog.Logger, dropped prometheus.Counter,
+	set *discoveredSet) *eventLog {
 	return &eventLog{rack: rack, store: store, log: log, ch: make(chan dhcp.Event, 8192), other: make(chan machineEvent, 1024), dropped: dropped,
-		every: 250 * time.Millisecond, discovered: map[string]*inventory.Discovered{}}
+		every: 250 * time.Millisecond, discovered: map[string]*inventory.Discovered{},
+		lease: set.lease, max: set.max, known: set.known}
 }
 
 type machineEvent struct {
@@ -104,12 +116,17 @@ func (l *eventLog) flush(ctx context.Context, batch []dhcp.Event, others []machi
 			timelines[ev.Machine] = append(timelines[ev.Machine], inventory.TimelineEvent{Time: ev.Time, Type: ev.Type, Detail: detail(ev)})
 			continue
 		}
+		if ev.MAC == "" { // the rack's own: a pool nearly or fully used
+			timelines[RackTimeline] = append(timelines[RackTimeline], inventory.TimelineEvent{Time: ev.Time, Type: ev.Type, Detail: "warning: " + detail(ev)})
+			continue
+		}
 		d := l.discovered[ev.MAC]
 		isNew := d == nil
 		if isNew {
 			if ev.Type != dhcp.EventSeen && ev.Type != dhcp.EventDiscovered {
 				continue
 			}
+			l.makeRoom()
 			d = &inventory.Discovered{MAC: ev.MAC, Rack: l.rack, FirstSeen: ev.Time}
 			l.discovered[ev.MAC] = d
 		}
@@ -142,15 +159,78 @@ func (l *eventLog) flush(ctx context.Context, batch []dhcp.Event, others []machi
 		}
 	}
 	if len(changed) > 0 {
-		if err := l.store.PutDiscovered(ctx, dedupe(changed)); err != nil {
-			l.log.Warn("could not record discovered MACs", "count", len(changed), "err", err)
-		}
+		l.putDiscovered(ctx, dedupe(changed))
 	}
 	for machine, evs := range timelines {
-		if err := l.store.AppendTimeline(ctx, machine, evs...); err != nil {
+		lease := clientv3.NoLease
+		if mac, ok := discoveredMAC(machine); ok {
+			id, err := l.lease(ctx, mac)
+			if err != nil {
+				if !errors.Is(err, boot.ErrDiscoveryFull) {
+					l.log.Warn("could not record boot timeline", "machine", machine, "err", err)
+				}
+				continue
+			}
+			lease = id
+		}
+		if err := l.store.AppendTimeline(ctx, l.rack, machine, lease, evs...); err != nil {
 			l.log.Warn("could not record boot timeline", "machine", machine, "err", err)
 		}
 	}
+}
+
+// putDiscovered writes records, each on its MAC's lease; a MAC refused
+// by the cap is forgotten.
+func (l *eventLog) putDiscovered(ctx context.Context, ds []inventory.Discovered) {
+	leases := make(map[string]clientv3.LeaseID, len(ds))
+	keep := ds[:0]
+	for _, d := range ds {
+		id, err := l.lease(ctx, d.MAC)
+		switch {
+		case errors.Is(err, boot.ErrDiscoveryFull):
+			delete(l.discovered, d.MAC)
+			continue
+		case err != nil:
+			l.log.Warn("could not record a discovered MAC", "mac", d.MAC, "err", err)
+			continue
+		}
+		leases[d.MAC] = id
+		keep = append(keep, d)
+	}
+	if err := l.store.PutDiscovered(ctx, keep, leases); err != nil {
+		l.log.Warn("could not record discovered MACs", "count", len(keep), "err", err)
+	}
+}
+
+// makeRoom keeps the in-memory discovered set under the cap: MACs whose
+// lease ran out are forgotten.
+func (l *eventLog) makeRoom() {
+	if len(l.discovered) < l.max {
+		return
+	}
+	for mac := range l.discovered {
+		if !l.known(mac) {
+			delete(l.discovered, mac)
+		}
+	}
+}
+
+// discoveredMAC is the MAC of a "discovered-aa-bb-…" name.
+func discoveredMAC(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, "discovered-")
+	if !ok {
+		return "", false
+	}
+	mac, err := net.ParseMAC(strings.ReplaceAll(rest, "-", ":"))
+	if err != nil {
+		return "", false
+	}
+	return mac.String(), true
+}
+
+// warn records a rack warning on the rack's timeline.
+func (l *eventLog) warn(typ, msg string) {
+	l.RecordTimeline(RackTimeline, typ, "warning: "+msg)
 }
 
 // dedupe keeps the last record of each MAC.

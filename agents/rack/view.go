@@ -37,6 +37,11 @@ func viewOf(rack string, inv *spec.Inventory, boot dhcp.BootConfig) dhcp.Config 
 		if r := s.Spec.DynamicRange; r != nil {
 			sub.Dynamic = &dhcp.Range{Start: addr(r.Start), End: addr(r.End)}
 		}
+		for _, r := range s.Spec.AllowedRelays {
+			if a := addr(r); a.IsValid() {
+				sub.AllowedRelays = append(sub.AllowedRelays, a)
+			}
+		}
 		for _, r := range s.Spec.Reserved {
 			sub.Reserved = append(sub.Reserved, dhcp.Range{Start: addr(r.Start), End: addr(r.End)})
 		}

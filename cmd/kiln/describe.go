@@ -59,7 +59,15 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		fmt.Fprintf(errOut, "kiln describe: machine %q not found in revision %s\n", name, short(snap.Pointer.Revision))
 		return exitFail
 	}
-	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(name)); err == nil {
+	rack := st.Rack // the timeline is the booting rack's (minimal change; the timeline readers' helper owns this)
+	if rack == "" && d.machine != nil {
+		for _, ifc := range d.machine.Spec.Interfaces {
+			if sn := snap.Inventory.Subnets[ifc.Subnet]; sn != nil && rack == "" {
+				rack = sn.Spec.Rack
+			}
+		}
+	}
+	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(rack, name)); rack != "" && err == nil {
 		d.timeline = tl.Events
 	}
 	if d.status != nil && st.TaskID != "" && st.Rack != "" {

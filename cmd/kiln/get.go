@@ -241,7 +241,7 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 	var err error
 	if g.kind == "Lease" {
 		t.header = []string{"IP", "SUBNET", "MAC", "MACHINE", "KIND", "EXPIRES", "UPDATED"}
-		rev, err = g.store.RangeAt(ctx, g.store.LeasePrefix(), 0, func(k string, v []byte) error {
+		rev, err = g.store.RangeAt(ctx, g.store.LeasePrefix(""), 0, func(k string, v []byte) error {
 			var l dhcp.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
 				return fmt.Errorf("decode %s: %w", k, err)

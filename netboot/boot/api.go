@@ -3,6 +3,7 @@ package boot
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
@@ -143,3 +144,6 @@ const (
 
 // DefaultOSTokenTTL is the default lifetime of an OS report-in token.
 const DefaultOSTokenTTL = 24 * time.Hour
+
+// ErrDiscoveryFull means the rack records no more unknown MACs.
+var ErrDiscoveryFull = errors.New("discovered machines cap reached")

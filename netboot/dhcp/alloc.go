@@ -530,6 +530,9 @@ func (p *pool) acquire(c claim, want ip4, now time.Time) (grant, verdict) {
 			return grant{}, silent // someone else holds it: no answer until it is free
 		}
 	case claimAuto:
+		if v, ok := p.unrecorded(c.raw, want, now); !ok {
+			return grant{}, v
+		}
 		if cur := p.byMAC[c.raw]; cur != nil && cur.reserved && g.validAuto(cur.ip) && !cur.blocks(c.raw, now) {
 			if cur.ip != want {
 				return grant{}, nak
@@ -546,6 +549,9 @@ func (p *pool) acquire(c claim, want ip4, now time.Time) (grant, verdict) {
 		if !g.hasDynamic {
 			return grant{}, silent
 		}
+		if v, ok := p.unrecorded(c.raw, want, now); !ok {
+			return grant{}, v
+		}
 		if !g.validDynamic(want) {
 			return grant{}, nak
 		}
@@ -554,6 +560,27 @@ func (p *pool) acquire(c claim, want ip4, now time.Time) (grant, verdict) {
 		}
 	}
 	return p.bind(p.entryAt(want), c, now), ack
+}
+
+// unrecorded checks that a REQUEST of want by raw matches what the pool
+// knows of raw: its binding or the address offered to it. A REQUEST
+// never allocates an address that was not offered (RFC 2131 4.3.2: an
+// INIT-REBOOT from a client with no record gets no answer; one with
+// another record is refused). ok is false with the verdict otherwise.
+// Static claims are recorded by the inventory and not checked here.
+func (p *pool) unrecorded(raw string, want ip4, now time.Time) (verdict, bool) {
+	cur := p.byMAC[raw]
+	held := p.heldBy[raw]
+	if held != nil && !held.holdUntil.After(now) {
+		held = nil
+	}
+	switch {
+	case cur != nil && cur.ip == want, held != nil && held.ip == want:
+		return ack, true
+	case cur == nil && held == nil:
+		return silent, false
+	}
+	return nak, false
 }
 
 // bind gives e to c in memory.
@@ -714,13 +741,14 @@ func (p *pool) sweepLocked(now time.Time, expired bool) {
 	}
 }
 
-// stats counts the active leases and the free addresses of the dynamic range.
-func (p *pool) stats(now time.Time) (leases, free int, ok bool) {
+// stats counts the active leases and the free and usable addresses of
+// the dynamic range.
+func (p *pool) stats(now time.Time) (leases, free, size int, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	g := p.geo
 	if g == nil {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	busy := 0
 	for _, e := range p.byIP {
@@ -731,5 +759,5 @@ func (p *pool) stats(now time.Time) (leases, free int, ok bool) {
 			busy++
 		}
 	}
-	return leases, p.dynUsable - busy, true
+	return leases, p.dynUsable - busy, p.dynUsable, true
 }

@@ -33,6 +33,9 @@ type Subnet struct {
 	LeaseTime time.Duration
 	Dynamic   *Range // handed to unknown MACs (discovery); nil: unknown MACs are ignored
 	Reserved  []Range
+	// AllowedRelays, when not empty, are the only UDP senders whose
+	// relayed packets (giaddr in this subnet) are accepted.
+	AllowedRelays []netip.Addr
 }
 
 // Host is one interface of a known machine.
@@ -115,6 +118,9 @@ const (
 	EventDiscovered = "dhcp-discovered" // an unknown MAC was given a dynamic address
 	EventDeclined   = "dhcp-declined"   // the client said the address is in use
 	EventReleased   = "dhcp-released"
+	// Pool events carry no MAC: they are the rack's, about a subnet.
+	EventPoolLow       = "dhcp-pool-low"       // the dynamic range passed 90% used
+	EventPoolExhausted = "dhcp-pool-exhausted" // the dynamic range has no free address
 )
 
 // Event is one DHCP happening, for the boot timeline and discovery.

@@ -3,6 +3,7 @@ package dhcp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -106,6 +107,10 @@ func (s *Server) handle(ctx context.Context, req *dhcpv4.DHCPv4, in Arrival, k m
 		return nil, netip.AddrPort{}, resIgnored
 	}
 	t := txn{req: req, in: in, now: s.now(), cfg: s.cfg.Load(), raw: string(req.ClientHWAddr)}
+	if !s.macLimit.allow(t.raw, t.now) {
+		s.m.macLimited.Inc()
+		return nil, netip.AddrPort{}, resIgnored
+	}
 	if !s.route(&t) {
 		return nil, netip.AddrPort{}, resIgnored
 	}
@@ -146,13 +151,20 @@ func (s *Server) route(t *txn) bool {
 	in := &t.in
 	if gi := ipv4(t.req.GatewayIPAddr); gi.IsValid() {
 		if in.Proxy {
+			s.dropRelayed(t, relayToProxyPort, gi)
 			return false
 		}
 		sn := t.cfg.subnetOf(gi)
 		if sn == nil {
+			s.dropRelayed(t, relayUnknownGiaddr, gi)
 			return false
 		}
 		if sn.Mode == ModeManaged && !hasAddrIn(in.Addrs, sn.Prefix) {
+			s.dropRelayed(t, relayOtherLink, gi)
+			return false
+		}
+		if len(sn.AllowedRelays) > 0 && !slices.Contains(sn.AllowedRelays, in.Peer.Addr().Unmap()) {
+			s.dropRelayed(t, relayNotAllowed, gi)
 			return false
 		}
 		t.sn, t.relay = sn, gi
@@ -309,8 +321,8 @@ func (s *Server) noAddress(t *txn, c claim) {
 			"machine", c.machine, "ip", c.static.String(), "subnet", t.sn.Name)
 	case c.kind == claimAuto:
 		s.log.Warn("no address left to allocate for a machine", "mac", c.mac, "machine", c.machine, "subnet", t.sn.Name)
-	case t.sn.Dynamic != nil && s.debug:
-		s.log.Debug("dynamic range exhausted", "mac", c.mac, "subnet", t.sn.Name)
+	case t.sn.Dynamic != nil:
+		s.poolWatch.exhausted(t.sn.Name, t.now)
 	}
 }
 
@@ -329,7 +341,7 @@ func (s *Server) request(ctx context.Context, t *txn) (*dhcpv4.DHCPv4, netip.Add
 		if !want.IsValid() {
 			want = ci
 		}
-	case reqIP.IsValid() && !ci.IsValid(): // INIT-REBOOT
+	case reqIP.IsValid() && !ci.IsValid(): // INIT-REBOOT: only for a client we have a record of (acquire)
 		want = reqIP
 	default: // RENEWING (unicast) or REBINDING (broadcast)
 		want = ci

@@ -59,6 +59,10 @@ type Metrics struct {
 	saveTime  prometheus.Histogram
 	batchSize prometheus.Histogram
 	pools     poolCollector
+	// relayDropped counts relayed packets refused, by reason.
+	relayDropped *prometheus.CounterVec
+	// macLimited counts requests dropped by the per-MAC rate limit.
+	macLimited prometheus.Counter
 }
 
 // NewMetrics registers the DHCP metrics.
@@ -87,9 +91,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Leases per batched save.",
 			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200},
 		}),
+		relayDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_dhcp_relay_dropped_total",
+			Help: "Relayed requests dropped by reason (unknown_giaddr, giaddr_other_link, relay_not_allowed, relay_to_proxy_port).",
+		}, []string{"reason"}),
+		macLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_dhcp_rate_limited_total",
+			Help: "Requests dropped because their MAC sent more than its rate.",
+		}),
+	}
+	for _, r := range relayReasons {
+		m.relayDropped.WithLabelValues(r)
 	}
 	m.pools.leases = prometheus.NewDesc("kiln_dhcp_leases", "Active leases (reservations and unexpired dynamic leases) by subnet.", []string{"subnet"}, nil)
 	m.pools.free = prometheus.NewDesc("kiln_dhcp_pool_free", "Free addresses of the subnet's dynamic range.", []string{"subnet"}, nil)
+	m.pools.size = prometheus.NewDesc("kiln_dhcp_pool_size", "Usable addresses of the subnet's dynamic range (free plus used).", []string{"subnet"}, nil)
 	for k, rs := range sensible {
 		for _, r := range rs {
 			m.counters[k][r] = m.packets.WithLabelValues(kindNames[k], resultNames[r])
@@ -98,7 +114,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"ok", "error", "not_leader"} {
 		m.saves.WithLabelValues(r)
 	}
-	reg.MustRegister(m.packets, m.response, m.saves, m.saveTime, m.batchSize, &m.pools)
+	reg.MustRegister(m.packets, m.response, m.saves, m.saveTime, m.batchSize, &m.pools, m.relayDropped, m.macLimited)
 	return m
 }
 
@@ -125,20 +141,21 @@ func (m *Metrics) observeSave(d time.Duration, n int, err error) {
 
 // poolStat is one subnet's numbers at scrape time.
 type poolStat struct {
-	subnet       string
-	leases, free int
+	subnet             string
+	leases, free, size int
 }
 
 // poolCollector reports kiln_dhcp_leases and kiln_dhcp_pool_free from
 // the serving Server's pools, computed at scrape time.
 type poolCollector struct {
-	leases, free *prometheus.Desc
-	source       atomic.Pointer[func() []poolStat]
+	leases, free, size *prometheus.Desc
+	source             atomic.Pointer[func() []poolStat]
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.leases
 	ch <- c.free
+	ch <- c.size
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -149,5 +166,6 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range (*f)() {
 		ch <- prometheus.MustNewConstMetric(c.leases, prometheus.GaugeValue, float64(s.leases), s.subnet)
 		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(s.free), s.subnet)
+		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(s.size), s.subnet)
 	}
 }

@@ -34,6 +34,13 @@ type Options struct {
 	// DeclineHold is how long a DECLINEd address is not handed out.
 	// Default 10m.
 	DeclineHold time.Duration
+	// MACRate is how many requests a second one MAC may make, with bursts
+	// of MACBurst; more are dropped (and counted). Default 5/s, burst 20;
+	// negative: unlimited. At most MACLimiters MACs are tracked (default
+	// 65536), the least recently seen forgotten first.
+	MACRate     float64
+	MACBurst    int
+	MACLimiters int
 }
 
 func (o Options) withDefaults() Options {
@@ -51,6 +58,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DeclineHold <= 0 {
 		o.DeclineHold = 10 * time.Minute
+	}
+	if o.MACRate == 0 {
+		o.MACRate = 5
+	}
+	if o.MACBurst <= 0 {
+		o.MACBurst = 20
+	}
+	if o.MACLimiters <= 0 {
+		o.MACLimiters = 1 << 16
 	}
 	return o
 }
@@ -72,14 +88,17 @@ type Server struct {
 	clientPort uint16
 	now        func() time.Time
 
-	cfg      atomic.Pointer[config]
-	updateMu sync.Mutex
-	locals   map[ip4]bool  // this host's addresses (under updateMu)
-	updated  chan struct{} // Update wakes the interface refresh
-	poolsMu  sync.Mutex
-	pools    map[string]*pool
-	stopped  atomic.Bool // no longer the leader: answer nothing
-	running  atomic.Bool
+	cfg       atomic.Pointer[config]
+	updateMu  sync.Mutex
+	locals    map[ip4]bool  // this host's addresses (under updateMu)
+	updated   chan struct{} // Update wakes the interface refresh
+	poolsMu   sync.Mutex
+	pools     map[string]*pool
+	macLimit  *macLimiter
+	warned    warnLimiter // relay drop warnings
+	poolWatch *poolWatch
+	stopped   atomic.Bool // no longer the leader: answer nothing
+	running   atomic.Bool
 
 	// Transport.
 	lmu       sync.Mutex
@@ -124,6 +143,8 @@ func New(cfg Config, known []Lease, store LeaseStore, events EventSink, opts Opt
 		listeners:  map[string]*listener{},
 		sem:        make(chan struct{}, maxInFlight),
 		ready:      make(chan struct{}),
+		macLimit:   newMACLimiter(opts.MACRate, opts.MACBurst, opts.MACLimiters),
+		poolWatch:  &poolWatch{log: log, events: events, level: map[string]int{}},
 	}
 	if opts.Port == 67 {
 		s.clientPort = 68
@@ -232,8 +253,8 @@ func (s *Server) poolStats() []poolStat {
 	now := s.now()
 	var out []poolStat
 	for _, p := range s.allPools() {
-		if l, f, ok := p.stats(now); ok {
-			out = append(out, poolStat{subnet: p.name, leases: l, free: f})
+		if l, f, size, ok := p.stats(now); ok {
+			out = append(out, poolStat{subnet: p.name, leases: l, free: f, size: size})
 		}
 	}
 	slices.SortFunc(out, func(a, b poolStat) int { return cmp.Compare(a.subnet, b.subnet) })
@@ -289,6 +310,15 @@ func (s *Server) Run(ctx context.Context) error {
 			for _, p := range s.allPools() {
 				p.sweep(now)
 			}
+			s.checkPools()
 		}
+	}
+}
+
+// checkPools warns about dynamic ranges nearly or fully used.
+func (s *Server) checkPools() {
+	now := s.now()
+	for _, st := range s.poolStats() {
+		s.poolWatch.check(st.subnet, st.free, st.size, now)
 	}
 }

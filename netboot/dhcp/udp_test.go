@@ -60,9 +60,13 @@ func peerSocket(t *testing.T, addr string) *net.UDPConn {
 // exchange sends p to dst and reads one reply.
 func exchange(t *testing.T, c *net.UDPConn, p *dhcpv4.DHCPv4, dst string) *dhcpv4.DHCPv4 {
 	t.Helper()
-	if _, err := c.WriteToUDPAddrPort(p.ToBytes(), netip.MustParseAddrPort(dst)); err != nil {
-		t.Fatal(err)
-	}
+	send(t, c, p, dst)
+	return receive(t, c)
+}
+
+// receive reads one reply.
+func receive(t *testing.T, c *net.UDPConn) *dhcpv4.DHCPv4 {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 1500)
 	n, _, err := c.ReadFromUDPAddrPort(buf)
@@ -79,6 +83,7 @@ func exchange(t *testing.T, c *net.UDPConn, p *dhcpv4.DHCPv4, dst string) *dhcpv
 type running struct {
 	s      *Server
 	store  *memStore
+	events *recorder
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
 	done   chan error
@@ -87,12 +92,13 @@ type running struct {
 func runServer(t *testing.T, cfg Config, opts Options, store *memStore) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, nil, store, &recorder{}, opts, NewMetrics(reg), nil)
+	events := &recorder{}
+	s, err := New(cfg, nil, store, events, opts, NewMetrics(reg), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{s: s, store: store, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	r := &running{s: s, store: store, events: events, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()
 	select {
 	case <-s.ready:
