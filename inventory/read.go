@@ -229,3 +229,52 @@ func (s *Store) MachineStatuses(ctx context.Context) (map[string]MachineStatus, 
 	})
 	return out, err
 }
+
+// maxPageBytes bounds what one read of GetKeys brings back, roughly:
+// a batch that came back larger halves the next one.
+const maxPageBytes = 4 << 20
+
+// GetKeys reads the named keys at revision rev (0: now), a batch of keys
+// per transaction, and calls fn for each that exists. Unlike a prefix
+// range it never reads a key it was not asked for, so keys others wrote
+// under the same prefix (a flood of discovered machines' reports) cost
+// nothing; and a batch whose values came back larger than maxPageBytes
+// makes the next batches smaller. It returns the revision read.
+func (s *Store) GetKeys(ctx context.Context, keys []string, rev int64, fn func(key string, value []byte, modRev int64) error) (int64, error) {
+	batch := 64
+	for len(keys) > 0 {
+		n := min(batch, len(keys))
+		ops := make([]clientv3.Op, n)
+		for i, k := range keys[:n] {
+			ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("read %d keys from %s: %w", n, keys[0], err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		size := 0
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().GetKvs() {
+				size += len(kv.Value)
+				if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
+					return rev, err
+				}
+			}
+		}
+		if size > maxPageBytes && batch > 1 {
+			batch /= 2
+		}
+		keys = keys[n:]
+	}
+	if rev == 0 {
+		resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		rev = resp.Header.Revision
+	}
+	return rev, nil
+}

@@ -1,7 +1,9 @@
 package inventory
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -180,4 +182,23 @@ type ImageStatus struct {
 	// of an Image's earlier files is not taken for its current ones.
 	SHA256s   []string  `json:"sha256s,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// UpdateReport changes the report at reports/<rack>/<machine> for the
+// boot of task taskID: a stored report of another task is dropped first,
+// so one boot's facts and result never pass for another's.
+func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, fn func(*MachineReport)) error {
+	key := s.Keys().Report(rack, machine)
+	err := UpdateJSON(ctx, s, key, func(rep *MachineReport) error {
+		if rep.TaskID != taskID {
+			*rep = MachineReport{TaskID: taskID}
+		}
+		fn(rep)
+		rep.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("report of %s: %w", machine, err)
+	}
+	return nil
 }

@@ -16,16 +16,11 @@ import (
 // another task starts a fresh record, so facts and results of an earlier
 // boot never pass for this one's.
 func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
-	key := b.a.store.Keys().Report(b.a.cfg.Rack, machine)
 	// TODO(integrate): lease — a "discovered-…" machine's report is to be
 	// written with the lease of b.DiscoveredLease(ctx, mac), so that it
 	// expires with the discovered record; written without one here.
 	now := time.Now().UTC()
-	err := inventory.UpdateJSON(ctx, b.a.store, key, func(rep *inventory.MachineReport) error {
-		if rep.TaskID != r.TaskID {
-			*rep = inventory.MachineReport{}
-		}
-		rep.TaskID = r.TaskID
+	err := b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, func(rep *inventory.MachineReport) {
 		if r.BootID != "" {
 			rep.BootID = r.BootID
 		}
@@ -40,8 +35,6 @@ func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) 
 			rep.OSReport = &inventory.OSReport{Hostname: r.OS.Hostname, FQDN: r.OS.FQDN, InstanceID: r.OS.InstanceID,
 				BootID: r.OS.BootID, Address: r.OS.Address, At: now}
 		}
-		rep.UpdatedAt = now
-		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store report of %s: %w", machine, err)
