@@ -67,7 +67,7 @@ func TestReportOfAnotherRackIsIgnored(t *testing.T) {
 	// The region handles later writes in order: once it reacts to the
 	// right rack's report it has long seen r2's.
 	postResult(t, e, "r1", st.BootTaskID+"-probe")
-	got := e.waitStatus("m", time.Minute, "the probe", func(st inventory.MachineStatus) bool { return st.IgnoredReport != "" })
+	got := e.waitStatus("m", time.Minute, "the probe", func(st inventory.MachineStatus) bool { return st.IgnoredReport != "" || st.Phase != "commissioning" })
 	if got.Phase != "commissioning" {
 		t.Fatalf("a report under rack r2's prefix moved r1's machine: %+v", got)
 	}
