@@ -278,3 +278,39 @@ func (s *Store) GetKeys(ctx context.Context, keys []string, rev int64, fn func(k
 	}
 	return rev, nil
 }
+
+// MachineStatusesOf reads the statuses of the named machines, by key:
+// never the whole of status/, which machines off the inventory may have
+// made too large for one response.
+func (s *Store) MachineStatusesOf(ctx context.Context, names []string) (map[string]MachineStatus, error) {
+	ks := make([]string, len(names))
+	for i, n := range names {
+		ks[i] = s.MachineStatusKey(n)
+	}
+	out := map[string]MachineStatus{}
+	_, err := s.GetKeys(ctx, ks, 0, func(k string, v []byte, _ int64) error {
+		var st MachineStatus
+		if err := json.Unmarshal(v, &st); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(k, s.MachineStatusKey(""))] = st
+		return nil
+	})
+	return out, err
+}
+
+// MachineReportOf reads a machine's report from its rack; nil when there
+// is none.
+func (s *Store) MachineReportOf(ctx context.Context, rack, machine string) (*MachineReport, error) {
+	if rack == "" {
+		return nil, nil
+	}
+	r, err := GetJSON[MachineReport](ctx, s, s.Keys().Report(rack, machine))
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
