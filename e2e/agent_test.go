@@ -156,15 +156,12 @@ spec:
 	uuid := randomUUID()
 
 	// boot powers the VM on with the purpose set, waits for it to power
-	// itself off, and returns its console and the machine's status.
-	boot := func(t *testing.T, purpose string) (string, inventory.MachineStatus) {
+	// itself off, and returns its console and what the rack stored of
+	// the agent's reports (reports/<rack>/<machine>).
+	boot := func(t *testing.T, purpose string) (string, inventory.MachineReport) {
 		t.Helper()
-		st.update(t, func(s *inventory.MachineStatus) {
-			s.BootPurpose, s.Result, s.Progress = purpose, nil, nil
-			if purpose == "commission" {
-				s.Facts = nil
-			}
-		})
+		st.clearReport(t)
+		st.update(t, func(s *inventory.MachineStatus) { s.BootPurpose = purpose })
 		start := time.Now()
 		vm := netlab.QEMU(r.Switch, netlab.QEMUOpts{Tap: tap, MAC: agentMAC, Memory: 1024, Args: []string{
 			"-smp", "2",
@@ -183,9 +180,9 @@ spec:
 			t.Fatalf("%s: the VM did not power off: %v\nconsole:\n%s", purpose, err, agentLines(vm.Log()))
 		}
 		t.Logf("%s: power-on to power-off in %s; the agent said:\n%s", purpose, time.Since(start).Round(time.Second), agentLines(vm.Log()))
-		s := st.get(t)
+		s := st.report(t)
 		if s.Result == nil {
-			t.Fatalf("%s: the VM powered off without a result in the machine's status\nconsole:\n%s", purpose, tailString(vm.Log(), 6000))
+			t.Fatalf("%s: the VM powered off without a result in the rack's report\nconsole:\n%s", purpose, tailString(vm.Log(), 6000))
 		}
 		return vm.Log(), s
 	}
@@ -521,8 +518,9 @@ func nonZero(b []byte) int {
 // that kiln server runs on srv's loopback: the connections are opened
 // inside srv.
 type statusClient struct {
-	store *inventory.Store
-	key   string
+	store     *inventory.Store
+	key       string
+	reportKey string // the agent's reports, under rack r1's prefix
 }
 
 func newStatusClient(t *testing.T, srv *netlab.NS) *statusClient {
@@ -542,7 +540,29 @@ func newStatusClient(t *testing.T, srv *netlab.NS) *statusClient {
 	}
 	t.Cleanup(func() { cli.Close() })
 	s := inventory.NewStore(cli, "", slog.New(slog.DiscardHandler))
-	return &statusClient{store: s, key: s.MachineStatusKey(agentMachine)}
+	return &statusClient{store: s, key: s.MachineStatusKey(agentMachine), reportKey: s.Keys().Report("r1", agentMachine)}
+}
+
+// report reads the rack's report of the machine's boot.
+func (c *statusClient) report(t *testing.T) inventory.MachineReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := inventory.GetJSON[inventory.MachineReport](ctx, c.store, c.reportKey)
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("read %s: %v", c.reportKey, err)
+	}
+	return r
+}
+
+// clearReport deletes the rack's report before the next boot.
+func (c *statusClient) clearReport(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.store.Client().Delete(ctx, c.reportKey); err != nil {
+		t.Fatalf("delete %s: %v", c.reportKey, err)
+	}
 }
 
 func (c *statusClient) get(t *testing.T) inventory.MachineStatus {

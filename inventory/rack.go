@@ -169,22 +169,19 @@ func (s *Store) RangeAt(ctx context.Context, prefix string, rev int64, fn func(k
 	return s.RangeRevs(ctx, prefix, rev, func(k string, v []byte, _ int64) error { return fn(k, v) })
 }
 
-// ImageStatusKey is where a rack records an Image's state in its cache.
+// ImageStatusKey is where a rack records an Image's state in its cache:
+// imagestatus/<rack>/<image>, under the rack's own prefix.
 func (s *Store) ImageStatusKey(image, rack string) string {
-	return s.prefix + "status/images/" + image + "/" + rack
+	return s.Keys().ImageStatus(rack, image)
 }
 
 // ImageStatusPrefix is the prefix of every rack's image records.
-func (s *Store) ImageStatusPrefix() string { return s.prefix + "status/images/" }
+func (s *Store) ImageStatusPrefix() string { return s.Keys().ImageStatus("", "") }
 
 // ImageStatusOf splits an image record's key into image and rack.
 func (s *Store) ImageStatusOf(key string) (image, rack string, ok bool) {
-	rest, ok := strings.CutPrefix(key, s.ImageStatusPrefix())
-	if !ok {
-		return "", "", false
-	}
-	image, rack, ok = strings.Cut(rest, "/")
-	return image, rack, ok && image != "" && rack != "" && !strings.Contains(rack, "/")
+	rack, image, ok = s.Keys().Split("imagestatus", key)
+	return image, rack, ok && !strings.Contains(image, "/")
 }
 
 // PutImageStatus records an Image's state on one rack.
@@ -192,6 +189,9 @@ func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
+	}
+	if st.Rack == "" {
+		return fmt.Errorf("image status of %s: no rack", image)
 	}
 	_, err = s.cli.Put(ctx, s.ImageStatusKey(image, st.Rack), string(b))
 	return err
@@ -202,7 +202,10 @@ func (s *Store) ImageStatuses(ctx context.Context) (map[string][]ImageStatus, er
 	out := map[string][]ImageStatus{}
 	prefix := s.ImageStatusPrefix()
 	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
-		image, _, _ := strings.Cut(strings.TrimPrefix(string(k), prefix), "/")
+		image, _, ok := s.ImageStatusOf(string(k))
+		if !ok {
+			return nil
+		}
 		var st ImageStatus
 		if err := json.Unmarshal(v, &st); err != nil {
 			return fmt.Errorf("decode %s: %w", k, err)

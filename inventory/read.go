@@ -229,3 +229,88 @@ func (s *Store) MachineStatuses(ctx context.Context) (map[string]MachineStatus, 
 	})
 	return out, err
 }
+
+// maxPageBytes bounds what one read of GetKeys brings back, roughly:
+// a batch that came back larger halves the next one.
+const maxPageBytes = 4 << 20
+
+// GetKeys reads the named keys at revision rev (0: now), a batch of keys
+// per transaction, and calls fn for each that exists. Unlike a prefix
+// range it never reads a key it was not asked for, so keys others wrote
+// under the same prefix (a flood of discovered machines' reports) cost
+// nothing; and a batch whose values came back larger than maxPageBytes
+// makes the next batches smaller. It returns the revision read.
+func (s *Store) GetKeys(ctx context.Context, keys []string, rev int64, fn func(key string, value []byte, modRev int64) error) (int64, error) {
+	batch := 64
+	for len(keys) > 0 {
+		n := min(batch, len(keys))
+		ops := make([]clientv3.Op, n)
+		for i, k := range keys[:n] {
+			ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("read %d keys from %s: %w", n, keys[0], err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		size := 0
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().GetKvs() {
+				size += len(kv.Value)
+				if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
+					return rev, err
+				}
+			}
+		}
+		if size > maxPageBytes && batch > 1 {
+			batch /= 2
+		}
+		keys = keys[n:]
+	}
+	if rev == 0 {
+		resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		rev = resp.Header.Revision
+	}
+	return rev, nil
+}
+
+// MachineStatusesOf reads the statuses of the named machines, by key:
+// never the whole of status/, which machines off the inventory may have
+// made too large for one response.
+func (s *Store) MachineStatusesOf(ctx context.Context, names []string) (map[string]MachineStatus, error) {
+	ks := make([]string, len(names))
+	for i, n := range names {
+		ks[i] = s.MachineStatusKey(n)
+	}
+	out := map[string]MachineStatus{}
+	_, err := s.GetKeys(ctx, ks, 0, func(k string, v []byte, _ int64) error {
+		var st MachineStatus
+		if err := json.Unmarshal(v, &st); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(k, s.MachineStatusKey(""))] = st
+		return nil
+	})
+	return out, err
+}
+
+// MachineReportOf reads a machine's report from its rack; nil when there
+// is none.
+func (s *Store) MachineReportOf(ctx context.Context, rack, machine string) (*MachineReport, error) {
+	if rack == "" {
+		return nil, nil
+	}
+	r, err := GetJSON[MachineReport](ctx, s, s.Keys().Report(rack, machine))
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

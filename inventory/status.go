@@ -1,7 +1,9 @@
 package inventory
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -52,19 +54,25 @@ type MachineStatus struct {
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	UpdatedAt          time.Time   `json:"updatedAt,omitzero"`
-	// What the machine agent last reported.
+	// Facts are the hardware facts of the last successful commissioning,
+	// and OSReport the deployed OS's report-in of the last deployment:
+	// the region copies them from the rack's MachineReport of the boot
+	// it waited for. Agents never write a status.
 	Facts    json.RawMessage `json:"facts,omitempty"`
-	Progress *AgentProgress  `json:"progress,omitempty"`
-	Result   *AgentResult    `json:"result,omitempty"`
-	// OSReport is the deployed OS's word that it booted and ran
-	// cloud-init (phone_home); a deploy waits for it.
-	OSReport *OSReport `json:"osReport,omitempty"`
+	OSReport *OSReport       `json:"osReport,omitempty"`
 
 	// The region reconciler's bookkeeping: where in its phase the machine
 	// is, so that a new leader resumes there.
-	Rack           string    `json:"rack,omitempty"`
-	Step           string    `json:"step,omitempty"`
-	TaskID         string    `json:"taskID,omitempty"` // the power task the step waits for
+	Rack   string `json:"rack,omitempty"`
+	Step   string `json:"step,omitempty"`
+	TaskID string `json:"taskID,omitempty"` // the power task the step waits for
+	// BootTaskID is the network-boot task of the current phase: the only
+	// boot whose MachineReport the region acts on (reports carry the
+	// task of the token they came with).
+	BootTaskID string `json:"bootTaskID,omitempty"`
+	// IgnoredReport is the task of the last report of another boot the
+	// region ignored (so that it says so once).
+	IgnoredReport  string    `json:"ignoredReport,omitempty"`
 	PhaseStartedAt time.Time `json:"phaseStartedAt,omitzero"`
 	StepStartedAt  time.Time `json:"stepStartedAt,omitzero"`
 	// Attempts counts failed attempts of the current (or failed) phase.
@@ -115,6 +123,20 @@ func (s *MachineStatus) SetCondition(typ, status, reason, message string, now ti
 	s.Conditions = append(s.Conditions, Condition{Type: typ, Status: status, Reason: reason, Message: message, Since: now})
 }
 
+// MachineReport is what a machine's agents and deployed OS reported
+// during one network boot, stored by the machine's rack at
+// reports/<rack>/<machine>. The region reads it only for the boot it
+// waits for (TaskID); a report of a new TaskID starts a fresh record.
+type MachineReport struct {
+	TaskID    string          `json:"taskID,omitempty"`
+	BootID    string          `json:"bootID,omitempty"`
+	Facts     json.RawMessage `json:"facts,omitempty"`
+	Progress  *AgentProgress  `json:"progress,omitempty"`
+	Result    *AgentResult    `json:"result,omitempty"`
+	OSReport  *OSReport       `json:"osReport,omitempty"`
+	UpdatedAt time.Time       `json:"updatedAt,omitzero"`
+}
+
 // AgentProgress is the machine agent's last progress report.
 type AgentProgress struct {
 	Phase        string    `json:"phase"`
@@ -160,4 +182,23 @@ type ImageStatus struct {
 	// of an Image's earlier files is not taken for its current ones.
 	SHA256s   []string  `json:"sha256s,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// UpdateReport changes the report at reports/<rack>/<machine> for the
+// boot of task taskID: a stored report of another task is dropped first,
+// so one boot's facts and result never pass for another's.
+func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, fn func(*MachineReport)) error {
+	key := s.Keys().Report(rack, machine)
+	err := UpdateJSON(ctx, s, key, func(rep *MachineReport) error {
+		if rep.TaskID != taskID {
+			*rep = MachineReport{TaskID: taskID}
+		}
+		fn(rep)
+		rep.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("report of %s: %w", machine, err)
+	}
+	return nil
 }

@@ -28,6 +28,13 @@ type statusEntry struct {
 	bad error
 }
 
+// reportEntry is a machine's rack's report (reports/<rack>/<machine>).
+type reportEntry struct {
+	rep    inventory.MachineReport
+	rack   string // the rack whose key it came from
+	modRev int64
+}
+
 type taskEntry struct {
 	task   inventory.PowerTask
 	key    string
@@ -49,7 +56,8 @@ type controller struct {
 	revision string // source revision of the desired state
 	observed int64  // etcd revision it was read at
 	status   map[string]statusEntry
-	tasks    map[string]taskEntry // by machine
+	reports  map[string]reportEntry // by machine; only machines in the inventory
+	tasks    map[string]taskEntry   // by machine
 	images   map[string]*spec.Image
 	// imageOnRack is each rack's report of each image: image → rack → status.
 	imageOnRack map[string]map[string]inventory.ImageStatus
@@ -60,24 +68,22 @@ type controller struct {
 
 func newController(r *Region, f inventory.Fence) *controller {
 	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
-		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{},
+		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{}, reports: map[string]reportEntry{},
 		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write),
 		images: map[string]*spec.Image{}, imageOnRack: map[string]map[string]inventory.ImageStatus{}}
 }
 
 func (c *controller) run(ctx context.Context) error {
 	defer c.q.Close()
+	// loadDesired reads the statuses and reports of the machines in the
+	// inventory, and only those, at the desired state's revision: never
+	// all of status/ or reports/, which machines off the inventory (a
+	// flood of discovered ones) could make too large to read.
 	desiredRev, err := c.loadDesired(ctx)
 	if err != nil {
 		return err
 	}
-	statusRev, err := c.store.RangeRevs(ctx, c.store.MachineStatusKey(""), 0, func(k string, v []byte, mod int64) error {
-		c.putStatus(strings.TrimPrefix(k, c.store.MachineStatusKey("")), v, mod)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read machine statuses: %w", err)
-	}
+	statusRev := desiredRev
 	taskRev, err := c.store.RangeRevs(ctx, c.store.TaskPrefix(""), 0, func(k string, v []byte, mod int64) error {
 		c.putTask(k, v, mod)
 		return nil
@@ -101,6 +107,7 @@ func (c *controller) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.watchDesired(ctx, desiredRev) })
 	g.Go(func() error { return c.watchStatus(ctx, statusRev) })
+	g.Go(func() error { return c.watchReports(ctx, statusRev) })
 	g.Go(func() error { return c.watchTasks(ctx, taskRev) })
 	g.Go(func() error { return c.watchImages(ctx, imageRev) })
 	g.Go(func() error { return c.housekeeping(ctx) })
@@ -111,6 +118,31 @@ func (c *controller) run(ctx context.Context) error {
 		g.Go(func() error { return c.committer(ctx) })
 	}
 	return g.Wait()
+}
+
+// loadMachines reads the statuses and reports of machines at revision
+// rev (0: now), by key.
+func (c *controller) loadMachines(ctx context.Context, ms []*spec.Machine, rev int64) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	ks := make([]string, 0, 2*len(ms))
+	for _, m := range ms {
+		ks = append(ks, c.store.MachineStatusKey(m.Metadata.Name), c.store.Keys().Report(m.Spec.Rack, m.Metadata.Name))
+	}
+	statusPrefix := c.store.MachineStatusKey("")
+	_, err := c.store.GetKeys(ctx, ks, rev, func(k string, v []byte, mod int64) error {
+		if name, ok := strings.CutPrefix(k, statusPrefix); ok {
+			c.putStatus(name, v, mod)
+		} else {
+			c.putReport(k, v, mod)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read machine statuses and reports: %w", err)
+	}
+	return nil
 }
 
 // loadDesired reads the applied desired state's machines and queues the
@@ -162,9 +194,32 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 			}
 		}
 	}
+	first := c.revision == "" && c.observed == 0
+	var added []*spec.Machine
+	for name, m := range snap.Inventory.Machines {
+		if old := c.desired[name]; old == nil || old.Spec.Rack != m.Spec.Rack {
+			added = append(added, m)
+		}
+	}
+	for name := range c.desired {
+		if snap.Inventory.Machines[name] == nil { // gone: forget what we held
+			delete(c.status, name)
+			delete(c.reports, name)
+		}
+	}
 	c.desired, c.specJSON, c.images = snap.Inventory.Machines, next, snap.Inventory.Images
 	c.revision, c.observed = snap.Pointer.Revision, snap.Revision
 	c.mu.Unlock()
+	// The watches drop keys of machines not in the inventory: read those
+	// of the machines that just came in (all of them at the start of the
+	// term, at the revision the watches start from).
+	rev := int64(0)
+	if first {
+		rev = snap.Revision
+	}
+	if err := c.loadMachines(ctx, added, rev); err != nil {
+		return 0, err
+	}
 	for _, n := range changed {
 		c.q.Add(n)
 	}
@@ -224,6 +279,9 @@ func (c *controller) watchStatus(ctx context.Context, rev int64) error {
 	prefix := c.store.MachineStatusKey("")
 	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, prefix, rev), "machine statuses", func(ev *clientv3.Event) {
 		name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+		if !c.inInventory(name) {
+			return // never decoded nor cached
+		}
 		if ev.Type == clientv3.EventTypeDelete {
 			c.mu.Lock()
 			delete(c.status, name)
@@ -233,6 +291,70 @@ func (c *controller) watchStatus(ctx context.Context, rev int64) error {
 		}
 		c.q.Add(name)
 	})
+}
+
+// inInventory reports whether a machine is in the desired state.
+func (c *controller) inInventory(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.desired[name] != nil
+}
+
+// watchReports follows the racks' reports of their machines' boots. A
+// report is kept only when it is of a machine in the inventory, under
+// that machine's rack's prefix; every other key (another rack writing
+// about a machine not its own, discovered machines) is dropped without
+// being decoded.
+func (c *controller) watchReports(ctx context.Context, rev int64) error {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().Report("", ""), rev), "machine reports", func(ev *clientv3.Event) {
+		rack, name, ok := c.store.Keys().Split("reports", string(ev.Kv.Key))
+		if !ok || !c.reportWanted(rack, name) {
+			return
+		}
+		if ev.Type == clientv3.EventTypeDelete {
+			c.mu.Lock()
+			if cur, ok := c.reports[name]; ok && cur.rack == rack && cur.modRev < ev.Kv.ModRevision {
+				delete(c.reports, name)
+			}
+			c.mu.Unlock()
+		} else if !c.putReport(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) {
+			return
+		}
+		c.q.Add(name)
+	})
+}
+
+// reportWanted: the key names a machine in the inventory, under its own
+// rack's prefix.
+func (c *controller) reportWanted(rack, name string) bool {
+	if strings.HasPrefix(name, "discovered-") {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.desired[name]
+	return m != nil && m.Spec.Rack == rack
+}
+
+// putReport caches a report newer than the cached one, if wanted; it
+// reports whether it did.
+func (c *controller) putReport(key string, v []byte, mod int64) bool {
+	rack, name, ok := c.store.Keys().Split("reports", key)
+	if !ok || !c.reportWanted(rack, name) {
+		return false
+	}
+	var rep inventory.MachineReport
+	if err := json.Unmarshal(v, &rep); err != nil {
+		c.r.log.Warn("ignoring an undecodable machine report", "key", key, "err", err)
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.reports[name]; ok && old.rack == rack && old.modRev >= mod {
+		return false
+	}
+	c.reports[name] = reportEntry{rep: rep, rack: rack, modRev: mod}
+	return true
 }
 
 // putStatus caches a status newer than the cached one; it reports
@@ -440,6 +562,10 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {
 			in.ImageOnRack = &st
 		}
+	}
+	if re, ok := c.reports[name]; ok && machine != nil && re.rack == machine.Spec.Rack {
+		r := re.rep
+		in.Report = &r
 	}
 	lease := c.lease
 	c.mu.Unlock()

@@ -138,6 +138,10 @@ type Input struct {
 	// ImageOnRack the machine's rack's report of it (nil: none yet).
 	Image       *spec.Image
 	ImageOnRack *inventory.ImageStatus
+	// Report is what the machine's rack last stored from its agents and
+	// deployed OS (nil: nothing). Only a report of the phase's network
+	// boot (Status.BootTaskID) is acted on.
+	Report *inventory.MachineReport
 }
 
 // Decision is what the state machine wants written, all at once.
@@ -364,14 +368,10 @@ func (d *decider) working() bool {
 		d.newTask(inventory.TaskNetboot, StepAgent)
 		return true
 	case StepAgent:
-		if st.Result != nil && d.staleResult() {
-			d.event("Warning", "StaleReport", "ignored an agent result from before this boot ("+st.Result.At.UTC().Format(time.RFC3339Nano)+")")
-			st.Result = nil
-			return true
-		}
-		if st.Result != nil && d.resultReady() {
-			if !st.Result.Success {
-				d.fail("the machine agent reported: " + st.Result.Reason)
+		d.ignoreOtherBoot()
+		if r := d.report(); r != nil && r.Result != nil && d.resultReady() {
+			if !r.Result.Success {
+				d.fail("the machine agent reported: " + r.Result.Reason)
 				return true
 			}
 			return d.agentSucceeded()
@@ -440,12 +440,10 @@ func (d *decider) confirmsByOS() bool {
 // report from before that boot is not this deployment's.
 func (d *decider) waitOS() bool {
 	st, now := d.st(), d.in.Now
-	if r := st.OSReport; r != nil {
-		if t := d.task; t != nil && t.ID == st.TaskID && r.At.Before(t.DoneAt) {
-			d.event("Warning", "StaleReport", "ignored an OS report from before this deployment's disk boot")
-			st.OSReport = nil
-			return true
-		}
+	d.ignoreOtherBoot()
+	if rep := d.report(); rep != nil && rep.OSReport != nil {
+		r := rep.OSReport
+		st.OSReport = r
 		who := r.Hostname
 		if who == "" {
 			who = r.InstanceID
@@ -478,15 +476,33 @@ func (d *decider) deployed(reason, how string) {
 	d.finish(PhaseDeployed, "Deployed", "image "+sp.Image+" deployed: "+how)
 }
 
-// staleResult reports whether the agent result in the status is older
-// than the network boot this step started (an agent of an earlier boot
-// that reported late): the task is done, and after the result. A result
-// seen before the task's outcome is not judged yet (the two arrive on
-// different watches): the step waits for the task. A boot a person powers
-// (manual) is taken as it comes.
-func (d *decider) staleResult() bool {
-	t, r := d.task, d.st().Result
-	return t != nil && t.ID == d.st().TaskID && t.State == inventory.TaskDone && r.At.Before(t.DoneAt)
+// report is the rack's report of the phase's network boot, or nil: a
+// report of any other boot (an earlier one, a replayed token) is not
+// this phase's and is never acted on.
+func (d *decider) report() *inventory.MachineReport {
+	r, st := d.in.Report, d.st()
+	if r == nil || r.TaskID == "" || r.TaskID != st.BootTaskID {
+		return nil
+	}
+	return r
+}
+
+// ignoreOtherBoot says once (an event) that a report of another boot
+// than the one waited for was ignored.
+func (d *decider) ignoreOtherBoot() {
+	r, st := d.in.Report, d.st()
+	if r == nil || (r.Result == nil && r.OSReport == nil) || (r.TaskID != "" && r.TaskID == st.BootTaskID) {
+		return
+	}
+	task := r.TaskID
+	if task == "" {
+		task = "none" // a report without a boot: never this phase's
+	}
+	if task == st.IgnoredReport {
+		return
+	}
+	st.IgnoredReport = task
+	d.event("Warning", "StaleReport", "ignored a report of another boot (task "+task+"), not of "+st.BootTaskID)
 }
 
 // resultReady reports whether the result can be acted on: the step's
@@ -501,10 +517,12 @@ func (d *decider) agentSucceeded() bool {
 	st, sp, now := d.st(), d.spec(), d.in.Now
 	switch st.Phase {
 	case PhaseCommissioning:
-		if len(st.Facts) == 0 {
+		r := d.report()
+		if r == nil || len(r.Facts) == 0 {
 			d.fail("the machine agent reported success but no hardware facts")
 			return true
 		}
+		st.Facts = r.Facts // the region's copy: profiles and the CLI read it
 		st.CommissionedGeneration, st.CommissionedAt = sp.CommissionGeneration, now
 		st.SetCondition(CondCommissioned, "True", "AgentReported", "hardware facts reported", now)
 		d.finish(PhaseReady, "Commissioned", "hardware commissioned")
@@ -649,7 +667,8 @@ func (d *decider) timedOut() bool {
 		return false
 	}
 	msg := fmt.Sprintf("%s timed out after %s in step %s", st.Phase, limit, st.Step)
-	if pr := st.Progress; pr != nil {
+	if r := d.report(); r != nil && r.Progress != nil {
+		pr := r.Progress
 		msg += fmt.Sprintf("; the agent last reported %s", pr.Phase)
 		if pr.TotalBytes > 0 {
 			msg += fmt.Sprintf(" (%d of %d bytes)", pr.BytesWritten, pr.TotalBytes)
@@ -666,13 +685,9 @@ func (d *decider) timedOut() bool {
 func (d *decider) enter(phase, reason, msg string) {
 	st := d.st()
 	d.transition(phase, reason, msg)
-	st.Result, st.Progress = nil, nil
-	if phase == PhaseDeploying {
-		st.OSReport = nil // this deployment's report, not an older one
-	}
-	if phase == PhaseCommissioning {
-		st.Facts = nil // this commissioning's facts, not older ones
-	}
+	// Reports of earlier boots are ignored from here: only the phase's
+	// own network boot (newTask sets BootTaskID) counts.
+	st.BootTaskID, st.IgnoredReport = "", ""
 	switch phase {
 	case PhaseCommissioning, PhaseDeploying, PhaseErasing:
 		st.Step = StepPower
@@ -737,6 +752,9 @@ func (d *decider) newTask(action, next string) {
 	}
 	d.out.Task, d.out.DeleteTask, d.task = t, false, t
 	st.TaskID = t.ID
+	if action == inventory.TaskNetboot {
+		st.BootTaskID = t.ID
+	}
 	if next != "" {
 		d.setStep(next)
 	}

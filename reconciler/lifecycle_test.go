@@ -27,6 +27,7 @@ func at(phase, step string) inventory.MachineStatus {
 	st := inventory.MachineStatus{Phase: phase, Step: step, Rack: "r1", PhaseStartedAt: t0, StepStartedAt: t0}
 	if step != "" && step != StepPower {
 		st.TaskID = "T"
+		st.BootTaskID = "T" // the phase's network boot (a deploy's later steps keep it)
 	}
 	switch phase {
 	case PhaseDeployed:
@@ -39,10 +40,16 @@ func task(action, state string) *inventory.PowerTask {
 	return &inventory.PowerTask{ID: "T", Machine: "m1", Action: action, State: state, CreatedAt: t0}
 }
 
-func withResult(st inventory.MachineStatus, ok bool, reason string) inventory.MachineStatus {
-	st.Result = &inventory.AgentResult{Success: ok, Reason: reason, At: t0.Add(time.Minute)}
-	st.Facts = json.RawMessage(`{"cpus":2}`)
-	return st
+// result is the rack's report of boot task "T": facts and a result.
+func result(ok bool, reason string) *inventory.MachineReport {
+	return &inventory.MachineReport{TaskID: "T", Facts: json.RawMessage(`{"cpus":2}`),
+		Result: &inventory.AgentResult{Success: ok, Reason: reason, At: t0.Add(time.Minute)}}
+}
+
+// ofTask is a report moved to another boot's task.
+func ofTask(r *inventory.MachineReport, id string) *inventory.MachineReport {
+	r.TaskID = id
+	return r
 }
 
 const debianSHA = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"
@@ -63,9 +70,8 @@ func onRack(state, msg string, shas ...string) *inventory.ImageStatus {
 	return &inventory.ImageStatus{Rack: "r1", State: state, Message: msg, SHA256s: shas}
 }
 
-func withOS(st inventory.MachineStatus, at time.Time) inventory.MachineStatus {
-	st.OSReport = &inventory.OSReport{Hostname: "m1", BootID: "0123abcd", Address: "192.0.2.10", At: at}
-	return st
+func osReport(at time.Time) *inventory.MachineReport {
+	return &inventory.MachineReport{TaskID: "T", OSReport: &inventory.OSReport{Hostname: "m1", BootID: "0123abcd", Address: "192.0.2.10", At: at}}
 }
 
 func doneAt(t *inventory.PowerTask, at time.Time) *inventory.PowerTask {
@@ -100,6 +106,7 @@ func TestDecideTable(t *testing.T) {
 		image   *spec.Image            // nil: osImage("")
 		onRack  *inventory.ImageStatus // nil: ready, unless noRack
 		noRack  bool                   // the rack has not reported the image
+		report  *inventory.MachineReport
 	}{
 		// New machines.
 		{name: "new/commissions", m: testMachine("ready"), st: inventory.MachineStatus{}, phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission", event: "Commissioning", requeue: true},
@@ -110,14 +117,11 @@ func TestDecideTable(t *testing.T) {
 		{name: "commissioning/power-step", m: testMachine("ready"), st: at(PhaseCommissioning, StepPower), phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission"},
 		{name: "commissioning/task-pending-waits", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "pending"), after: time.Minute, phase: PhaseCommissioning, step: StepAgent, requeue: true},
 		{name: "commissioning/task-done-waits-agent", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "done"), after: time.Minute, phase: PhaseCommissioning, step: StepAgent, requeue: true},
-		{name: "commissioning/agent-success", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: task("netboot", "done"), phase: PhaseReady, action: "off", purpose: "off", event: "Commissioned"},
-		{name: "commissioning/result-before-the-boot-ignored", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: func() *inventory.PowerTask {
-			t := task("netboot", "done")
-			t.DoneAt = t0.Add(2 * time.Minute)
-			return t
-		}(), phase: PhaseCommissioning, step: StepAgent, event: "StaleReport"},
-		{name: "commissioning/result-before-task-outcome-waits", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), true, ""), task: task("netboot", "pending"), phase: PhaseCommissioning, step: StepAgent, requeue: true},
-		{name: "commissioning/agent-failure", m: testMachine("ready"), st: withResult(at(PhaseCommissioning, StepAgent), false, "no disks"), task: task("netboot", "done"), phase: "failed-commissioning", action: "off", purpose: "off", event: "Failed", requeue: true},
+		{name: "commissioning/agent-success", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: result(true, ""), task: task("netboot", "done"), phase: PhaseReady, action: "off", purpose: "off", event: "Commissioned"},
+		{name: "commissioning/result-before-the-boot-ignored", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: ofTask(result(true, ""), "OLD"), task: task("netboot", "done"), phase: PhaseCommissioning, step: StepAgent, event: "StaleReport"},
+		{name: "commissioning/result-without-task-ignored", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: ofTask(result(true, ""), ""), task: task("netboot", "done"), phase: PhaseCommissioning, step: StepAgent, event: "StaleReport"},
+		{name: "commissioning/result-before-task-outcome-waits", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: result(true, ""), task: task("netboot", "pending"), phase: PhaseCommissioning, step: StepAgent, requeue: true},
+		{name: "commissioning/agent-failure", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: result(false, "no disks"), task: task("netboot", "done"), phase: "failed-commissioning", action: "off", purpose: "off", event: "Failed", requeue: true},
 		{name: "commissioning/power-failed", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "failed"), phase: "failed-commissioning", action: "off", event: "Failed"},
 		{name: "commissioning/power-manual-waits", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "manual"), after: 10 * time.Minute, phase: PhaseCommissioning, step: StepAgent},
 		{name: "commissioning/power-pending-too-long", m: testMachine("ready"), st: at(PhaseCommissioning, StepAgent), task: task("netboot", "pending"), after: 6 * time.Minute, phase: "failed-commissioning", action: "off", event: "Failed"},
@@ -134,12 +138,12 @@ func TestDecideTable(t *testing.T) {
 		{name: "ready/maintenance", m: testMachine("deployed", maint), st: at(PhaseReady, ""), phase: PhaseMaintenance},
 
 		// Deploying.
-		{name: "deploying/agent-success-boots-disk", m: testMachine("deployed"), st: withResult(at(PhaseDeploying, StepAgent), true, ""), task: task("netboot", "done"), phase: PhaseDeploying, step: StepDisk, action: "diskboot", purpose: "local"},
-		{name: "deploying/agent-failure", m: testMachine("deployed"), st: withResult(at(PhaseDeploying, StepAgent), false, "sha256 mismatch"), task: task("netboot", "done"), phase: "failed-deploying", action: "off", event: "Failed"},
+		{name: "deploying/agent-success-boots-disk", m: testMachine("deployed"), st: at(PhaseDeploying, StepAgent), report: result(true, ""), task: task("netboot", "done"), phase: PhaseDeploying, step: StepDisk, action: "diskboot", purpose: "local"},
+		{name: "deploying/agent-failure", m: testMachine("deployed"), st: at(PhaseDeploying, StepAgent), report: result(false, "sha256 mismatch"), task: task("netboot", "done"), phase: "failed-deploying", action: "off", event: "Failed"},
 		{name: "deploying/disk-booted-waits-for-the-os", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "done"), phase: PhaseDeploying, step: StepOS, requeue: true},
 		{name: "deploying/disk-booted-confirm-none", m: testMachine("deployed"), st: at(PhaseDeploying, StepDisk), task: task("diskboot", "done"), image: osImage("none"), phase: PhaseDeployed, event: "Deployed"},
-		{name: "deploying/os-reported", m: testMachine("deployed"), st: withOS(at(PhaseDeploying, StepOS), t0.Add(2*time.Minute)), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeployed, purpose: "local", event: "Deployed"},
-		{name: "deploying/os-report-before-the-disk-boot-ignored", m: testMachine("deployed"), st: withOS(at(PhaseDeploying, StepOS), t0), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeploying, step: StepOS, event: "StaleReport"},
+		{name: "deploying/os-reported", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), report: osReport(t0.Add(2 * time.Minute)), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeployed, purpose: "local", event: "Deployed"},
+		{name: "deploying/os-report-of-another-boot-ignored", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), report: ofTask(osReport(t0), "OLD"), task: doneAt(task("diskboot", "done"), t0.Add(time.Minute)), after: 3 * time.Minute, phase: PhaseDeploying, step: StepOS, event: "StaleReport"},
 		{name: "deploying/os-silent-waits", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), task: task("diskboot", "done"), after: 14 * time.Minute, phase: PhaseDeploying, step: StepOS, requeue: true},
 		{name: "deploying/os-report-timeout", m: testMachine("deployed"), st: at(PhaseDeploying, StepOS), task: task("diskboot", "done"), after: 16 * time.Minute, phase: "failed-deploying", action: "off", event: "Failed"},
 		{name: "deploying/image-failed-on-rack-waits", m: testMachine("deployed"), st: at(PhaseReady, ""), onRack: onRack("failed", "sha256 mismatch"), phase: PhaseDeploying, step: StepImage, event: "ImageNotReady"},
@@ -165,8 +169,8 @@ func TestDecideTable(t *testing.T) {
 		{name: "releasing/off-done-erase", m: testMachine("ready", eraseQuick), st: at(PhaseReleasing, StepOff), task: task("off", "done"), phase: PhaseErasing, step: StepAgent, action: "netboot", purpose: "erase", event: "Erasing"},
 		{name: "releasing/off-failed", m: testMachine("ready"), st: at(PhaseReleasing, StepOff), task: task("off", "failed"), phase: "failed-releasing", action: "off"},
 		{name: "releasing/timeout", m: testMachine("ready"), st: at(PhaseReleasing, StepOff), task: task("off", "pending"), after: 11 * time.Minute, phase: "failed-releasing", action: "off"},
-		{name: "erasing/agent-success", m: testMachine("ready", eraseQuick), st: withResult(at(PhaseErasing, StepAgent), true, ""), task: task("netboot", "done"), phase: PhaseReady, action: "off", event: "Erased"},
-		{name: "erasing/agent-failure", m: testMachine("ready", eraseQuick), st: withResult(at(PhaseErasing, StepAgent), false, "secure erase unsupported"), task: task("netboot", "done"), phase: "failed-erasing", action: "off"},
+		{name: "erasing/agent-success", m: testMachine("ready", eraseQuick), st: at(PhaseErasing, StepAgent), report: result(true, ""), task: task("netboot", "done"), phase: PhaseReady, action: "off", event: "Erased"},
+		{name: "erasing/agent-failure", m: testMachine("ready", eraseQuick), st: at(PhaseErasing, StepAgent), report: result(false, "secure erase unsupported"), task: task("netboot", "done"), phase: "failed-erasing", action: "off"},
 
 		// Failed phases: retry with backoff, then wait for a person.
 		{name: "failed/backoff-not-due", m: testMachine("ready"), st: failed(PhaseCommissioning, 1), after: 30 * time.Second, phase: "failed-commissioning", requeue: true},
@@ -194,7 +198,7 @@ func TestDecideTable(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc", Image: c.image, ImageOnRack: c.onRack}
+			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc", Image: c.image, ImageOnRack: c.onRack, Report: c.report}
 			if in.Image == nil {
 				in.Image = osImage("")
 			}
@@ -242,7 +246,7 @@ func TestDecideTable(t *testing.T) {
 			// is never repeated by a second look.
 			if d.Task != nil {
 				tk := *d.Task
-				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc", Image: in.Image, ImageOnRack: in.ImageOnRack}, p)
+				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc", Image: in.Image, ImageOnRack: in.ImageOnRack, Report: c.report}, p)
 				if again.Task != nil {
 					t.Errorf("second decision issued another task %s", again.Task.Action)
 				}
@@ -260,8 +264,8 @@ func TestDecideUnmanagedTouchesNothing(t *testing.T) {
 }
 
 func TestDecideFailureReasonNamesTheCause(t *testing.T) {
-	st := withResult(at(PhaseDeploying, StepAgent), false, "image sha256 mismatch: want ab, got cd")
-	d := Decide(Input{Now: t0, Machine: testMachine("deployed"), Status: st, Task: task("netboot", "done")}, Policy{})
+	st := at(PhaseDeploying, StepAgent)
+	d := Decide(Input{Now: t0, Machine: testMachine("deployed"), Status: st, Task: task("netboot", "done"), Report: result(false, "image sha256 mismatch: want ab, got cd")}, Policy{})
 	if !strings.Contains(d.Status.Reason, "sha256 mismatch") || d.Status.Attempts != 1 {
 		t.Fatalf("reason %q attempts %d", d.Status.Reason, d.Status.Attempts)
 	}
@@ -301,7 +305,7 @@ func TestDecideImageNotReadySaysWhy(t *testing.T) {
 
 func TestDecideDeployedSaysHowItIsKnown(t *testing.T) {
 	d := Decide(Input{Now: t0.Add(3 * time.Minute), Machine: testMachine("deployed"), Image: osImage(""), ImageOnRack: onRack("ready", ""),
-		Status: withOS(at(PhaseDeploying, StepOS), t0.Add(2*time.Minute)), Task: doneAt(task("diskboot", "done"), t0.Add(time.Minute))}, Policy{})
+		Status: at(PhaseDeploying, StepOS), Report: osReport(t0.Add(2 * time.Minute)), Task: doneAt(task("diskboot", "done"), t0.Add(time.Minute))}, Policy{})
 	c := d.Status.Condition(CondDeployed)
 	if c == nil || c.Reason != "OSReported" || !strings.Contains(c.Message, "m1") || !strings.Contains(c.Message, "0123abcd") {
 		t.Fatalf("Deployed condition %+v", c)

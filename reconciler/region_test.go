@@ -105,14 +105,25 @@ func (e *env) region(id string, cfg reconciler.Config) (*reconciler.Region, *pro
 // waitStatus waits, on a watch, until the machine's status satisfies ok.
 func (e *env) waitStatus(machine string, timeout time.Duration, what string, ok func(inventory.MachineStatus) bool) inventory.MachineStatus {
 	e.t.Helper()
+	return waitJSON(e, machine, e.store.MachineStatusKey(machine), timeout, what, ok)
+}
+
+// waitReport waits until rack r1's report of the machine satisfies ok.
+func (e *env) waitReport(machine string, timeout time.Duration, what string, ok func(inventory.MachineReport) bool) inventory.MachineReport {
+	e.t.Helper()
+	return waitJSON(e, machine, e.store.Keys().Report("r1", machine), timeout, what, ok)
+}
+
+// waitJSON waits, on a watch, until the JSON value at key satisfies ok.
+func waitJSON[T any](e *env, machine, key string, timeout time.Duration, what string, ok func(T) bool) T {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, timeout)
 	defer cancel()
-	key := e.store.MachineStatusKey(machine)
 	resp, err := e.cli.Get(ctx, key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var st inventory.MachineStatus
+	var st T
 	if len(resp.Kvs) > 0 {
 		json.Unmarshal(resp.Kvs[0].Value, &st)
 		if ok(st) {
@@ -121,7 +132,8 @@ func (e *env) waitStatus(machine string, timeout time.Duration, what string, ok 
 	}
 	for wr := range e.cli.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
 		for _, ev := range wr.Events {
-			st = inventory.MachineStatus{}
+			var zero T
+			st = zero
 			json.Unmarshal(ev.Kv.Value, &st)
 			if ok(st) {
 				return st
@@ -130,7 +142,7 @@ func (e *env) waitStatus(machine string, timeout time.Duration, what string, ok 
 	}
 	b, _ := json.MarshalIndent(st, "", " ")
 	tasks, _ := inventory.ListJSON[inventory.PowerTask](context.Background(), e.store, e.store.TaskPrefix(""))
-	e.t.Fatalf("%s: %s not reached within %s; last status:\n%s\ntasks: %+v\nevents: %+v", machine, what, timeout, b, tasks, e.events(machine))
+	e.t.Fatalf("%s: %s not reached within %s; last value of %s:\n%s\ntasks: %+v\nevents: %+v", machine, what, timeout, key, b, tasks, e.events(machine))
 	return st
 }
 
@@ -303,7 +315,7 @@ func TestMaintenancePausesAndResumes(t *testing.T) {
 	}
 	diskboots := e.sim.count("m", "diskboot")
 	e.sim.releaseAll() // the agent finishes while the machine is paused
-	e.waitStatus("m", time.Minute, "the agent's result", func(st inventory.MachineStatus) bool { return st.Result != nil })
+	e.waitReport("m", time.Minute, "the agent's result", func(r inventory.MachineReport) bool { return r.Result != nil })
 	// Nothing is acted on while paused: prove it by a later, unrelated
 	// write that the reconciler sees and must ignore.
 	machines["n"] = "state: ready"

@@ -34,6 +34,7 @@ type sim struct {
 	taskFail map[string]string        // machine → power error to report
 	noOS     map[string]bool          // the deployed OS never reports in
 	badImage map[string]string        // image → the rack's reason it cannot serve it
+	boot     map[string]string        // machine → its last network-boot task
 	// instant agents report only their result (the benchmark).
 	instant bool
 }
@@ -41,7 +42,7 @@ type sim struct {
 func newSim(store *inventory.Store) *sim {
 	return &sim{store: store, purposes: map[string][]string{}, failures: map[string]int{}, silent: map[string]bool{},
 		holds: map[string]chan struct{}{}, held: map[string]chan struct{}{}, taskFail: map[string]string{},
-		noOS: map[string]bool{}, badImage: map[string]string{}}
+		noOS: map[string]bool{}, badImage: map[string]string{}, boot: map[string]string{}}
 }
 
 // hold makes the sim wait at "machine/what" (what: an action such as
@@ -171,17 +172,21 @@ func (s *sim) do(ctx context.Context, key string, t inventory.PowerTask, mod int
 	s.mu.Lock()
 	s.executed = append(s.executed, t)
 	s.mu.Unlock()
+	rack, _, _ := s.store.TaskMachine(key)
 	if t.Action == inventory.TaskDiskboot && perr == "" {
-		s.os(ctx, t.Machine)
+		s.os(ctx, rack, t.Machine)
 	}
 	if t.Action != inventory.TaskNetboot || perr != "" {
 		return
 	}
-	s.agent(ctx, t.Machine, t.Purpose)
+	s.mu.Lock()
+	s.boot[t.Machine] = t.ID
+	s.mu.Unlock()
+	s.agent(ctx, rack, t.Machine, t.Purpose, t.ID)
 }
 
 // agent plays the machine agent booted with purpose.
-func (s *sim) agent(ctx context.Context, machine, purpose string) {
+func (s *sim) agent(ctx context.Context, rack, machine, purpose, taskID string) {
 	s.mu.Lock()
 	s.purposes[machine] = append(s.purposes[machine], purpose)
 	silent := s.silent[machine]
@@ -194,25 +199,21 @@ func (s *sim) agent(ctx context.Context, machine, purpose string) {
 		return
 	}
 	s.wait(ctx, machine+"/"+purpose)
-	report := func(fn func(*inventory.MachineStatus)) {
-		_ = inventory.UpdateJSON(ctx, s.store, s.store.MachineStatusKey(machine), func(st *inventory.MachineStatus) error {
-			fn(st)
-			st.UpdatedAt = time.Now().UTC()
-			return nil
-		})
+	report := func(fn func(*inventory.MachineReport)) {
+		_ = s.store.UpdateReport(ctx, rack, machine, taskID, fn)
 	}
 	now := time.Now().UTC()
 	if purpose == "commission" {
-		report(func(st *inventory.MachineStatus) {
+		report(func(st *inventory.MachineReport) {
 			st.Facts = json.RawMessage(`{"cpu":{"count":2},"memoryBytes":1073741824}`)
 		})
 	}
 	if purpose == "deploy" && !s.instant {
-		report(func(st *inventory.MachineStatus) {
+		report(func(st *inventory.MachineReport) {
 			st.Progress = &inventory.AgentProgress{Phase: "writing", BytesWritten: 1 << 20, TotalBytes: 2 << 20, At: now}
 		})
 	}
-	report(func(st *inventory.MachineStatus) {
+	report(func(st *inventory.MachineReport) {
 		st.Result = &inventory.AgentResult{Success: !fail, At: now}
 		if fail {
 			st.Result.Reason = "simulated " + purpose + " failure"
@@ -221,7 +222,7 @@ func (s *sim) agent(ctx context.Context, machine, purpose string) {
 }
 
 // os plays the deployed OS reporting in after its disk boot.
-func (s *sim) os(ctx context.Context, machine string) {
+func (s *sim) os(ctx context.Context, rack, machine string) {
 	s.mu.Lock()
 	silent := s.noOS[machine]
 	s.mu.Unlock()
@@ -229,9 +230,11 @@ func (s *sim) os(ctx context.Context, machine string) {
 		return
 	}
 	s.wait(ctx, machine+"/os")
-	_ = inventory.UpdateJSON(ctx, s.store, s.store.MachineStatusKey(machine), func(st *inventory.MachineStatus) error {
-		st.OSReport = &inventory.OSReport{Hostname: machine, At: time.Now().UTC()}
-		return nil
+	s.mu.Lock()
+	boot := s.boot[machine] // the OS token is of the deploy's network boot
+	s.mu.Unlock()
+	_ = s.store.UpdateReport(ctx, rack, machine, boot, func(r *inventory.MachineReport) {
+		r.OSReport = &inventory.OSReport{Hostname: machine, At: time.Now().UTC()}
 	})
 }
 

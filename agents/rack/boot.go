@@ -74,25 +74,6 @@ func (b bootBackend) Purpose(ctx context.Context, machine string) (string, error
 
 func (b bootBackend) Tokens() boot.TokenStore { return b.a.store.Tokens() }
 
-func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
-	now := time.Now().UTC()
-	return inventory.UpdateJSON(ctx, b.a.store, b.a.store.MachineStatusKey(machine), func(st *inventory.MachineStatus) error {
-		switch {
-		case r.Facts != nil:
-			st.Facts = r.Facts
-		case r.Progress != nil:
-			st.Progress = &inventory.AgentProgress{Phase: r.Progress.Phase, BytesWritten: r.Progress.BytesWritten, TotalBytes: r.Progress.TotalBytes, At: now}
-		case r.Result != nil:
-			st.Result = &inventory.AgentResult{Success: r.Result.Success, Reason: r.Result.Reason, At: now}
-		case r.OS != nil:
-			st.OSReport = &inventory.OSReport{Hostname: r.OS.Hostname, FQDN: r.OS.FQDN, InstanceID: r.OS.InstanceID,
-				BootID: r.OS.BootID, Address: r.OS.Address, At: now}
-		}
-		st.UpdatedAt = now
-		return nil
-	})
-}
-
 func (b bootBackend) Record(machine, event, detail string) {
 	b.a.events.RecordTimeline(machine, event, detail)
 }

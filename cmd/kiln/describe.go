@@ -59,16 +59,17 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		fmt.Fprintf(errOut, "kiln describe: machine %q not found in revision %s\n", name, short(snap.Pointer.Revision))
 		return exitFail
 	}
-	rack := st.Rack // the timeline is the booting rack's (minimal change; the timeline readers' helper owns this)
-	if rack == "" && d.machine != nil {
-		for _, ifc := range d.machine.Spec.Interfaces {
-			if sn := snap.Inventory.Subnets[ifc.Subnet]; sn != nil && rack == "" {
-				rack = sn.Spec.Rack
-			}
-		}
+	rack := st.Rack
+	if d.machine != nil && d.machine.Spec.Rack != "" {
+		rack = d.machine.Spec.Rack
 	}
-	if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey(rack, name)); rack != "" && err == nil {
-		d.timeline = tl.Events
+	if rack != "" {
+		if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.Keys().Timeline(rack, name)); err == nil {
+			d.timeline = tl.Events
+		}
+		if r, err := store.MachineReportOf(ctx, rack, name); err == nil {
+			d.report = r
+		}
 	}
 	if d.status != nil && st.TaskID != "" && st.Rack != "" {
 		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.TaskKey(st.Rack, name)); err == nil && t.ID == st.TaskID {
@@ -94,6 +95,7 @@ type description struct {
 	pointer   inventory.Pointer    // the applied revision
 	timeline  []inventory.TimelineEvent
 	status    *inventory.MachineStatus // nil: no reconciler has reported yet
+	report    *inventory.MachineReport // the rack's report of the machine's boot; nil: none
 	task      *inventory.PowerTask     // the power task status.TaskID names
 	events    []inventory.Event
 }
@@ -168,7 +170,11 @@ func (d *description) write(out io.Writer) error {
 		p.kv("  Phase", "- (no reconciler has reported on this machine yet)")
 	} else {
 		d.writeStatus(p)
-		writeFacts(p, d.name, d.status.Facts)
+		facts := d.status.Facts
+		if len(facts) == 0 && d.report != nil {
+			facts = d.report.Facts // reported, not yet commissioned
+		}
+		writeFacts(p, d.name, facts)
 	}
 	if len(d.events) > 0 {
 		p.section("Events (newest last)")
@@ -278,7 +284,14 @@ func (d *description) writeStatus(p printer) {
 	if st.DeployedImage != "" {
 		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
 	}
-	if pr := st.Progress; pr != nil {
+	if r := d.report; r != nil {
+		s := dash(r.TaskID)
+		if r.TaskID != "" && r.TaskID != st.BootTaskID {
+			s += " (not the boot the phase waits for: ignored)"
+		}
+		p.kv("  Report of boot", s)
+	}
+	if pr := d.reportProgress(); pr != nil {
 		s := pr.Phase
 		if pr.TotalBytes > 0 {
 			s += fmt.Sprintf(" %d/%d bytes (%.0f%%)", pr.BytesWritten, pr.TotalBytes, 100*float64(pr.BytesWritten)/float64(pr.TotalBytes))
@@ -287,10 +300,14 @@ func (d *description) writeStatus(p printer) {
 		}
 		p.kv("  Agent progress", s+" at "+pr.At.Format(time.RFC3339))
 	}
-	if r := st.Result; r != nil {
-		p.kv("  Agent result", agentResult(r))
+	if d.report != nil && d.report.Result != nil {
+		p.kv("  Agent result", agentResult(d.report.Result))
 	}
-	if r := st.OSReport; r != nil {
+	osr := st.OSReport
+	if d.report != nil && d.report.OSReport != nil {
+		osr = d.report.OSReport
+	}
+	if r := osr; r != nil {
 		s := "hostname " + dash(r.Hostname)
 		if r.BootID != "" {
 			s += ", boot " + r.BootID
@@ -314,6 +331,13 @@ func (d *description) writeStatus(p printer) {
 			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
 		}
 	}
+}
+
+func (d *description) reportProgress() *inventory.AgentProgress {
+	if d.report == nil {
+		return nil
+	}
+	return d.report.Progress
 }
 
 // agentResult says how the agent's last task ended, with what it said:

@@ -27,8 +27,15 @@ func goldenFacts(t *testing.T) json.RawMessage {
 // describeStatus renders describe for a machine that has only a status.
 func describeStatus(t *testing.T, st *inventory.MachineStatus) string {
 	t.Helper()
+	return describeReport(t, st, nil)
+}
+
+// describeReport renders describe for a machine with a status and its
+// rack's report.
+func describeReport(t *testing.T, st *inventory.MachineStatus, r *inventory.MachineReport) string {
+	t.Helper()
 	var b bytes.Buffer
-	d := description{name: "vm-2", status: st}
+	d := description{name: "vm-2", status: st, report: r}
 	if err := d.write(&b); err != nil {
 		t.Fatal(err)
 	}
@@ -98,8 +105,8 @@ func TestDescribeFacts(t *testing.T) {
 			"eno1 lab-tor swp2 (vm-2 eno1) 52:54:00:ff:00:01 (mac)")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out := describeStatus(t, &inventory.MachineStatus{Phase: "ready", Facts: c.facts,
-				Result: &inventory.AgentResult{Success: true, Reason: "commissioned: 3 disks, 2 NICs", At: at}})
+			out := describeReport(t, &inventory.MachineStatus{Phase: "ready", Facts: c.facts},
+				&inventory.MachineReport{Result: &inventory.AgentResult{Success: true, Reason: "commissioned: 3 disks, 2 NICs", At: at}})
 			ls := lines(out)
 			for _, w := range c.want {
 				if !hasLine(ls, w) {
@@ -132,7 +139,7 @@ func TestDescribeAgentResult(t *testing.T) {
 			"Agent result: failure at 2025-01-02T03:04:05Z: no disk matches rootDisk serial=X"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out := describeStatus(t, &inventory.MachineStatus{Phase: "ready", Result: &c.res})
+			out := describeReport(t, &inventory.MachineStatus{Phase: "ready", BootTaskID: "T"}, &inventory.MachineReport{TaskID: "T", Result: &c.res})
 			if !hasLine(lines(out), c.want) {
 				t.Errorf("no line %q in\n%s", c.want, out)
 			}
@@ -153,8 +160,8 @@ func TestDescribeFactsThatDoNotDecode(t *testing.T) {
 		{"not-an-object", `[1, 2]`, "Facts: 6 bytes the agent reported do not decode"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out := describeStatus(t, &inventory.MachineStatus{Phase: "commissioning", Facts: json.RawMessage(c.facts),
-				Result: &inventory.AgentResult{Success: true, At: at}})
+			out := describeReport(t, &inventory.MachineStatus{Phase: "commissioning", Facts: json.RawMessage(c.facts)},
+				&inventory.MachineReport{Result: &inventory.AgentResult{Success: true, At: at}})
 			var got []string
 			for _, l := range lines(out) {
 				if strings.HasPrefix(l, "Facts") {
@@ -187,9 +194,9 @@ func TestDescribeHostileFacts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return describeStatus(t, &inventory.MachineStatus{Phase: "ready", Facts: raw, Reason: reason,
-			Result:     &inventory.AgentResult{Success: false, Reason: reason, At: at},
-			Conditions: []inventory.Condition{{Type: "Commissioned", Status: "False", Message: reason, Since: at}}})
+		return describeReport(t, &inventory.MachineStatus{Phase: "ready", Facts: raw, Reason: reason,
+			Conditions: []inventory.Condition{{Type: "Commissioned", Status: "False", Message: reason, Since: at}}},
+			&inventory.MachineReport{TaskID: reason, Result: &inventory.AgentResult{Success: false, Reason: reason, At: at}})
 	}
 	benign := render("S1", "M1", "eno1", "disk gone")
 	hostile := render("X\x1b[2J\nFAKE: ok", "M\tpadded\vx\fy", "eno1\r\x1b]0;pwned\x07", "bad\u202eevil\xff\x00\n  Phase: deployed")

@@ -183,7 +183,11 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 	}
 	var statuses map[string]inventory.MachineStatus
 	if g.kind == spec.KindMachine {
-		if statuses, err = g.store.MachineStatuses(ctx); err != nil {
+		names := spec.SortedNames(snap.Inventory.Machines)
+		for n := range snap.Unmanaged {
+			names = append(names, n)
+		}
+		if statuses, err = g.store.MachineStatusesOf(ctx, names); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -194,6 +198,11 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 		}
 	}
 	t := buildTable(snap, g.kind, g.format == "wide", statuses, images)
+	if g.kind == spec.KindMachine && (g.format == "yaml" || g.format == "json") {
+		if err := attachReports(ctx, g.store, t, g.name); err != nil {
+			return nil, 0, err
+		}
+	}
 	if g.name != "" {
 		keep := t.rows[:0]
 		for _, r := range t.rows {
@@ -446,6 +455,27 @@ func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[s
 type machineObject struct {
 	*spec.Machine
 	Status *inventory.MachineStatus `json:"status,omitempty"`
+	// Report is what the machine's agents reported to its rack during
+	// its current (or last) network boot.
+	Report *inventory.MachineReport `json:"report,omitempty"`
+}
+
+// attachReports reads the rack's report of each machine in the table
+// (only of name, when given).
+func attachReports(ctx context.Context, store *inventory.Store, t *table, name string) error {
+	for n, item := range t.items {
+		mo, ok := item.(machineObject)
+		if !ok || (name != "" && n != name) {
+			continue
+		}
+		r, err := store.MachineReportOf(ctx, mo.Spec.Rack, n)
+		if err != nil {
+			return err
+		}
+		mo.Report = r
+		t.items[n] = mo
+	}
+	return nil
 }
 
 // unmanagedObject is a machine removed from the source, and its status.

@@ -96,6 +96,10 @@ type printedMachine struct {
 			Disks []struct{ Name, Serial string }
 		}
 	}
+	Report *struct {
+		TaskID string `json:"taskID" yaml:"taskID"`
+		Result struct{ Reason string }
+	}
 }
 
 func (d printedMachine) check(t *testing.T, name, out string) {
@@ -119,7 +123,7 @@ func TestGetMachinePrintsSpecAndStatus(t *testing.T) {
 		"old-1": {Name: "old-1", RemovedIn: "abc123", RemovedAt: at},
 	}}
 	statuses := map[string]inventory.MachineStatus{
-		"vm-2":  {Phase: "ready", Facts: golden, Result: &inventory.AgentResult{Success: true, Reason: "ok", At: at}},
+		"vm-2":  {Phase: "ready", Facts: golden},
 		"old-1": {Phase: "ready", Facts: golden},
 	}
 
@@ -249,9 +253,15 @@ func TestDescribeAndGetFromEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := inventory.UpdateJSON(ctx, store, store.MachineStatusKey("vm-2"), func(st *inventory.MachineStatus) error {
-		st.Phase, st.Facts = "ready", goldenFacts(t)
-		st.Result = &inventory.AgentResult{Success: true, Reason: "commissioned: 3 disks, 2 NICs", At: at}
+		st.Phase, st.Facts, st.Rack, st.BootTaskID = "ready", goldenFacts(t), "r1", "T1"
 		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent's report lives under its rack's prefix.
+	err = store.UpdateReport(ctx, "r1", "vm-2", "T1", func(r *inventory.MachineReport) {
+		r.Result = &inventory.AgentResult{Success: true, Reason: "commissioned: 3 disks, 2 NICs", At: at}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +296,9 @@ func TestDescribeAndGetFromEtcd(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	d.check(t, "vm-2", out)
+	if d.Report == nil || d.Report.TaskID != "T1" || d.Report.Result.Reason != "commissioned: 3 disks, 2 NICs" {
+		t.Errorf("get -o yaml: no report of boot T1 with the agent's result:\n%s", out)
+	}
 
 	out = kiln("get", "machines", "-o", "json")
 	var list struct{ Items []printedMachine }

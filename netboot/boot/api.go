@@ -68,6 +68,10 @@ type Report struct {
 	Progress *Progress       `json:"progress,omitempty"`
 	Result   *Result         `json:"result,omitempty"`
 	OS       *OSReport       `json:"os,omitempty"`
+	// TaskID and BootID name the boot the report belongs to, from the
+	// token it came with; the region ignores a report of another boot.
+	TaskID string `json:"taskID,omitempty"`
+	BootID string `json:"bootID,omitempty"`
 }
 
 // OSReport is the deployed OS reporting in after its first boot: what

@@ -1,0 +1,43 @@
+package rack
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/boot"
+)
+
+// Report stores what a machine agent or deployed OS reported at
+// reports/<rack>/<machine>, under this rack's own prefix: the rack never
+// writes a machine's status (the region owns it). The record belongs to
+// one boot (the TaskID of the token the report came with); a report of
+// another task starts a fresh record, so facts and results of an earlier
+// boot never pass for this one's.
+func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
+	// TODO(integrate): lease — a "discovered-…" machine's report is to be
+	// written with the lease of b.DiscoveredLease(ctx, mac), so that it
+	// expires with the discovered record; written without one here.
+	now := time.Now().UTC()
+	err := b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, func(rep *inventory.MachineReport) {
+		if r.BootID != "" {
+			rep.BootID = r.BootID
+		}
+		switch {
+		case r.Facts != nil:
+			rep.Facts = r.Facts
+		case r.Progress != nil:
+			rep.Progress = &inventory.AgentProgress{Phase: r.Progress.Phase, BytesWritten: r.Progress.BytesWritten, TotalBytes: r.Progress.TotalBytes, At: now}
+		case r.Result != nil:
+			rep.Result = &inventory.AgentResult{Success: r.Result.Success, Reason: r.Result.Reason, At: now}
+		case r.OS != nil:
+			rep.OSReport = &inventory.OSReport{Hostname: r.OS.Hostname, FQDN: r.OS.FQDN, InstanceID: r.OS.InstanceID,
+				BootID: r.OS.BootID, Address: r.OS.Address, At: now}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("store report of %s: %w", machine, err)
+	}
+	return nil
+}

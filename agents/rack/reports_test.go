@@ -1,0 +1,88 @@
+package rack
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// A rack stores its machines' reports under its own prefix only: never
+// in the region's status/machines/ (which it cannot write under its etcd
+// role), never under another rack's prefix; and a report of a new boot
+// starts a fresh record.
+func TestReportsGoUnderTheRacksPrefixOnly(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	ctx := context.Background()
+	store := inventory.NewStore(cli, "", quiet())
+	a := New(Config{Rack: "r1", ID: "a"}, store, prometheus.NewRegistry(), quiet())
+	b := bootBackend{a}
+
+	before, err := cli.Get(ctx, store.Keys().Prefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []boot.Report{
+		{TaskID: "T1", Facts: json.RawMessage(`{"cpu":{"count":2}}`)},
+		{TaskID: "T1", Progress: &boot.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}},
+		{TaskID: "T1", Result: &boot.Result{Success: true, Reason: "ok"}},
+		{TaskID: "T1", OS: &boot.OSReport{Hostname: "m1"}},
+	} {
+		if err := b.Report(ctx, "m1", r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Report(ctx, "discovered-525400770009", boot.Report{Facts: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, store.Keys().Prefix(), clientv3.WithPrefix(), clientv3.WithMinModRev(before.Header.Revision+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var grants []string
+	for _, g := range store.Keys().RackGrants("r1") {
+		if g.Write {
+			grants = append(grants, g.Prefix)
+		}
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if !strings.HasPrefix(k, store.Keys().Report("r1", "")) {
+			t.Errorf("the rack wrote %s, outside reports/r1/", k)
+		}
+		ok := false
+		for _, p := range grants {
+			ok = ok || strings.HasPrefix(k, p)
+		}
+		if !ok {
+			t.Errorf("the rack wrote %s, outside its etcd role's write grants %v", k, grants)
+		}
+	}
+	if len(resp.Kvs) != 2 {
+		t.Errorf("wrote %d keys, want the reports of m1 and of the discovered machine", len(resp.Kvs))
+	}
+	rep, err := inventory.GetJSON[inventory.MachineReport](ctx, store, store.Keys().Report("r1", "m1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.TaskID != "T1" || len(rep.Facts) == 0 || rep.Progress == nil || rep.Result == nil || !rep.Result.Success || rep.OSReport == nil {
+		t.Fatalf("report of boot T1: %+v", rep)
+	}
+	// The next boot's first report drops what the earlier boot said.
+	if err := b.Report(ctx, "m1", boot.Report{TaskID: "T2", Progress: &boot.Progress{Phase: "erase"}}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = inventory.GetJSON[inventory.MachineReport](ctx, store, store.Keys().Report("r1", "m1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.TaskID != "T2" || rep.Facts != nil || rep.Result != nil || rep.OSReport != nil || rep.Progress == nil {
+		t.Fatalf("a new boot kept the earlier boot's report: %+v", rep)
+	}
+}
