@@ -155,7 +155,7 @@ func (r *Rack) Report(_ context.Context, _ string, rep boot.Report) error {
 	r.reports = append(r.reports, rep)
 	return nil
 }
-func (r *Rack) Record(string, string, string) {}
+func (r *Rack) Record(string, string, string)     {}
 func (r *Rack) LeaseIP(string) (netip.Addr, bool) { return netip.Addr{}, false }
 func (r *Rack) DiscoveredLease(context.Context, string) (clientv3.LeaseID, error) {
 	return clientv3.NoLease, nil
