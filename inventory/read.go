@@ -135,8 +135,8 @@ func (s *Store) WatchChanges(ctx context.Context, rev int64) clientv3.WatchChan 
 // Update reads key, lets fn change its value (nil when absent) and writes
 // it back only if nobody wrote it meanwhile (ModRevision compare),
 // retrying on conflict until ctx ends. fn returning nil bytes writes
-// nothing.
-func (s *Store) Update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error {
+// nothing. opts go to the put (e.g. clientv3.WithLease).
+func (s *Store) Update(ctx context.Context, key string, fn func(old []byte) ([]byte, error), opts ...clientv3.OpOption) error {
 	for attempt := 0; ; attempt++ {
 		if attempt > 2 {
 			select { // contended: back off a little, with jitter
@@ -159,7 +159,7 @@ func (s *Store) Update(ctx context.Context, key string, fn func(old []byte) ([]b
 			return err
 		}
 		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-			Then(clientv3.OpPut(key, string(b))).Commit()
+			Then(clientv3.OpPut(key, string(b), opts...)).Commit()
 		if err != nil {
 			return fmt.Errorf("write %s: %w", key, err)
 		}
@@ -170,7 +170,7 @@ func (s *Store) Update(ctx context.Context, key string, fn func(old []byte) ([]b
 }
 
 // UpdateJSON is Update for a JSON-encoded value of type T.
-func UpdateJSON[T any](ctx context.Context, s *Store, key string, fn func(v *T) error) error {
+func UpdateJSON[T any](ctx context.Context, s *Store, key string, fn func(v *T) error, opts ...clientv3.OpOption) error {
 	return s.Update(ctx, key, func(old []byte) ([]byte, error) {
 		var v T
 		if old != nil {
@@ -182,7 +182,7 @@ func UpdateJSON[T any](ctx context.Context, s *Store, key string, fn func(v *T) 
 			return nil, err
 		}
 		return json.Marshal(v)
-	})
+	}, opts...)
 }
 
 // GetJSON reads a JSON value; ErrNotFound when the key is absent.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -187,8 +188,15 @@ type ImageStatus struct {
 // UpdateReport changes the report at reports/<rack>/<machine> for the
 // boot of task taskID: a stored report of another task is dropped first,
 // so one boot's facts and result never pass for another's.
-func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, fn func(*MachineReport)) error {
+//
+// lease, when not clientv3.NoLease, is attached to the key (an unknown
+// MAC's report expires with its discovered record).
+func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, lease clientv3.LeaseID, fn func(*MachineReport)) error {
 	key := s.Keys().Report(rack, machine)
+	var opts []clientv3.OpOption
+	if lease != clientv3.NoLease {
+		opts = append(opts, clientv3.WithLease(lease))
+	}
 	err := UpdateJSON(ctx, s, key, func(rep *MachineReport) error {
 		if rep.TaskID != taskID {
 			*rep = MachineReport{TaskID: taskID}
@@ -196,7 +204,7 @@ func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, 
 		fn(rep)
 		rep.UpdatedAt = time.Now().UTC()
 		return nil
-	})
+	}, opts...)
 	if err != nil {
 		return fmt.Errorf("report of %s: %w", machine, err)
 	}

@@ -33,7 +33,7 @@ func commissioningWaits(t *testing.T) (*env, inventory.MachineStatus) {
 
 func postResult(t *testing.T, e *env, rack, task string) {
 	t.Helper()
-	err := e.store.UpdateReport(e.ctx, rack, "m", task, func(r *inventory.MachineReport) {
+	err := e.store.UpdateReport(e.ctx, rack, "m", task, clientv3.NoLease, func(r *inventory.MachineReport) {
 		r.Facts = json.RawMessage(`{"cpu":{"count":2}}`)
 		r.Result = &inventory.AgentResult{Success: true, At: time.Now().UTC()}
 	})

@@ -200,7 +200,7 @@ func (s *sim) agent(ctx context.Context, rack, machine, purpose, taskID string) 
 	}
 	s.wait(ctx, machine+"/"+purpose)
 	report := func(fn func(*inventory.MachineReport)) {
-		_ = s.store.UpdateReport(ctx, rack, machine, taskID, fn)
+		_ = s.store.UpdateReport(ctx, rack, machine, taskID, clientv3.NoLease, fn)
 	}
 	now := time.Now().UTC()
 	if purpose == "commission" {
@@ -233,7 +233,7 @@ func (s *sim) os(ctx context.Context, rack, machine string) {
 	s.mu.Lock()
 	boot := s.boot[machine] // the OS token is of the deploy's network boot
 	s.mu.Unlock()
-	_ = s.store.UpdateReport(ctx, rack, machine, boot, func(r *inventory.MachineReport) {
+	_ = s.store.UpdateReport(ctx, rack, machine, boot, clientv3.NoLease, func(r *inventory.MachineReport) {
 		r.OSReport = &inventory.OSReport{Hostname: machine, At: time.Now().UTC()}
 	})
 }

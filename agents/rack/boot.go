@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/cache"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // bootBackend is what the HTTP boot server asks of the rack agent: the
@@ -72,7 +75,32 @@ func (b bootBackend) Purpose(ctx context.Context, machine string) (string, error
 	return st.BootPurpose, nil
 }
 
-func (b bootBackend) Tokens() boot.TokenStore { return b.a.store.Tokens() }
+func (b bootBackend) Tokens() boot.TokenStore { return b.a.store.Tokens(b.a.cfg.Rack) }
+
+// LeaseIP is the address Kiln's DHCP gave mac (directly or through a
+// relay), from the agent's leases: a reserved lease, or one that has not
+// ended or expired.
+func (b bootBackend) LeaseIP(mac string) (netip.Addr, bool) {
+	mac = strings.ToLower(mac)
+	now := time.Now()
+	b.a.mu.Lock()
+	defer b.a.mu.Unlock()
+	var best dhcp.Lease
+	for _, l := range b.a.leases {
+		if l.MAC != mac || l.Ended() || !l.IP.IsValid() || (!l.Reserved && !l.Expires.After(now)) {
+			continue
+		}
+		if !best.IP.IsValid() || l.Updated.After(best.Updated) {
+			best = l
+		}
+	}
+	return best.IP.Unmap(), best.IP.IsValid()
+}
+
+// DiscoveredLease is the etcd lease the keys of an unknown MAC carry.
+func (b bootBackend) DiscoveredLease(ctx context.Context, mac string) (clientv3.LeaseID, error) {
+	return b.a.DiscoveredLease(ctx, mac)
+}
 
 func (b bootBackend) Record(machine, event, detail string) {
 	b.a.events.RecordTimeline(machine, event, detail)

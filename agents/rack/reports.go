@@ -3,6 +3,7 @@ package rack
 import (
 	"context"
 	"fmt"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
@@ -16,11 +17,17 @@ import (
 // another task starts a fresh record, so facts and results of an earlier
 // boot never pass for this one's.
 func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
-	// TODO(integrate): lease — a "discovered-…" machine's report is to be
-	// written with the lease of b.DiscoveredLease(ctx, mac), so that it
-	// expires with the discovered record; written without one here.
+	// An unknown MAC's report expires with its discovered record.
+	lease := clientv3.NoLease
+	if mac, ok := discoveredMAC(machine); ok {
+		l, err := b.a.DiscoveredLease(ctx, mac)
+		if err != nil {
+			return fmt.Errorf("store report of %s: %w", machine, err)
+		}
+		lease = l
+	}
 	now := time.Now().UTC()
-	err := b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, func(rep *inventory.MachineReport) {
+	err := b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, lease, func(rep *inventory.MachineReport) {
 		if r.BootID != "" {
 			rep.BootID = r.BootID
 		}

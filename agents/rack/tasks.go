@@ -139,6 +139,25 @@ func (t *tasks) execute(ctx context.Context, w taskWrite) {
 	}
 	w.modRev = mod
 
+	if pt.Action == inventory.TaskNetboot {
+		// The boot's token record, before the machine can ask for it:
+		// the boot's first script fetch mints the token. A resumed task
+		// keeps the record its dead leader wrote (it may be handed out).
+		toks := t.a.store.Tokens(t.a.cfg.Rack)
+		rec := inventory.BootToken{State: inventory.TokenPending, TaskID: pt.ID, Purpose: pt.Purpose}
+		var err error
+		if old, gerr := toks.Get(ctx, pt.Machine); !resumed || gerr != nil || old.TaskID != pt.ID {
+			err = toks.Put(ctx, pt.Machine, rec)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("cannot write the boot-token record", "err", err)
+			t.finish(ctx, w, inventory.TaskFailed, "", "write the boot-token record: "+err.Error())
+			return
+		}
+	}
 	var state power.State
 	switch pt.Action {
 	case inventory.TaskNetboot, inventory.TaskDiskboot:

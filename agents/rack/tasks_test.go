@@ -3,6 +3,7 @@ package rack
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,6 +24,10 @@ type fakePower struct {
 	calls []string
 	on    map[string]bool
 	fail  map[string]error
+	// tokenAtOn, when set, reads the machine's boot-token record as the
+	// machine is powered on (it must already be there).
+	tokenAtOn func(machine string) (inventory.BootToken, error)
+	atOn      map[string]inventory.BootToken
 }
 
 func (f *fakePower) record(t power.Target, op string) error {
@@ -35,6 +40,13 @@ func (f *fakePower) record(t power.Target, op string) error {
 func (f *fakePower) PowerOn(_ context.Context, t power.Target) error {
 	if t.Driver == "manual" {
 		return fmt.Errorf("power machine %s on by hand: %w", t.Machine, power.ErrManual)
+	}
+	if f.tokenAtOn != nil {
+		if tok, err := f.tokenAtOn(t.Machine); err == nil {
+			f.mu.Lock()
+			f.atOn[t.Machine] = tok
+			f.mu.Unlock()
+		}
 	}
 	err := f.record(t, "on")
 	if err == nil {
@@ -170,6 +182,8 @@ func TestPowerTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
+	fp.atOn = map[string]inventory.BootToken{}
+	fp.tokenAtOn = func(m string) (inventory.BootToken, error) { return store.Tokens("r1").Get(ctx, m) }
 	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.ElectionPrefix("r1") + "agent-1", Rev: put.Header.Revision},
 		now: time.Now, catchUp: 5 * time.Second, inflight: map[string]string{}, next: map[string]taskWrite{}}
 
@@ -223,6 +237,20 @@ func TestPowerTasks(t *testing.T) {
 		if got := fp.ops(m); got != w.ops {
 			t.Errorf("%s: power calls %q, want %q", m, got, w.ops)
 		}
+	}
+	// A netboot task writes its boot's pending token record before it
+	// powers the machine (manual power too); a diskboot task writes none.
+	fp.mu.Lock()
+	atOn := fp.atOn["off1"]
+	fp.mu.Unlock()
+	if atOn.State != inventory.TokenPending || atOn.TaskID != "off1-1" || atOn.SHA256 != "" {
+		t.Errorf("off1's token record when powered on: %+v, want pending for task off1-1", atOn)
+	}
+	if tok, err := store.Tokens("r1").Get(ctx, "hand"); err != nil || tok.State != inventory.TokenPending || tok.TaskID != "hand-1" {
+		t.Errorf("manual machine's token record: %+v %v", tok, err)
+	}
+	if _, err := store.Tokens("r1").Get(ctx, "on1"); !errors.Is(err, inventory.ErrNotFound) {
+		t.Errorf("a diskboot task wrote a token record: %v", err)
 	}
 	if pt := waitTask(t, cli, store.TaskKey("r1", "off1")); pt.Power != "on" {
 		t.Errorf("power state not recorded: %+v", pt)

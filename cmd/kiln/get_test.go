@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"io"
 	"strings"
 	"testing"
@@ -260,7 +261,7 @@ func TestDescribeAndGetFromEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The agent's report lives under its rack's prefix.
-	err = store.UpdateReport(ctx, "r1", "vm-2", "T1", func(r *inventory.MachineReport) {
+	err = store.UpdateReport(ctx, "r1", "vm-2", "T1", clientv3.NoLease, func(r *inventory.MachineReport) {
 		r.Result = &inventory.AgentResult{Success: true, Reason: "commissioned: 3 disks, 2 NICs", At: at}
 	})
 	if err != nil {

@@ -86,9 +86,9 @@ func (r *rackFlags) config() (rack.Config, error) {
 	if err != nil {
 		return c, err
 	}
-	// The boot server tells machines this URL (kiln.url): after merging
-	// the boot server's AgentURL option, add c.BootHTTP.AgentURL = agentURL.
-	c.AgentURL = agentURL
+	// The boot server tells machines this URL (kiln.url, task and
+	// metadata URLs); iPXE's own fetches stay on --boot-url.
+	c.AgentURL, c.BootHTTP.AgentURL = agentURL, agentURL
 	if err := c.CheckTLS(); err != nil {
 		return c, err
 	}

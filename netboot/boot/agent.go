@@ -16,12 +16,14 @@ import (
 const (
 	MaxFactsBytes  = 1 << 20  // hardware facts: disks, NICs, DMI, LLDP
 	MaxReportBytes = 16 << 10 // progress and result
+	// MaxDiscoveredFactsBytes bounds the facts of an unknown MAC.
+	MaxDiscoveredFactsBytes = 64 << 10
 )
 
 // task serves GET /agent/{machine}/task.
 func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("machine")
-	tok, ok := s.checkAuth(w, r, name)
+	tok, ok := s.checkAuth(w, r, name, nil)
 	if !ok {
 		return
 	}
@@ -39,7 +41,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		t.Purpose = p
-		base := s.baseURL(r)
+		base := s.agentURL(r)
 		switch p {
 		case PurposeDeploy:
 			img, ok := s.backend.Image(m.Spec.Image)
@@ -87,12 +89,16 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	switch what {
 	case "facts":
 		limit = MaxFactsBytes
+		if isDiscovered(name) {
+			limit = MaxDiscoveredFactsBytes
+		}
 	case "progress", "result":
 	default:
 		http.Error(w, fmt.Sprintf("no agent endpoint %q (facts, progress, result)", what), http.StatusNotFound)
 		return
 	}
-	if _, ok := s.checkAuth(w, r, name); !ok {
+	tok, ok := s.checkAuth(w, r, name, nil)
+	if !ok {
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
@@ -114,6 +120,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	rep.TaskID, rep.BootID = tok.TaskID, tok.BootID // the boot the token belongs to
 	if err := s.backend.Report(r.Context(), name, rep); err != nil {
 		s.log.Error("store agent report", "machine", name, "report", what, "err", err)
 		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)

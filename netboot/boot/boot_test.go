@@ -16,6 +16,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const (
@@ -32,8 +33,9 @@ func TestScriptPerPurpose(t *testing.T) {
 	host := strings.TrimPrefix(ts.URL, "http://")
 
 	prev := ""
-	for _, p := range []string{PurposeCommission, PurposeDeploy, PurposeErase, PurposeCommission} {
+	for i, p := range []string{PurposeCommission, PurposeDeploy, PurposeErase, PurposeCommission} {
 		b.setPurpose("vm-2", p)
+		b.pending(t, "vm-2", fmt.Sprintf("task-%d", i), p) // each netboot is a power task
 		code, script := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe?uuid=1234")
 		if code != 200 {
 			t.Fatalf("%s: status %d: %s", p, code, script)
@@ -46,10 +48,13 @@ func TestScriptPerPurpose(t *testing.T) {
 		wantKernel := "kernel http://" + host + "/images/sha256/" + img.Spec.Kernel.SHA256 + "/vmlinuz console=ttyS0 kiln.url=http://" + host +
 			" kiln.machine=vm-2 kiln.purpose=" + p + " kiln.token=" + tok + " initrd=initrd.gz || goto failed"
 		wantInitrd := "initrd http://" + host + "/images/sha256/" + img.Spec.Initrd.SHA256 + "/initrd.gz || goto failed"
-		for _, want := range []string{wantKernel, wantInitrd, "boot || goto failed"} {
+		for _, want := range []string{":retry", wantKernel, wantInitrd, "boot || goto failed", "goto retry"} {
 			if !hasLine(lines, want) {
 				t.Errorf("%s: script lacks line %q:\n%s", p, want, script)
 			}
+		}
+		if strings.Contains(script, "chain") {
+			t.Errorf("%s: the failure path fetches the script again (its token is used up):\n%s", p, script)
 		}
 		if len(tok) != 43 {
 			t.Errorf("token %q: want 43 base64url characters (32 bytes)", tok)
@@ -159,6 +164,8 @@ func TestTokenRequired(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
+	b.pending(t, "vm-1", "t1", PurposeCommission)
+	b.pending(t, "vm-2", "t2", PurposeCommission)
 	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	_, s2 := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	tok1, tok2 := tokenOf(t, s1), tokenOf(t, s2)
@@ -246,6 +253,7 @@ func TestAgentAPI(t *testing.T) {
 	ts := newTestServer(t, b)
 	host := strings.TrimPrefix(ts.URL, "http://")
 	b.setPurpose("vm-1", PurposeDeploy)
+	b.pending(t, "vm-1", "t1", PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth := []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 
@@ -319,6 +327,8 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
+	b.pending(t, "vm-1", "t1", PurposeCommission)
+	b.pending(t, "vm-2", "t2", PurposeCommission)
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	curl(t, ts.URL+"/metadata/vm-1/meta-data")
@@ -373,6 +383,7 @@ func TestBaseURLAndHost(t *testing.T) {
 		"odd host":    {"", "a\"b", "kiln.url=http://localhost "},
 		"ipv6 host":   {"", "[fd00::1]:8080", "kiln.url=http://[fd00::1]:8080 "},
 	} {
+		b.pending(t, "vm-2", "t-"+name, PurposeCommission)
 		s := New(Options{BaseURL: c.base}, b, nil, log)
 		req := httptest.NewRequest("GET", "/boot/"+vm2MAC+"/script.ipxe", nil)
 		req.Host = c.host
@@ -396,6 +407,10 @@ func (failing) Tokens() TokenStore { return failingTokens{} }
 type failingTokens struct{}
 
 func (failingTokens) Put(context.Context, string, inventory.BootToken) error {
+	return errors.New("etcd unavailable")
+}
+
+func (failingTokens) PutLeased(context.Context, string, inventory.BootToken, clientv3.LeaseID) error {
 	return errors.New("etcd unavailable")
 }
 

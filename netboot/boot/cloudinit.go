@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
 	"gopkg.in/yaml.v3"
 )
@@ -19,7 +20,18 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("no such NoCloud file %q (meta-data, user-data, vendor-data, network-config)", file), http.StatusNotFound)
 		return
 	}
-	if _, ok := s.checkAuth(w, r, name); !ok {
+	// The deployed OS fetches its metadata from its own address, not the
+	// ephemeral boot's: a deploy boot's token is also accepted from it.
+	deployAddrs := func(t inventory.BootToken) []netip.Addr {
+		if t.Purpose != PurposeDeploy {
+			return nil
+		}
+		if m, ok := s.backend.Machine(name); ok {
+			return s.machineAddrs(m)
+		}
+		return nil
+	}
+	if _, ok := s.checkAuth(w, r, name, deployAddrs); !ok {
 		return
 	}
 	m, ok := s.backend.Machine(name)
@@ -35,7 +47,12 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	case "user-data":
 		body = UserData(m)
 	case "vendor-data":
-		body, err = s.vendorData(r.Context(), agentBase(s, r), m)
+		body, err = s.vendorData(r.Context(), s.agentURL(r), m)
+		if err != nil {
+			s.log.Error("render metadata", "machine", name, "file", file, "err", err)
+			http.Error(w, "cannot render vendor-data now, try again", http.StatusServiceUnavailable)
+			return
+		}
 	case "network-config":
 		body, err = NetworkConfig(m, s.backend.Subnet)
 	}
@@ -48,18 +65,6 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(body)
 	s.backend.Record(name, EventMetadata, file)
-}
-
-// agentBase is the URL the deployed OS reports in at: for a request that
-// came over TLS (the agent fetching the seed from the rack's https
-// listener, where it verified the rack) the https URL it used, so that
-// phone_home goes over https too and the OS report-in token is never
-// sent in the clear; else the boot server's URL.
-func agentBase(s *Server, r *http.Request) string {
-	if r.TLS != nil {
-		return "https://" + safeHost(r.Host)
-	}
-	return s.baseURL(r)
 }
 
 // MetaData is the NoCloud meta-data. The instance ID changes with each
@@ -218,4 +223,31 @@ func NetworkConfig(m *spec.Machine, subnet func(string) (*spec.Subnet, bool)) ([
 		return nil, fmt.Errorf("encode network-config: %w", err)
 	}
 	return b, nil
+}
+
+// machineAddrs are the addresses the machine may speak from once
+// deployed: its declared static addresses and what Kiln's DHCP gave one
+// of its MACs.
+func (s *Server) machineAddrs(m *spec.Machine) []netip.Addr {
+	var out []netip.Addr
+	add := func(ip string) {
+		if p, err := netip.ParsePrefix(ip); err == nil {
+			out = append(out, p.Addr().Unmap())
+		} else if a, err := netip.ParseAddr(ip); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	for _, i := range m.Spec.Interfaces {
+		add(i.IP)
+		if a, ok := s.backend.LeaseIP(strings.ToLower(i.MAC)); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	for _, b := range m.Spec.Bonds {
+		add(b.IP)
+	}
+	for _, v := range m.Spec.VLANs {
+		add(v.IP)
+	}
+	return out
 }

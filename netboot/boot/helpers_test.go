@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // memBackend is the rack agent as the boot server sees it, built from an
@@ -27,6 +29,8 @@ type memBackend struct {
 	tokens TokenStore
 
 	mu       sync.Mutex
+	leases   map[string]netip.Addr // mac → address Kiln's DHCP gave it
+	dlErr    error                 // DiscoveredLease's error
 	purposes map[string]string
 	reports  map[string][]Report
 	events   []string // machine event detail
@@ -43,7 +47,7 @@ func loadInventory(t testing.TB, dir string) *spec.Inventory {
 
 func newMemBackend(inv *spec.Inventory, tokens TokenStore) *memBackend {
 	b := &memBackend{inv: inv, byMAC: map[string]*spec.Machine{}, tokens: tokens,
-		purposes: map[string]string{}, reports: map[string][]Report{}}
+		purposes: map[string]string{}, reports: map[string][]Report{}, leases: map[string]netip.Addr{}}
 	for _, m := range inv.Machines {
 		for _, i := range m.Spec.Interfaces {
 			b.byMAC[strings.ToLower(i.MAC)] = m
@@ -104,6 +108,34 @@ func (b *memBackend) Record(machine, event, detail string) {
 	b.events = append(b.events, machine+" "+event+" "+detail)
 }
 
+func (b *memBackend) LeaseIP(mac string) (netip.Addr, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a, ok := b.leases[mac]
+	return a, ok
+}
+
+func (b *memBackend) setLease(mac, ip string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.leases[mac] = netip.MustParseAddr(ip)
+}
+
+func (b *memBackend) DiscoveredLease(context.Context, string) (clientv3.LeaseID, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return clientv3.NoLease, b.dlErr
+}
+
+// pending writes the boot-token record a netboot power task writes.
+func (b *memBackend) pending(t testing.TB, machine, taskID, purpose string) {
+	t.Helper()
+	rec := inventory.BootToken{State: inventory.TokenPending, TaskID: taskID, Purpose: purpose}
+	if err := b.tokens.Put(context.Background(), machine, rec); err != nil {
+		t.Fatalf("pending token record of %s: %v", machine, err)
+	}
+}
+
 func (b *memBackend) eventList() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -120,6 +152,10 @@ func (s *memTokens) Put(_ context.Context, machine string, t inventory.BootToken
 	defer s.mu.Unlock()
 	s.m[machine] = t
 	return nil
+}
+
+func (s *memTokens) PutLeased(ctx context.Context, machine string, t inventory.BootToken, _ clientv3.LeaseID) error {
+	return s.Put(ctx, machine, t)
 }
 
 func (s *memTokens) Get(_ context.Context, machine string) (inventory.BootToken, error) {
@@ -172,7 +208,8 @@ func newTestServer(t testing.TB, b *memBackend) *testServer {
 	c := &clock{t: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)}
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	s := New(Options{Now: c.Now}, b, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// Rate limits out of the way; TestScriptRateLimits sets its own.
+	s := New(Options{Now: c.Now, ScriptBurst: 1000}, b, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.Handler()) // listens on 127.0.0.1
 	t.Cleanup(ts.Close)
 	return &testServer{Server: ts, backend: b, clock: c, reg: reg, metrics: m}

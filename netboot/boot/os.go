@@ -107,6 +107,23 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "forbidden: the OS report-in token expired", http.StatusForbidden)
 		return
 	}
+	from := remoteAddr(r)
+	m, known := s.backend.Machine(name)
+	allowed := false
+	if known && from.IsValid() {
+		for _, a := range s.machineAddrs(m) {
+			allowed = allowed || a == from
+		}
+	}
+	if !allowed {
+		why := fmt.Sprintf("OS report from %s, not one of the machine's declared or leased addresses", from)
+		log.Warn("OS report refused", "why", why)
+		if known {
+			s.backend.Record(name, EventRefused, why)
+		}
+		http.Error(w, "forbidden: OS reports are accepted only from the machine's own addresses", http.StatusForbidden)
+		return
+	}
 	rep, err := decodeOSReport(r.Header.Get("Content-Type"), http.MaxBytesReader(w, r.Body, MaxOSReportBytes))
 	if err != nil {
 		code := http.StatusBadRequest
@@ -120,15 +137,19 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		rep.Address = host
 	}
-	if err := s.backend.Report(r.Context(), name, Report{OS: rep}); err != nil {
+	if err := s.backend.Report(r.Context(), name, Report{OS: rep, TaskID: stored.TaskID, BootID: stored.BootID}); err != nil {
 		log.Error("store OS report", "err", err)
 		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)
 		return
 	}
-	// Used once: a second report with the same token is refused.
+	// Used once: a second report with the same token is refused. The
+	// deploy has ended: its boot token (in the CIDATA seed) is revoked too.
 	err = s.backend.Tokens().Update(r.Context(), name, func(t *inventory.BootToken) error {
 		if t.OSSHA256 == stored.OSSHA256 {
 			t.OSSHA256 = ""
+			if t.BootID == stored.BootID {
+				t.SHA256 = ""
+			}
 		}
 		return nil
 	})

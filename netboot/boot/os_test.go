@@ -40,6 +40,8 @@ func TestOSReportIn(t *testing.T) {
 	b := newMemBackend(inv, nil)
 	ts := newTestServer(t, b)
 	b.setPurpose("vm-1", PurposeDeploy)
+	b.setLease(vm1MAC, "127.0.0.1") // Kiln's DHCP gave vm-1 the test's address
+	b.pending(t, "vm-1", "t1", PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	bootToken := tokenOf(t, s)
 	auth := []string{"-H", "Authorization: Bearer " + bootToken}
@@ -93,22 +95,40 @@ func TestOSReportIn(t *testing.T) {
 		t.Errorf("timeline lacks the OS report:\n%s", ev)
 	}
 
+	// The deploy ended: its boot token (in the CIDATA seed) is revoked,
+	// and only its hash was ever stored, now cleared.
+	if code, _ := curl(t, append(auth, ts.URL+"/metadata/vm-1/meta-data")...); code != 403 {
+		t.Errorf("the deploy's boot token still works after the OS report: %d", code)
+	}
+	if rec, err := b.tokens.Get(t.Context(), "vm-1"); err != nil || rec.SHA256 != "" || rec.OSSHA256 != "" {
+		t.Errorf("token record after the OS report: %+v %v", rec, err)
+	}
+	if got := b.reports["vm-1"]; got[0].TaskID != "t1" || got[0].BootID == "" {
+		t.Errorf("OS report not stamped with its boot: %+v", got[0])
+	}
+
 	// JSON with a boot ID works too; a new token dies with the next boot
-	// (the next script fetch replaces the whole token record) and expires.
+	// (the next power task replaces the whole token record) and expires.
+	b.pending(t, "vm-1", "t1b", PurposeDeploy)
+	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
 	u2 := phoneHomeURL(t, vd)
 	ts.clock.Add(DefaultOSTokenTTL + time.Second)
 	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", u2); code != 403 || !strings.Contains(msg, "expired") {
 		t.Errorf("expired report-in token: %d %q", code, msg)
 	}
+	b.pending(t, "vm-1", "t2", PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the boot token expired too
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
 	u3 := phoneHomeURL(t, vd)
-	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the machine network-boots again
+	b.pending(t, "vm-1", "t3", PurposeDeploy) // the machine network-boots again
+	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if code, _ := form(u3, "hostname=vm-1"); code != 403 {
 		t.Errorf("a report-in token outlived the next network boot: %d", code)
 	}
+	b.pending(t, "vm-1", "t4", PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
@@ -130,6 +150,7 @@ func TestVendorDataWithoutReportIn(t *testing.T) {
 	b := newMemBackend(inv, nil)
 	ts := newTestServer(t, b)
 	vendorData := func() string {
+		b.pending(t, "vm-1", "t", PurposeDeploy)
 		_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 		_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
 		return vd

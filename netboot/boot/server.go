@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,8 @@ type Server struct {
 	metrics *Metrics
 	log     *slog.Logger
 	mux     *http.ServeMux
+	perMAC  *limiters // script fetches per MAC
+	perIP   *limiters // script fetches per source address
 }
 
 // New returns a server; metrics may be nil.
@@ -39,7 +42,22 @@ func New(opts Options, backend Backend, metrics *Metrics, log *slog.Logger) *Ser
 		opts.Now = time.Now
 	}
 	opts.BaseURL = strings.TrimSuffix(opts.BaseURL, "/")
-	s := &Server{opts: opts, backend: backend, metrics: metrics, log: log, mux: http.NewServeMux()}
+	opts.AgentURL = strings.TrimSuffix(opts.AgentURL, "/")
+	if opts.ScriptRatePerMAC <= 0 {
+		opts.ScriptRatePerMAC = 1
+	}
+	if opts.ScriptRatePerIP <= 0 {
+		opts.ScriptRatePerIP = 10
+	}
+	if opts.ScriptBurst <= 0 {
+		opts.ScriptBurst = 5
+	}
+	if opts.MaxLimiters <= 0 {
+		opts.MaxLimiters = 4096
+	}
+	s := &Server{opts: opts, backend: backend, metrics: metrics, log: log, mux: http.NewServeMux(),
+		perMAC: newLimiters(opts.ScriptRatePerMAC, opts.ScriptBurst, opts.MaxLimiters),
+		perIP:  newLimiters(opts.ScriptRatePerIP, opts.ScriptBurst, opts.MaxLimiters)}
 	s.mux.HandleFunc("GET /boot/{mac}/script.ipxe", s.script)
 	s.mux.HandleFunc("GET /metadata/{machine}/{file}", s.metadata)
 	s.mux.HandleFunc("GET /agent/{machine}/task", s.task)
@@ -86,6 +104,18 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// agentURL is the URL the machine agent and the deployed OS reach the
+// agent API at.
+func (s *Server) agentURL(r *http.Request) string {
+	if s.opts.AgentURL != "" {
+		return s.opts.AgentURL
+	}
+	if r.TLS != nil { // reached over the rack's HTTPS listener: stay on it
+		return "https://" + safeHost(r.Host)
+	}
+	return s.baseURL(r)
+}
+
 // baseURL is the URL machines reach this server at.
 func (s *Server) baseURL(r *http.Request) string {
 	if s.opts.BaseURL != "" {
@@ -125,29 +155,82 @@ func validName(name string) bool {
 	return name != "." && name != ".."
 }
 
-// issueToken makes a new random token for machine, stores its hash and
-// returns it with the boot ID. The previous token stops working.
-func (s *Server) issueToken(ctx context.Context, machine string) (token, bootID string, err error) {
-	token, sum, err := newSecret()
-	if err != nil {
-		return "", "", err
-	}
+// errHandedOut: the boot's token was already handed out.
+var errHandedOut = errors.New("token already handed out")
+
+// newBootID is a random boot ID.
+func newBootID() (string, error) {
 	var id [8]byte
 	if _, err := rand.Read(id[:]); err != nil {
-		return "", "", fmt.Errorf("random boot ID: %w", err)
+		return "", fmt.Errorf("random boot ID: %w", err)
 	}
-	bootID = hex.EncodeToString(id[:])
+	return hex.EncodeToString(id[:]), nil
+}
+
+// claimToken mints the token of machine's pending boot (the record the
+// rack wrote for its netboot task), compare-and-swap, bound to addr: only
+// the first fetch of a boot gets it. inventory.ErrNotFound when there is
+// no record (no power task); errHandedOut (with the record) when it was
+// handed out already.
+func (s *Server) claimToken(ctx context.Context, machine string, addr netip.Addr) (token string, rec inventory.BootToken, err error) {
+	token, sum, err := newSecret()
+	if err != nil {
+		return "", rec, err
+	}
+	bootID, err := newBootID()
+	if err != nil {
+		return "", rec, err
+	}
 	now := s.opts.Now()
-	err = s.backend.Tokens().Put(ctx, machine, inventory.BootToken{
-		SHA256:   sum,
-		Expires:  now.Add(s.opts.TokenTTL),
-		IssuedAt: now,
-		BootID:   bootID,
+	err = s.backend.Tokens().Update(ctx, machine, func(t *inventory.BootToken) error {
+		if t.State != inventory.TokenPending {
+			rec = *t
+			return errHandedOut
+		}
+		t.State, t.SHA256, t.BootID, t.Address = inventory.TokenIssued, sum, bootID, addr.String()
+		t.IssuedAt, t.Expires = now, now.Add(s.opts.TokenTTL)
+		t.OSSHA256, t.OSExpires = "", time.Time{}
+		rec = *t
+		return nil
 	})
 	if err != nil {
-		return "", "", err
+		return "", rec, err
 	}
-	return token, bootID, nil
+	return token, rec, nil
+}
+
+// discoveredToken mints a token for an unknown MAC, bound to addr, its
+// record under the MAC's etcd lease.
+func (s *Server) discoveredToken(ctx context.Context, mac, machine string, addr netip.Addr) (string, inventory.BootToken, error) {
+	lease, err := s.backend.DiscoveredLease(ctx, mac)
+	if err != nil {
+		return "", inventory.BootToken{}, err
+	}
+	token, sum, err := newSecret()
+	if err != nil {
+		return "", inventory.BootToken{}, err
+	}
+	bootID, err := newBootID()
+	if err != nil {
+		return "", inventory.BootToken{}, err
+	}
+	now := s.opts.Now()
+	rec := inventory.BootToken{State: inventory.TokenIssued, Purpose: PurposeDiscover, Address: addr.String(),
+		SHA256: sum, BootID: bootID, IssuedAt: now, Expires: now.Add(s.opts.TokenTTL)}
+	if err := s.backend.Tokens().PutLeased(ctx, machine, rec, lease); err != nil {
+		return "", rec, err
+	}
+	return token, rec, nil
+}
+
+// remoteAddr is the request's source address (unmapped); invalid when
+// RemoteAddr cannot be parsed.
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // newSecret returns a random token and the hex SHA-256 that is stored.
@@ -175,7 +258,10 @@ var errForbidden = errors.New("forbidden")
 // authorize checks the request's token against machine's current token
 // and returns the stored token. Errors other than errForbidden are the
 // store's.
-func (s *Server) authorize(r *http.Request, machine string) (inventory.BootToken, error) {
+//
+// The token is accepted only from the address it is bound to, or from
+// one of also (the deployed OS's addresses, for a deploy's metadata).
+func (s *Server) authorize(r *http.Request, machine string, also func(inventory.BootToken) []netip.Addr) (inventory.BootToken, error) {
 	given := ""
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
@@ -196,29 +282,44 @@ func (s *Server) authorize(r *http.Request, machine string) (inventory.BootToken
 	if err != nil {
 		return inventory.BootToken{}, err
 	}
-	if !matches(given, stored.SHA256) {
+	if stored.SHA256 == "" || !matches(given, stored.SHA256) {
 		return inventory.BootToken{}, fmt.Errorf("%w: token does not match", errForbidden)
 	}
 	if !s.opts.Now().Before(stored.Expires) {
 		return inventory.BootToken{}, fmt.Errorf("%w: token expired at %s", errForbidden, stored.Expires.Format(time.RFC3339))
+	}
+	from := remoteAddr(r)
+	if !from.IsValid() || from.String() != stored.Address {
+		ok := false
+		if also != nil && from.IsValid() {
+			for _, a := range also(stored) {
+				ok = ok || a == from
+			}
+		}
+		if !ok {
+			return inventory.BootToken{}, fmt.Errorf("%w: token bound to %s, used from %s", errForbidden, stored.Address, from)
+		}
 	}
 	return stored, nil
 }
 
 // checkAuth answers 403 (or 503) and returns false when the request may
 // not touch machine's data.
-func (s *Server) checkAuth(w http.ResponseWriter, r *http.Request, machine string) (inventory.BootToken, bool) {
+func (s *Server) checkAuth(w http.ResponseWriter, r *http.Request, machine string, also func(inventory.BootToken) []netip.Addr) (inventory.BootToken, bool) {
 	if !validName(machine) {
 		http.Error(w, fmt.Sprintf("%q is not a machine name", machine), http.StatusNotFound)
 		return inventory.BootToken{}, false
 	}
-	tok, err := s.authorize(r, machine)
+	tok, err := s.authorize(r, machine, also)
 	if err == nil {
 		return tok, true
 	}
 	log := s.log.With("machine", machine, "path", r.URL.Path, "remote", r.RemoteAddr)
 	if errors.Is(err, errForbidden) {
 		log.Warn("boot request refused", "err", err)
+		if _, known := s.backend.Machine(machine); known { // no timeline for made-up names
+			s.backend.Record(machine, EventRefused, fmt.Sprintf("%s from %s: %v", r.URL.Path, remoteAddr(r), err))
+		}
 		http.Error(w, "forbidden: a valid boot token for this machine is required", http.StatusForbidden)
 		return tok, false
 	}

@@ -17,7 +17,7 @@ func TestEtcdTokens(t *testing.T) {
 	t.Parallel()
 	cli, _ := etcdtest.Start(t)
 	store := inventory.NewStore(cli, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	tokens := store.Tokens()
+	tokens := store.Tokens("rack-1")
 	ctx := t.Context()
 
 	if _, err := tokens.Get(ctx, "vm-1"); !errors.Is(err, inventory.ErrNotFound) {
@@ -32,22 +32,33 @@ func TestEtcdTokens(t *testing.T) {
 	if err != nil || !got.Expires.Equal(want.Expires) || got.SHA256 != want.SHA256 || got.BootID != want.BootID {
 		t.Fatalf("get: %+v %v, want %+v", got, err, want)
 	}
-	resp, err := cli.Get(ctx, store.TokenKey("vm-1"))
-	if err != nil || len(resp.Kvs) != 1 || !strings.HasSuffix(string(resp.Kvs[0].Key), "/tokens/vm-1") {
-		t.Fatalf("key %s: %v %v", store.TokenKey("vm-1"), resp, err)
+	resp, err := cli.Get(ctx, store.Keys().Token("rack-1", "vm-1"))
+	if err != nil || len(resp.Kvs) != 1 || !strings.HasSuffix(string(resp.Kvs[0].Key), "/tokens/rack-1/vm-1") {
+		t.Fatalf("key %s: %v %v", store.Keys().Token("rack-1", "vm-1"), resp, err)
 	}
 
-	// The server with the etcd store: rotation and the token check.
+	// The server with the etcd store: each boot's token is handed out
+	// once, and a new power task's record replaces the previous boot's.
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), tokens)
 	ts := newTestServer(t, b)
+	b.pending(t, "vm-1", "task-1", PurposeCommission)
 	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
+	t1 := tokenOf(t, s1)
+	if _, again := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe"); strings.Contains(again, "kiln.token=") {
+		t.Errorf("a second fetch of the same boot got a token:\n%s", again)
+	}
+	b.pending(t, "vm-1", "task-2", PurposeCommission)
 	_, s2 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
-	t1, t2 := tokenOf(t, s1), tokenOf(t, s2)
+	t2 := tokenOf(t, s2)
 	if code, _ := curl(t, ts.URL+"/metadata/vm-1/meta-data?token="+t1); code != 403 {
-		t.Errorf("rotated-out token: %d, want 403", code)
+		t.Errorf("the previous boot's token: %d, want 403", code)
 	}
 	if code, _ := curl(t, ts.URL+"/metadata/vm-1/meta-data?token="+t2); code != 200 {
 		t.Errorf("current token: %d, want 200", code)
+	}
+	resp, err = cli.Get(ctx, store.Keys().Token("rack-1", "vm-1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
 	}
 	stored, err := tokens.Get(ctx, "vm-1")
 	if err != nil || strings.Contains(resp.Kvs[0].String(), t2) || len(stored.SHA256) != 64 {

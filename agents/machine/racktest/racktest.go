@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"path"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Machine and Token are the machine the rack knows and its boot token.
@@ -85,6 +87,7 @@ func newRack(t testing.TB, log *slog.Logger) *Rack {
 		purpose: boot.PurposeCommission,
 		tokens: map[string]inventory.BootToken{Machine: {
 			SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), BootID: BootID,
+			State: inventory.TokenIssued, Address: "127.0.0.1", // the boot's token, handed out to the test's agent
 		}},
 		Images: &Images{files: map[string][]byte{}, cuts: map[string][]int64{}, gets: map[string]int{}},
 	}
@@ -194,7 +197,11 @@ func (r *Rack) Report(_ context.Context, _ string, rep boot.Report) error {
 	r.reports = append(r.reports, rep)
 	return nil
 }
-func (r *Rack) Record(string, string, string) {}
+func (r *Rack) Record(string, string, string)     {}
+func (r *Rack) LeaseIP(string) (netip.Addr, bool) { return netip.Addr{}, false }
+func (r *Rack) DiscoveredLease(context.Context, string) (clientv3.LeaseID, error) {
+	return clientv3.NoLease, nil
+}
 
 type tokens Rack
 
@@ -203,6 +210,10 @@ func (t *tokens) Put(_ context.Context, m string, tok inventory.BootToken) error
 	defer t.mu.Unlock()
 	t.tokens[m] = tok
 	return nil
+}
+
+func (t *tokens) PutLeased(ctx context.Context, m string, tok inventory.BootToken, _ clientv3.LeaseID) error {
+	return t.Put(ctx, m, tok)
 }
 
 func (t *tokens) Get(_ context.Context, m string) (inventory.BootToken, error) {
