@@ -162,6 +162,7 @@ spec:
 		t.Helper()
 		st.clearReport(t)
 		st.update(t, func(s *inventory.MachineStatus) { s.BootPurpose = purpose })
+		st.pendingBoot(t, purpose) // what the rack writes for a netboot task
 		start := time.Now()
 		vm := netlab.QEMU(r.Switch, netlab.QEMUOpts{Tap: tap, MAC: agentMAC, Memory: 1024, Args: []string{
 			"-smp", "2",
@@ -562,6 +563,20 @@ func (c *statusClient) clearReport(t *testing.T) {
 	defer cancel()
 	if _, err := c.store.Client().Delete(ctx, c.reportKey); err != nil {
 		t.Fatalf("delete %s: %v", c.reportKey, err)
+	}
+}
+
+// pendingBoot writes the pending boot-token record a netboot power task
+// makes the rack write before it powers the machine on: this test powers
+// the VM itself, and without the record its script carries no token.
+func (c *statusClient) pendingBoot(t *testing.T, purpose string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := c.store.Tokens("r1").Put(ctx, agentMachine, inventory.BootToken{
+		State: inventory.TokenPending, TaskID: "e2e-" + purpose + "-" + randomUUID()[:8], Purpose: purpose})
+	if err != nil {
+		t.Fatalf("pending boot token: %v", err)
 	}
 }
 

@@ -93,8 +93,14 @@ func startServer(t *testing.T, sourceArgs ...string) *server {
 // kiln runs the CLI against this server and returns stdout, stderr, exit code.
 func (s *server) kiln(args ...string) (string, string, int) {
 	s.t.Helper()
+	return s.kilnEnv(nil, args...)
+}
+
+// kilnEnv is kiln with more environment variables (e.g. etcd credentials).
+func (s *server) kilnEnv(env []string, args ...string) (string, string, int) {
+	s.t.Helper()
 	cmd := exec.Command(kilnBin, args...)
-	cmd.Env = append(os.Environ(), "KILN_ETCD_ENDPOINTS="+s.etcd)
+	cmd.Env = append(append(os.Environ(), "KILN_ETCD_ENDPOINTS="+s.etcd), env...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()

@@ -29,8 +29,8 @@ import (
 // Planted: a plaintext BMC password (its Rack opted in with
 // allowPlaintextPasswords), which the rack must still use to power the
 // machine; and a boot token captured from the machine's iPXE script while
-// it commissions. The etcd password is not planted: embedded etcd runs
-// without auth in this harness (the etcd-roles part of issue 12 adds it).
+// it commissions; and an etcd password, set by `kiln etcd init-roles`
+// (auth turned on), with which the CLI then runs as the viewer.
 func TestPlantedSecretsAppearNowhere(t *testing.T) {
 	password := "planted-bmc-" + randomHex(t)
 	ipmi, _ := startKilnVBMC(t, "m1", password)
@@ -154,6 +154,37 @@ spec:
 		t.Fatalf("no Kiln metrics at /metrics:\n%.500s", metrics)
 	}
 	search("/metrics", string(metrics))
+	// The etcd password: init-roles sets it and turns auth on, and the
+	// CLI runs as the viewer with it. Neither may print it (the server,
+	// holding no credentials, is refused from here on: its log is searched
+	// too).
+	etcdPassword := "planted-etcd-" + randomHex(t)
+	pwDir := t.TempDir()
+	for _, user := range []string{"root", "kiln-region", "kiln-viewer"} {
+		if err := os.WriteFile(filepath.Join(pwDir, user), []byte(etcdPassword+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	planted["etcd password"] = etcdPassword
+	out, errOut, code := s.kiln("etcd", "init-roles", "--password-dir", pwDir, "--enable-auth")
+	if code != 0 {
+		t.Fatalf("kiln etcd init-roles: exit %d\n%s%s", code, out, errOut)
+	}
+	search("kiln etcd init-roles", out+errOut)
+	viewer := []string{"KILN_ETCD_USER=kiln-viewer", "KILN_ETCD_PASSWORD_FILE=" + filepath.Join(pwDir, "kiln-viewer")}
+	for _, args := range [][]string{
+		{"get", "machines", "-o", "yaml"}, {"get", "machine", "m1", "-o", "json"}, {"describe", "machine", "m1"},
+		{"events", "m1"}, {"get", "discovered"}, {"get", "leases"}, {"export", "discovered"},
+	} {
+		out, errOut, code := s.kilnEnv(viewer, args...)
+		if code != 0 {
+			t.Errorf("kiln %s as kiln-viewer: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		search("kiln "+strings.Join(args, " ")+" as kiln-viewer", out+errOut)
+	}
+	if out, _, code := s.kiln("get", "machines"); code == 0 {
+		t.Errorf("kiln get machines without credentials worked after init-roles --enable-auth:\n%s", out)
+	}
 	// Every log line of the region and the rack.
 	search("the server log", s.log.String())
 	if !strings.Contains(s.log.String(), "level=DEBUG") {
