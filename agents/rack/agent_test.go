@@ -143,21 +143,33 @@ func (r *relay) exchange(t *testing.T, m *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 	t.Helper()
 	m.GatewayIPAddr = net.IPv4(127, 77, 0, 1)
 	m.HopCount = 1
-	if _, err := r.conn.WriteToUDP(m.ToBytes(), r.to); err != nil {
-		t.Fatal(err)
-	}
+	// Like a real client (and relay), send again each second until a
+	// reply comes: a leader that has just taken over may not have bound
+	// its DHCP socket when the first packet arrives.
+	deadline := time.Now().Add(10 * time.Second)
 	buf := make([]byte, 1500)
-	for {
-		r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, _, err := r.conn.ReadFromUDP(buf)
-		if err != nil {
-			t.Fatalf("no reply through the relay: %v", err)
+	for time.Now().Before(deadline) {
+		if _, err := r.conn.WriteToUDP(m.ToBytes(), r.to); err != nil {
+			t.Fatal(err)
 		}
-		reply, err := dhcpv4.FromBytes(buf[:n])
-		if err == nil && reply.TransactionID == m.TransactionID && reply.OpCode == dhcpv4.OpcodeBootReply {
-			return reply
+		wait := time.Now().Add(time.Second)
+		if wait.After(deadline) {
+			wait = deadline
+		}
+		r.conn.SetReadDeadline(wait)
+		for {
+			n, _, err := r.conn.ReadFromUDP(buf)
+			if err != nil {
+				break // resend
+			}
+			reply, err := dhcpv4.FromBytes(buf[:n])
+			if err == nil && reply.TransactionID == m.TransactionID && reply.OpCode == dhcpv4.OpcodeBootReply {
+				return reply
+			}
 		}
 	}
+	t.Fatalf("no reply through the relay within 10s")
+	return nil
 }
 
 func dora(t *testing.T, r *relay, mac net.HardwareAddr) netip.Addr {

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"github.com/kilnhq/kiln/agents/rack"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kilnhq/kiln/inventory/pki"
 )
@@ -84,6 +87,33 @@ func TestRackTLSFlags(t *testing.T) {
 		tc.edit(&r2)
 		if _, err := r2.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config: %v, want %q", err, tc.want)
+		}
+	}
+}
+
+// TestRackDiscoveryFlags: the discovery bounds reach the rack's config;
+// nonsense is refused before anything starts.
+func TestRackDiscoveryFlags(t *testing.T) {
+	parse := func(args ...string) (rack.Config, error) {
+		var r rackFlags
+		fs := flag.NewFlagSet("rack", flag.ContinueOnError)
+		r.register(fs)
+		if err := fs.Parse(append([]string{"--rack", "r1"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return r.config()
+	}
+	c, err := parse()
+	if err != nil || c.MaxDiscovered != 1024 || c.DiscoveredTTL != 24*time.Hour {
+		t.Fatalf("defaults: %d %s %v", c.MaxDiscovered, c.DiscoveredTTL, err)
+	}
+	c, err = parse("--max-discovered", "7", "--discovered-ttl", "2h")
+	if err != nil || c.MaxDiscovered != 7 || c.DiscoveredTTL != 2*time.Hour {
+		t.Fatalf("set: %d %s %v", c.MaxDiscovered, c.DiscoveredTTL, err)
+	}
+	for _, args := range [][]string{{"--max-discovered", "-1"}, {"--discovered-ttl", "10s"}} {
+		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--max-discovered") {
+			t.Errorf("%v: %v, want a clear error", args, err)
 		}
 	}
 }

@@ -41,6 +41,8 @@ type rackFlags struct {
 	cacheDir, cacheSeed  string
 	httpsAddr, agentURL  string
 	tlsCert, tlsKey      string
+	maxDiscovered        int
+	discoveredTTL        time.Duration
 }
 
 func (r *rackFlags) register(fs interface {
@@ -69,11 +71,16 @@ func (r *rackFlags) register(fs interface {
 	fs.StringVar(&r.httpsAddr, "https", "", `HTTPS address serving the HTTP boot server's routes for the machine agent and the deployed OS, e.g. ":8443" (needs --http, --tls-cert, --tls-key); empty: off`)
 	fs.StringVar(&r.tlsCert, "tls-cert", "", "the rack's certificate (PEM) for --https, e.g. from kiln certs issue; read again when it changes")
 	fs.StringVar(&r.tlsKey, "tls-key", "", "the key of --tls-cert (PEM)")
+	fs.IntVar(&r.maxDiscovered, "max-discovered", 1024, "unknown MACs this rack records at once; beyond it new ones are not recorded (a warning says so)")
+	fs.DurationVar(&r.discoveredTTL, "discovered-ttl", 24*time.Hour, "how long an unknown MAC's keys (record, timeline, token, report) outlive its last boot")
 	fs.StringVar(&r.agentURL, "agent-url", "", "the HTTPS listener's URL as machines reach it, e.g. https://10.42.0.1:8443 (default: --boot-url's host with --https's port); must match a name in the certificate")
 }
 
 func (r *rackFlags) config() (rack.Config, error) {
-	c := rack.Config{Rack: r.rack, ID: r.id, TTL: r.ttl,
+	if r.maxDiscovered < 0 || r.discoveredTTL < 0 || r.discoveredTTL > 0 && r.discoveredTTL < time.Minute {
+		return rack.Config{}, fmt.Errorf("--max-discovered must not be negative and --discovered-ttl must be at least 1m (got %d and %s)", r.maxDiscovered, r.discoveredTTL)
+	}
+	c := rack.Config{Rack: r.rack, ID: r.id, TTL: r.ttl, MaxDiscovered: r.maxDiscovered, DiscoveredTTL: r.discoveredTTL,
 		Boot:     dhcp.BootConfig{ScriptURL: r.scriptURL, HTTPBootURL: r.httpBoot, BIOSFile: r.biosFile, EFIFile: r.efiFile},
 		DHCP:     dhcp.Options{Interfaces: splitList(r.interfaces), Port: r.dhcpPort, ProxyPort: r.proxyPort},
 		HTTPAddr: r.httpAddr, TFTPAddr: r.tftpAddr,
