@@ -8,7 +8,8 @@
 // a timeout per call, one call at a time per BMC, a global concurrency
 // limit, retries with backoff on transient errors, and a circuit breaker
 // for a BMC that keeps failing. Poller watches power state with jitter and
-// reports drift. Passwords never appear in logs, errors or metrics.
+// reports drift (no component starts it yet). Passwords never appear in
+// logs, errors or metrics.
 //
 // The virtual BMC that real IPMI and Redfish clients accept, driving QEMU
 // VMs, is in power/vbmc.

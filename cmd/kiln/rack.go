@@ -128,7 +128,7 @@ func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
 	var (
 		cf        clientFlags
 		rf        rackFlags
-		listen    = fs.String("listen", "127.0.0.1:9421", "HTTP address for /metrics, /healthz and /readyz")
+		listen    = fs.String("listen", "127.0.0.1:9421", "HTTP address for /metrics and /healthz")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat = fs.String("log-format", "text", "text or json")
 	)

@@ -46,7 +46,7 @@ func commands() map[string]command {
 		"events":   {"list lifecycle events of all machines or one; --watch follows", runEvents},
 		"retry":    {"try a failed machine's phase again", runRetry},
 		"power":    {"power a machine on or off, read its state, choose its next boot device", runPower},
-		"rack":     {"run a rack agent: leader election per rack, DHCP", runRack},
+		"rack":     {"run a rack agent: leader election per rack, DHCP, TFTP, HTTP(S) boot, image cache, power tasks", runRack},
 		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},
 		"version":  {"print the version", runVersion},
 		"vbmc":     {"run virtual BMCs (IPMI and Redfish) that drive QEMU VMs", runVBMC},
