@@ -54,7 +54,8 @@ bench-inventory: ## apply 10k and 100k machines side by side with a raw etcd loo
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 	$(GO) vet $(PKGS)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
+	$(GO) tool staticcheck -tags e2e ./e2e/...
 
 run: ## run a server on embedded etcd against examples/lab
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/kiln server --source examples/lab

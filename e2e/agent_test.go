@@ -580,17 +580,6 @@ func (c *statusClient) pendingBoot(t *testing.T, purpose string) {
 	}
 }
 
-func (c *statusClient) get(t *testing.T) inventory.MachineStatus {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := inventory.GetJSON[inventory.MachineStatus](ctx, c.store, c.key)
-	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
-		t.Fatalf("read %s: %v", c.key, err)
-	}
-	return s
-}
-
 func (c *statusClient) update(t *testing.T, fn func(*inventory.MachineStatus)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -327,7 +327,7 @@ func (c *controller) watchReports(ctx context.Context, rev int64) error {
 // reportWanted: the key names a machine in the inventory, under its own
 // rack's prefix.
 func (c *controller) reportWanted(rack, name string) bool {
-	if strings.HasPrefix(name, "discovered-") {
+	if spec.IsDiscovered(name) {
 		return false
 	}
 	c.mu.Lock()

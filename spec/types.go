@@ -11,10 +11,6 @@ import (
 // APIVersion is the apiVersion every Kiln document carries.
 const APIVersion = "kiln.dev/v1alpha1"
 
-// ReservedMachinePrefix starts the names Kiln gives unknown MACs it
-// discovers; no Machine in the source may use it.
-const ReservedMachinePrefix = "discovered-"
-
 // The kinds of document Kiln reads.
 const (
 	KindRack    = "Rack"

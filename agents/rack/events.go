@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -163,7 +163,7 @@ func (l *eventLog) flush(ctx context.Context, batch []dhcp.Event, others []machi
 	}
 	for machine, evs := range timelines {
 		lease := clientv3.NoLease
-		if mac, ok := discoveredMAC(machine); ok {
+		if mac, ok := spec.DiscoveredMAC(machine); ok {
 			id, err := l.lease(ctx, mac)
 			if err != nil {
 				if !errors.Is(err, boot.ErrDiscoveryFull) {
@@ -213,19 +213,6 @@ func (l *eventLog) makeRoom() {
 			delete(l.discovered, mac)
 		}
 	}
-}
-
-// discoveredMAC is the MAC of a "discovered-aa-bb-…" name.
-func discoveredMAC(name string) (string, bool) {
-	rest, ok := strings.CutPrefix(name, "discovered-")
-	if !ok {
-		return "", false
-	}
-	mac, err := net.ParseMAC(strings.ReplaceAll(rest, "-", ":"))
-	if err != nil {
-		return "", false
-	}
-	return mac.String(), true
 }
 
 // warn records a rack warning on the rack's timeline.

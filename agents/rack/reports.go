@@ -3,11 +3,13 @@ package rack
 import (
 	"context"
 	"fmt"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec"
 )
 
 // Report stores what a machine agent or deployed OS reported at
@@ -19,7 +21,7 @@ import (
 func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
 	// An unknown MAC's report expires with its discovered record.
 	lease := clientv3.NoLease
-	if mac, ok := discoveredMAC(machine); ok {
+	if mac, ok := spec.DiscoveredMAC(machine); ok {
 		l, err := b.a.DiscoveredLease(ctx, mac)
 		if err != nil {
 			return fmt.Errorf("store report of %s: %w", machine, err)

@@ -27,7 +27,6 @@ import (
 type deniedLog struct {
 	mu     sync.Mutex
 	denied []string
-	attrs  []slog.Attr
 }
 
 func (d *deniedLog) Enabled(context.Context, slog.Level) bool { return true }

@@ -147,19 +147,19 @@ func TestAgentMainTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	roots := facts.Roots{Sys: "../../agents/machine/facts/testdata/sys", Proc: "../../agents/machine/facts/testdata/proc", Dev: "../../agents/machine/facts/testdata/dev"}
-	runWith := func(url, caPath string) (error, string) {
+	runWith := func(url, caPath string) (string, error) {
 		cfg, err := machine.ParseCmdline("kiln.url=" + url + " kiln.machine=vm-2 kiln.token=" + racktest.Token)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var console, logs bytes.Buffer
 		err = agentMain(context.Background(), cfg, options{roots: roots, lldpWait: 1, caPath: caPath}, slog.New(slog.NewTextHandler(&logs, nil)), &console)
-		return err, console.String() + logs.String()
+		return console.String() + logs.String(), err
 	}
 	caFile := filepath.Join(dir, pki.CAFile)
 
 	rack := racktest.NewTLS(t, discard(), cert)
-	if err, out := runWith(rack.Server.URL, caFile); err != nil || !strings.Contains(out, "over https") {
+	if out, err := runWith(rack.Server.URL, caFile); err != nil || !strings.Contains(out, "over https") {
 		t.Fatalf("over TLS: %v\n%s", err, out)
 	}
 	if rs := rack.Results(); len(rs) != 1 || !rs[0].Success {
@@ -167,7 +167,7 @@ func TestAgentMainTLS(t *testing.T) {
 	}
 
 	plain := racktest.New(t, discard())
-	if err, out := runWith(plain.Server.URL, caFile); !errors.Is(err, machine.ErrDowngrade) || !strings.Contains(out, "result failure") {
+	if out, err := runWith(plain.Server.URL, caFile); !errors.Is(err, machine.ErrDowngrade) || !strings.Contains(out, "result failure") {
 		t.Errorf("http kiln.url with a CA: %v\n%s", err, out)
 	}
 	if n := len(plain.Reports()); n != 0 {
@@ -175,10 +175,10 @@ func TestAgentMainTLS(t *testing.T) {
 	}
 	bad := filepath.Join(dir, "bad.pem")
 	os.WriteFile(bad, []byte("not a certificate"), 0o644)
-	if err, _ := runWith(rack.Server.URL, bad); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+	if _, err := runWith(rack.Server.URL, bad); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
 		t.Errorf("bad CA file: %v", err)
 	}
-	if err, out := runWith(plain.Server.URL, filepath.Join(dir, "absent.pem")); err != nil || !strings.Contains(out, "unauthenticated") {
+	if out, err := runWith(plain.Server.URL, filepath.Join(dir, "absent.pem")); err != nil || !strings.Contains(out, "unauthenticated") {
 		t.Errorf("no CA: %v\n%s", err, out)
 	}
 }

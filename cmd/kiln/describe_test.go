@@ -24,12 +24,6 @@ func goldenFacts(t *testing.T) json.RawMessage {
 	return b
 }
 
-// describeStatus renders describe for a machine that has only a status.
-func describeStatus(t *testing.T, st *inventory.MachineStatus) string {
-	t.Helper()
-	return describeReport(t, st, nil)
-}
-
 // describeReport renders describe for a machine with a status and its
 // rack's report.
 func describeReport(t *testing.T, st *inventory.MachineStatus, r *inventory.MachineReport) string {

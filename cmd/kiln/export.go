@@ -15,6 +15,7 @@ import (
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec"
 )
 
 // runExport prints discovered machines as Machine documents, ready to be
@@ -89,7 +90,7 @@ type discoveredReport struct {
 // report, or (stores written before reports had their own keys) its
 // status. nil when there are none or they do not decode.
 func discoveredFacts(ctx context.Context, store *inventory.Store, d inventory.Discovered) *facts.Facts {
-	name := discoveredName(d.MAC)
+	name := spec.DiscoveredName(d.MAC)
 	raw := json.RawMessage(nil)
 	if r, err := inventory.GetJSON[discoveredReport](ctx, store, store.Keys().Report(d.Rack, name)); err == nil {
 		raw = r.Facts
@@ -105,10 +106,6 @@ func discoveredFacts(ctx context.Context, store *inventory.Store, d inventory.Di
 	}
 	return f
 }
-
-// discoveredName is the name the boot server gives an unknown MAC (its
-// facts are stored under it).
-func discoveredName(mac string) string { return "discovered-" + strings.ReplaceAll(mac, ":", "-") }
 
 // writeMachineDocs encodes one Machine document per discovered machine.
 // Everything is built as YAML nodes and written by the encoder: strings

@@ -28,7 +28,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t := Task{Machine: name, Purpose: PurposeDiscover, BootID: tok.BootID}
-	if !isDiscovered(name) {
+	if !spec.IsDiscovered(name) {
 		m, ok := s.backend.Machine(name)
 		if !ok {
 			http.Error(w, "no machine "+name+" in the inventory", http.StatusNotFound)
@@ -89,7 +89,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	switch what {
 	case "facts":
 		limit = MaxFactsBytes
-		if isDiscovered(name) {
+		if spec.IsDiscovered(name) {
 			limit = MaxDiscoveredFactsBytes
 		}
 	case "progress", "result":

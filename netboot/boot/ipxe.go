@@ -37,7 +37,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	name, purpose, arch := discoveredName(mac), PurposeDiscover, "amd64"
+	name, purpose, arch := spec.DiscoveredName(mac), PurposeDiscover, "amd64"
 	m, known := s.backend.MachineByMAC(mac)
 	if known {
 		name, arch = m.Metadata.Name, m.Spec.Arch

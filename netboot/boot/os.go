@@ -81,7 +81,7 @@ func VendorData(base, machine, token string) ([]byte, error) {
 // osReport serves POST /os/{machine}/report.
 func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("machine")
-	if !validName(name) || isDiscovered(name) {
+	if !validName(name) || spec.IsDiscovered(name) {
 		http.Error(w, fmt.Sprintf("%q is not a machine name", name), http.StatusNotFound)
 		return
 	}

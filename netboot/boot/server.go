@@ -134,13 +134,6 @@ func safeHost(h string) string {
 	return "localhost"
 }
 
-// discoveredName is the name an unknown MAC's token is bound to.
-func discoveredName(mac string) string {
-	return "discovered-" + strings.ReplaceAll(mac, ":", "-")
-}
-
-func isDiscovered(name string) bool { return strings.HasPrefix(name, "discovered-") }
-
 // validName reports whether name can be a machine name (or a discovered
 // MAC's): lower-case letters, digits, '-' and '.'.
 func validName(name string) bool {

@@ -89,7 +89,8 @@ func TestMACLimiterIsBounded(t *testing.T) {
 	if !l.allow("999", now) || l.allow("999", now) {
 		t.Error("burst of 2 not applied to a kept MAC")
 	}
-	if !l.allow("x", now) || !l.allow("x", now) || l.allow("x", now) {
+	first, second, third := l.allow("x", now), l.allow("x", now), l.allow("x", now)
+	if !first || !second || third {
 		t.Error("burst of 2 not applied to a new MAC")
 	}
 	if !l.allow("x", now.Add(time.Second)) {
