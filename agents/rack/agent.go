@@ -1,9 +1,3 @@
-// Package rack is the rack agent: one or more per rack, one elected leader
-// that runs the rack's network services (DHCP, TFTP, the HTTP and HTTPS
-// boot server, the image cache) and its power tasks. Standbys keep a warm
-// cache of the rack's desired state
-// and leases, so that they take over within a session TTL of the leader's
-// death. The leader's writes are fenced by its election key.
 package rack
 
 import (
@@ -117,6 +111,10 @@ type Agent struct {
 	changed chan struct{}
 	leases  map[string]dhcp.Lease
 	server  *dhcp.Server // while leading
+	leading bool
+	// stale is why the view may be behind etcd: the last read or watch
+	// of the desired state failed (nil while it is followed).
+	stale error
 
 	// Test hooks: onRole hears each change of role; listen opens the
 	// boot servers' TCP listeners (default net.Listen).
@@ -186,6 +184,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) followDesired(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		snap, err := a.store.Snapshot(ctx, spec.KindSubnet, spec.KindMachine, spec.KindImage)
+		a.setStale(err)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("cannot read the desired state; serving from cache", "err", err)
@@ -201,6 +200,9 @@ func (a *Agent) followDesired(ctx context.Context) error {
 		wctx, cancel := context.WithCancel(ctx)
 		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
 		for wr := range wch {
+			if wr.Err() != nil {
+				a.setStale(fmt.Errorf("watch the desired state: %w", wr.Err()))
+			}
 			if wr.Err() != nil || len(wr.Events) > 0 {
 				break
 			}
@@ -427,6 +429,9 @@ func (a *Agent) becomeLeader(on bool) {
 	}
 	a.leaderGauge.Set(v)
 	a.transitions.Inc()
+	a.mu.Lock()
+	a.leading = on
+	a.mu.Unlock()
 	if a.onRole != nil {
 		a.onRole(on)
 	}

@@ -38,7 +38,7 @@ func (l *listeners) of(id string) []net.Listener {
 
 // startServingAgent runs an agent with an HTTP boot server on loopback,
 // reporting its roles on roles and keeping its listeners in lns.
-func startServingAgent(t *testing.T, cfg etcd.Config, id string, roles chan<- role, lns *listeners) {
+func startServingAgent(t *testing.T, cfg etcd.Config, id string, roles chan<- role, lns *listeners) *Agent {
 	t.Helper()
 	cli, err := etcd.Connect(cfg)
 	if err != nil {
@@ -68,6 +68,7 @@ func startServingAgent(t *testing.T, cfg etcd.Config, id string, roles chan<- ro
 		}
 		cli.Close()
 	})
+	return a
 }
 
 func nextRole(t *testing.T, roles <-chan role) role {
@@ -109,7 +110,7 @@ func TestLeaderWhoseBootServerDiesHandsOver(t *testing.T) {
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
 	wch := cli.Watch(wctx, store.ElectionPrefix("r1"), clientv3.WithPrefix(), clientv3.WithRev(cur.Header.Revision+1))
-	startServingAgent(t, cfg, "b", roles, lns)
+	b := startServingAgent(t, cfg, "b", roles, lns)
 	campaigning := false
 	for wr := range wch {
 		for _, ev := range wr.Events {
@@ -120,6 +121,9 @@ func TestLeaderWhoseBootServerDiesHandsOver(t *testing.T) {
 		}
 	}
 	wcancel()
+	if err := b.Ready(); err != nil {
+		t.Errorf("a standby with its view loaded is not ready: %v", err)
+	}
 
 	dying := lns.of("a")
 	if len(dying) != 1 {

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+)
+
+// logWatch is a log writer that closes seen once the log holds want.
+type logWatch struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	want string
+	seen chan struct{}
+}
+
+func (l *logWatch) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.buf.Write(p)
+	if l.seen != nil && strings.Contains(l.buf.String(), l.want) {
+		close(l.seen)
+		l.seen = nil
+	}
+	return n, err
+}
+
+func (l *logWatch) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// TestServerDrainsWithin2s: kiln server (embedded etcd, the lab
+// inventory) serves /healthz and /readyz, and stops within 2s of its
+// context ending, logging each component's stop.
+func TestServerDrainsWithin2s(t *testing.T) {
+	listen := etcdtest.FreeAddr(t)
+	logs := &logWatch{want: "became the region leader", seen: make(chan struct{})}
+	seen := logs.seen
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"server", "--source", "../../examples/lab", "--data-dir", t.TempDir(),
+			"--etcd-listen-client", "http://" + etcdtest.FreeAddr(t), "--etcd-listen-peer", "http://" + etcdtest.FreeAddr(t),
+			"--listen", listen}, &bytes.Buffer{}, logs)
+	}()
+	select {
+	case <-seen:
+	case c := <-code:
+		t.Fatalf("kiln server exited with %d:\n%s", c, logs)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no region leader within 60s:\n%s", logs)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + listen + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+
+	start := time.Now()
+	cancel()
+	select {
+	case c := <-code:
+		if c != exitOK {
+			t.Errorf("exit code %d", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("kiln server still running 10s after cancel:\n%s", logs)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("kiln server took %s to stop, want under 2s", d)
+	}
+	for _, line := range []string{`"http stopped"`, `"region stopped"`, `"etcd client closed"`, `"embedded etcd stopped"`} {
+		if !strings.Contains(logs.String(), line) {
+			t.Errorf("no %s in the log:\n%s", line, logs)
+		}
+	}
+}
