@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -83,38 +82,14 @@ func TestRackHealthReadyAndDrain(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	listen, code := startRack(t, ctx, cfg.ClientURL, logs)
-	select {
-	case <-seen:
-	case c := <-code:
-		t.Fatalf("kiln rack exited with %d:\n%s", c, logs)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("not leading within 60s:\n%s", logs)
-	}
+	logs.wait(t, seen, code)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if status, body := get(t, "http://"+listen+path); status != http.StatusOK || body != "ok\n" {
 			t.Errorf("GET %s: %d %q", path, status, body)
 		}
 	}
 
-	start := time.Now()
-	cancel()
-	select {
-	case c := <-code:
-		if c != exitOK {
-			t.Errorf("exit code %d:\n%s", c, logs)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("kiln rack still running 10s after cancel:\n%s", logs)
-	}
-	t.Logf("kiln rack (leader, DHCP, TFTP, HTTP boot) stopped %s after cancel", time.Since(start))
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("kiln rack took %s to stop, want under 2s", d)
-	}
-	for _, line := range []string{`"http stopped"`, `"rack agent stopped"`} {
-		if !strings.Contains(logs.String(), line) {
-			t.Errorf("no %s in the log:\n%s", line, logs)
-		}
-	}
+	logs.stopsWithin2s(t, cancel, code, `"http stopped"`, `"rack agent stopped"`)
 }
 
 // TestRackNotReadyWithoutView: a rack agent that cannot reach etcd is

@@ -52,13 +52,7 @@ func TestServerDrainsWithin2s(t *testing.T) {
 			"--etcd-listen-client", "http://" + etcdtest.FreeAddr(t), "--etcd-listen-peer", "http://" + etcdtest.FreeAddr(t),
 			"--listen", listen}, &bytes.Buffer{}, logs)
 	}()
-	select {
-	case <-seen:
-	case c := <-code:
-		t.Fatalf("kiln server exited with %d:\n%s", c, logs)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("no region leader within 60s:\n%s", logs)
-	}
+	logs.wait(t, seen, code)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + listen + path)
 		if err != nil {
@@ -70,22 +64,43 @@ func TestServerDrainsWithin2s(t *testing.T) {
 		}
 	}
 
+	logs.stopsWithin2s(t, cancel, code, `"http stopped"`, `"region stopped"`, `"etcd client closed"`, `"embedded etcd stopped"`)
+}
+
+// wait waits for the log line of l.want (closing seen) while the command
+// runs.
+func (l *logWatch) wait(t *testing.T, seen <-chan struct{}, code <-chan int) {
+	t.Helper()
+	select {
+	case <-seen:
+	case c := <-code:
+		t.Fatalf("exited with %d before logging %q:\n%s", c, l.want, l)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no %q within 60s:\n%s", l.want, l)
+	}
+}
+
+// stopsWithin2s cancels the command and checks that it exits 0 within
+// 2s, having logged each of lines.
+func (l *logWatch) stopsWithin2s(t *testing.T, cancel context.CancelFunc, code <-chan int, lines ...string) {
+	t.Helper()
 	start := time.Now()
 	cancel()
 	select {
 	case c := <-code:
 		if c != exitOK {
-			t.Errorf("exit code %d", c)
+			t.Errorf("exit code %d:\n%s", c, l)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatalf("kiln server still running 10s after cancel:\n%s", logs)
+		t.Fatalf("still running 10s after cancel:\n%s", l)
 	}
+	t.Logf("stopped %s after cancel", time.Since(start))
 	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("kiln server took %s to stop, want under 2s", d)
+		t.Errorf("took %s to stop, want under 2s", d)
 	}
-	for _, line := range []string{`"http stopped"`, `"region stopped"`, `"etcd client closed"`, `"embedded etcd stopped"`} {
-		if !strings.Contains(logs.String(), line) {
-			t.Errorf("no %s in the log:\n%s", line, logs)
+	for _, line := range lines {
+		if !strings.Contains(l.String(), line) {
+			t.Errorf("no %s in the log:\n%s", line, l)
 		}
 	}
 }

@@ -50,6 +50,19 @@ func waitTerm(t *testing.T, c *candidate) Term {
 	}
 }
 
+// waitLost waits for c's term to end with ErrLost after what happened.
+func waitLost(t *testing.T, c *candidate, after string) {
+	t.Helper()
+	select {
+	case cause := <-c.ended:
+		if !errors.Is(cause, ErrLost) {
+			t.Errorf("term ended with %v after %s, want ErrLost", cause, after)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the term did not end after %s", after)
+	}
+}
+
 func untilDone(ctx context.Context, _ Term) error { <-ctx.Done(); return nil }
 
 // TestStandbyTakesOverOnResign: when the leader's Run ends, it resigns and
@@ -120,14 +133,7 @@ func TestDeletedKeyEndsTerm(t *testing.T) {
 	if _, err := cli.Delete(context.Background(), term.Key); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case cause := <-a.ended:
-		if !errors.Is(cause, ErrLost) {
-			t.Errorf("term ended with %v, want ErrLost", cause)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the term did not end after its key was deleted")
-	}
+	waitLost(t, a, "its key was deleted")
 	if next := waitTerm(t, a); next.Key == term.Key && next.Rev == term.Rev {
 		t.Errorf("the new term reuses the deleted one: %+v", next)
 	}
@@ -146,12 +152,5 @@ func TestLostSessionEndsTerm(t *testing.T) {
 	if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case cause := <-a.ended:
-		if !errors.Is(cause, ErrLost) {
-			t.Errorf("term ended with %v, want ErrLost", cause)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the term did not end after its session was revoked")
-	}
+	waitLost(t, a, "its session was revoked")
 }
