@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"time"
 
+	retry "github.com/kilnhq/kiln/inventory/backoff"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -249,9 +249,9 @@ func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) SourceStatus 
 	return st
 }
 
+// backoff spaces apply retries: 1s doubling to 32s, jittered.
 func backoff(attempt int) time.Duration {
-	d := time.Second << min(attempt, 5) // 1s … 32s
-	return d/2 + rand.N(d/2)
+	return retry.Policy{Base: time.Second, Max: 32 * time.Second}.Delay(attempt)
 }
 
 // ShortRevision abbreviates a commit SHA to 12 digits and a content digest

@@ -10,6 +10,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/kilnhq/kiln/inventory/backoff"
 )
 
 // Policy bounds and retries power operations.
@@ -313,11 +315,12 @@ func (e *Executor) settle(b *bmc, t Target, err error) {
 	e.metrics.breaker.WithLabelValues(t.Machine).Set(float64(b.state))
 }
 
+// backoff is the wait after a failed attempt (the first is attempt 1).
+// Its jitter is ±25% around the doubling wait rather than backoff.Jitter's
+// lower half: Policy documents Backoff as the wait between attempts, and a
+// BMC that just refused us should get about that long, not half of it.
 func (e *Executor) backoff(attempt int) time.Duration {
-	d := e.policy.Backoff << min(attempt-1, 10)
-	if d > e.policy.MaxBackoff || d <= 0 {
-		d = e.policy.MaxBackoff
-	}
+	d := backoff.Policy{Base: e.policy.Backoff, Max: e.policy.MaxBackoff}.Exp(attempt - 1)
 	return d*3/4 + rand.N(d/2+1)
 }
 

@@ -2,9 +2,10 @@ package reconciler
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/kilnhq/kiln/inventory/backoff"
 )
 
 // queue is a level-triggered work queue of machine names, in the manner
@@ -95,8 +96,8 @@ func (q *queue) AddRateLimited(name string) {
 	n := q.failures[name]
 	q.failures[name] = n + 1
 	q.mu.Unlock()
-	d := min(q.baseDelay<<min(n, 20), q.maxDelay)
-	d = d/2 + rand.N(d/2+1) // jitter spreads a thundering herd
+	// Jittered: failures together do not retry together.
+	d := backoff.Policy{Base: q.baseDelay, Max: q.maxDelay}.Delay(n)
 	q.AddAfter(name, d)
 }
 

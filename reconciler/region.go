@@ -2,17 +2,15 @@ package reconciler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/election"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -90,24 +88,8 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 
 // Run campaigns and reconciles while leading, until ctx ends.
 func (r *Region) Run(ctx context.Context) error {
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		err := r.term(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			r.log.Warn("leadership term ended", "err", err)
-			d := 200 * time.Millisecond << min(attempt, 5)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(d/2 + rand.N(d/2)):
-			}
-			continue
-		}
-		attempt = 0
-	}
-	return nil
+	return election.Run(ctx, r.store.Client(), r.store.RegionElectionPrefix(), r.cfg.ID,
+		election.Options{TTL: r.cfg.TTL, Log: r.log}, r.lead)
 }
 
 // Leading reports whether this server leads the region now.
@@ -117,32 +99,10 @@ func (r *Region) Leading() bool {
 	return r.cur != nil
 }
 
-// term is one campaign and, if won, one term as leader. It returns when
-// the session is lost (stepping down at once), ctx ends or a component
-// fails.
-func (r *Region) term(ctx context.Context) error {
-	ttl := max(int(r.cfg.TTL.Round(time.Second)/time.Second), 1)
-	session, err := concurrency.NewSession(r.store.Client(), concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
-	defer session.Orphan()
-	el := concurrency.NewElection(session, r.store.RegionElectionPrefix())
-	if err := el.Campaign(ctx, r.cfg.ID); err != nil {
-		session.Close()
-		return fmt.Errorf("campaign: %w", err)
-	}
-	lctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-session.Done():
-			cancel(errors.New("election session lost"))
-		case <-lctx.Done():
-		}
-	}()
-
-	c := newController(r, inventory.Fence{Key: el.Key(), Rev: el.Rev()})
+// lead is one term as leader: it reconciles and runs the leader-only
+// components until the term ends (ctx) or one of them fails.
+func (r *Region) lead(ctx context.Context, t election.Term) error {
+	c := newController(r, t.Fence())
 	r.mu.Lock()
 	r.cur = c
 	r.mu.Unlock()
@@ -155,24 +115,10 @@ func (r *Region) term(ctx context.Context) error {
 		r.metrics.leader.Set(0)
 	}()
 
-	g, gctx := errgroup.WithContext(lctx)
+	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.run(gctx) })
 	for _, fn := range r.leader {
 		g.Go(func() error { return fn(gctx) })
 	}
-	err = g.Wait()
-	if cause := context.Cause(lctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
-		r.log.Warn("stepping down", "reason", cause)
-		return nil // campaign again
-	}
-	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer rcancel()
-	if rerr := el.Resign(rctx); rerr != nil {
-		r.log.Debug("resign", "err", rerr)
-	}
-	session.Close()
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return g.Wait()
 }

@@ -1,23 +1,20 @@
-// Package rack is the rack agent: one or more per rack, one elected leader
-// that runs the rack's network services (DHCP, TFTP, the HTTP and HTTPS
-// boot server, the image cache) and its power tasks. Standbys keep a warm
-// cache of the rack's desired state
-// and leases, so that they take over within a session TTL of the leader's
-// death. The leader's writes are fenced by its election key.
 package rack
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/backoff"
+	"github.com/kilnhq/kiln/inventory/election"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
@@ -27,7 +24,6 @@ import (
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -86,6 +82,9 @@ type Config struct {
 	MaxDiscovered int
 }
 
+// etcdRetry spaces the agent's retries against etcd.
+var etcdRetry = backoff.Policy{Base: 200 * time.Millisecond, Max: 6400 * time.Millisecond}
+
 // Agent is a rack agent.
 type Agent struct {
 	cfg   Config
@@ -112,6 +111,15 @@ type Agent struct {
 	changed chan struct{}
 	leases  map[string]dhcp.Lease
 	server  *dhcp.Server // while leading
+	leading bool
+	// stale is why the view may be behind etcd: the last read or watch
+	// of the desired state failed (nil while it is followed).
+	stale error
+
+	// Test hooks: onRole hears each change of role; listen opens the
+	// boot servers' TCP listeners (default net.Listen).
+	onRole func(leading bool)
+	listen func(network, addr string) (net.Listener, error)
 }
 
 // New returns an agent; its metrics go to reg.
@@ -176,11 +184,12 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) followDesired(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		snap, err := a.store.Snapshot(ctx, spec.KindSubnet, spec.KindMachine, spec.KindImage)
+		a.setStale(err)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("cannot read the desired state; serving from cache", "err", err)
 			}
-			sleep(ctx, backoff(attempt))
+			backoff.Sleep(ctx, etcdRetry.Delay(attempt))
 			continue
 		}
 		attempt = 0
@@ -191,12 +200,15 @@ func (a *Agent) followDesired(ctx context.Context) error {
 		wctx, cancel := context.WithCancel(ctx)
 		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
 		for wr := range wch {
+			if wr.Err() != nil {
+				a.setStale(fmt.Errorf("watch the desired state: %w", wr.Err()))
+			}
 			if wr.Err() != nil || len(wr.Events) > 0 {
 				break
 			}
 		}
 		cancel()
-		sleep(ctx, 50*time.Millisecond) // a revision arrives in a burst of events
+		backoff.Sleep(ctx, 50*time.Millisecond) // a revision arrives in a burst of events
 	}
 	return nil
 }
@@ -267,7 +279,7 @@ func (a *Agent) followLeases(ctx context.Context) error {
 			if ctx.Err() == nil {
 				a.log.Warn("cannot read leases; keeping the cached ones", "err", err)
 			}
-			sleep(ctx, backoff(attempt))
+			backoff.Sleep(ctx, etcdRetry.Delay(attempt))
 			continue
 		}
 		attempt = 0
@@ -305,105 +317,91 @@ func (a *Agent) lead(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		err := a.term(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			a.log.Warn("leadership attempt ended", "err", err)
-			sleep(ctx, backoff(attempt))
-			continue
-		}
-		attempt = 0
+	return election.Run(ctx, a.store.Client(), a.store.ElectionPrefix(a.cfg.Rack), a.cfg.ID,
+		election.Options{TTL: a.cfg.TTL, Log: a.log}, func(lctx context.Context, t election.Term) error {
+			return a.term(ctx, lctx, t)
+		})
+}
+
+// term is one term of service: DHCP, the boot servers and the power
+// tasks run until the term ends (lctx) or any of them stops, which ends
+// the term so that a standby takes over. The servers run under ctx, not
+// lctx: when the election is lost because etcd is away, DHCP keeps
+// answering known reservations until etcd answers again (linger).
+func (a *Agent) term(ctx, lctx context.Context, t election.Term) error {
+	a.becomeLeader(true)
+	defer a.becomeLeader(false)
+	view, known := a.viewAndLeases()
+	fence := t.Fence()
+	srv, err := dhcp.New(view, known, &fencedLeases{rack: a.cfg.Rack, store: a.store, fence: fence}, a.events, a.cfg.DHCP, a.dhcpM, a.log)
+	if err != nil {
+		return fmt.Errorf("start DHCP: %w", err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	c := newCrew(sctx, a.log)
+	defer func() { stop(); c.wait() }()
+	c.run("DHCP", srv.Run)
+	if err := a.startBootServers(sctx, c); err != nil {
+		return fmt.Errorf("start boot servers: %w", err)
+	}
+	a.setServer(srv)
+	defer a.setServer(nil)
+	c.run("power tasks", a.powerTasks(fence))
+	a.log.Info("leading the rack: serving DHCP", "subnets", len(view.Subnets), "hosts", len(view.Hosts), "leases", len(known))
+
+	select {
+	case err := <-c.died:
+		return err
+	case <-lctx.Done():
+	}
+	if cause := context.Cause(lctx); ctx.Err() == nil && errors.Is(cause, election.ErrLost) {
+		return a.linger(ctx, c.died, cause)
 	}
 	return nil
 }
 
-// term is one campaign and, if won, one term of service.
-func (a *Agent) term(ctx context.Context) error {
-	ttl := max(int(a.cfg.TTL.Round(time.Second)/time.Second), 1)
-	cli := a.store.Client()
-	session, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
-	defer session.Orphan() // Resign below deletes our key when we can reach etcd
-	el := concurrency.NewElection(session, a.store.ElectionPrefix(a.cfg.Rack))
-	if err := el.Campaign(ctx, a.cfg.ID); err != nil {
-		session.Close()
-		return fmt.Errorf("campaign: %w", err)
-	}
-	a.becomeLeader(true)
-	defer a.becomeLeader(false)
-
+// viewAndLeases copies the current view and the known leases.
+func (a *Agent) viewAndLeases() (dhcp.Config, []dhcp.Lease) {
 	a.mu.Lock()
-	view := a.view
+	defer a.mu.Unlock()
 	known := make([]dhcp.Lease, 0, len(a.leases))
 	for _, l := range a.leases {
 		known = append(known, l)
 	}
-	a.mu.Unlock()
-	fence := inventory.Fence{Key: el.Key(), Rev: el.Rev()}
-	store := &fencedLeases{rack: a.cfg.Rack, store: a.store, fence: fence}
-	srv, err := dhcp.New(view, known, store, a.events, a.cfg.DHCP, a.dhcpM, a.log)
-	if err != nil {
-		a.resign(ctx, el, session)
-		return fmt.Errorf("start DHCP: %w", err)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(sctx) }()
-	bootDone, err := a.startBootServers(sctx)
-	if err != nil {
-		stop()
-		<-done
-		a.resign(ctx, el, session)
-		return fmt.Errorf("start boot servers: %w", err)
-	}
-	defer func() { stop(); <-bootDone }()
+	return a.view, known
+}
+
+// setServer publishes the leader's DHCP server, so view changes reach it.
+func (a *Agent) setServer(srv *dhcp.Server) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.server = srv
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		a.server = nil
-		a.mu.Unlock()
-	}()
+}
+
+// powerTasks runs the region's power tasks for this term, resuming after
+// an interruption, until ctx ends.
+func (a *Agent) powerTasks(fence inventory.Fence) func(context.Context) error {
 	tr := &tasks{a: a, power: a.power, fence: fence, now: time.Now, catchUp: inventoryCatchUp,
 		inflight: map[string]string{}, next: map[string]taskWrite{}}
-	tasksDone := make(chan struct{})
-	go func() {
-		defer close(tasksDone)
-		for attempt := 0; sctx.Err() == nil; attempt++ {
-			if err := tr.run(sctx); err != nil && sctx.Err() == nil {
+	return func(ctx context.Context) error {
+		for attempt := 0; ctx.Err() == nil; attempt++ {
+			if err := tr.run(ctx); err != nil && ctx.Err() == nil {
 				a.log.Warn("power tasks interrupted; resuming", "err", err)
 			}
-			sleep(sctx, backoff(attempt))
+			backoff.Sleep(ctx, etcdRetry.Delay(attempt))
 		}
-	}()
-	defer func() { stop(); <-tasksDone }()
-	a.log.Info("leading the rack: serving DHCP", "subnets", len(view.Subnets), "hosts", len(view.Hosts), "leases", len(known))
-
-	select {
-	case <-ctx.Done():
-		stop()
-		<-done
-		a.resign(ctx, el, session)
 		return nil
-	case err := <-done:
-		a.resign(ctx, el, session)
-		return fmt.Errorf("DHCP server stopped: %w", err)
-	case <-session.Done():
 	}
-	// The session is gone: etcd is unreachable, or our lease expired.
-	// Keep answering known reservations (the server can't store anything
-	// new) until we know who leads.
-	a.log.Warn("lost the election session; serving known reservations until etcd answers")
+}
+
+// linger follows a lost election: etcd is unreachable, or our key is
+// gone. DHCP keeps answering known reservations (it can store nothing
+// new) until etcd answers and the agent steps down to campaign anew.
+func (a *Agent) linger(ctx context.Context, died <-chan error, cause error) error {
+	a.log.Warn("lost the election session; serving known reservations until etcd answers", "reason", cause)
 	for {
-		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := cli.Get(lctx, a.store.ElectionPrefix(a.cfg.Rack), clientv3.WithFirstCreate()...)
+		gctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := a.store.Client().Get(gctx, a.store.ElectionPrefix(a.cfg.Rack), clientv3.WithFirstCreate()...)
 		cancel()
 		if err == nil {
 			leader := ""
@@ -411,17 +409,13 @@ func (a *Agent) term(ctx context.Context) error {
 				leader = string(resp.Kvs[0].Value)
 			}
 			a.log.Info("etcd answers again; stepping down to campaign anew", "current_leader", leader)
-			stop()
-			<-done
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			stop()
-			<-done
 			return nil
-		case err := <-done:
-			return fmt.Errorf("DHCP server stopped: %w", err)
+		case err := <-died:
+			return err
 		case <-time.After(time.Second):
 		}
 	}
@@ -435,15 +429,12 @@ func (a *Agent) becomeLeader(on bool) {
 	}
 	a.leaderGauge.Set(v)
 	a.transitions.Inc()
-}
-
-func (a *Agent) resign(ctx context.Context, el *concurrency.Election, s *concurrency.Session) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := el.Resign(rctx); err != nil {
-		a.log.Debug("resign", "err", err)
+	a.mu.Lock()
+	a.leading = on
+	a.mu.Unlock()
+	if a.onRole != nil {
+		a.onRole(on)
 	}
-	s.Close()
 }
 
 // fencedLeases writes leases only while our election key is the one that
@@ -474,16 +465,4 @@ func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
 		}
 	}
 	return nil
-}
-
-func backoff(attempt int) time.Duration {
-	d := 200 * time.Millisecond << min(attempt, 5)
-	return d/2 + rand.N(d/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }

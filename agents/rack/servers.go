@@ -2,12 +2,15 @@ package rack
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kilnhq/kiln/netboot/boot"
@@ -23,80 +26,106 @@ const (
 	retryAfter = "2"
 )
 
+// crew runs a term's servers. The first to stop while its context is
+// still live (a listener closed, a socket error) is logged and reported
+// on died, once: it ends the term.
+type crew struct {
+	ctx  context.Context
+	log  *slog.Logger
+	wg   sync.WaitGroup
+	died chan error
+}
+
+func newCrew(ctx context.Context, log *slog.Logger) *crew {
+	return &crew{ctx: ctx, log: log, died: make(chan error, 1)}
+}
+
+// run runs fn under the crew's context.
+func (c *crew) run(name string, fn func(context.Context) error) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		err := fn(c.ctx)
+		if c.ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("returned while still needed")
+		}
+		err = fmt.Errorf("%s server stopped: %w", name, err)
+		c.log.Error("a server stopped; ending the term", "err", err)
+		select {
+		case c.died <- err:
+		default: // another one already ended the term
+		}
+	}()
+}
+
+// wait waits for every server to stop (after the context ends).
+func (c *crew) wait() { c.wg.Wait() }
+
 // startBootServers starts TFTP and the HTTP boot server (scripts,
 // metadata, agent API, and the image cache under /images/) for this term
-// of leadership. The returned channel closes once both have stopped after
-// ctx ends.
-func (a *Agent) startBootServers(ctx context.Context) (<-chan struct{}, error) {
-	done := make(chan struct{})
-	var stops []<-chan struct{}
+// of leadership, in c.
+func (a *Agent) startBootServers(ctx context.Context, c *crew) error {
 	if a.cfg.TFTPAddr != "" {
-		o := a.cfg.TFTP
-		o.Addr = a.cfg.TFTPAddr
-		if a.cfg.IPXEDir != "" {
-			n, err := stageIPXE(a.cfg.IPXEDir, o.Root)
-			if err != nil {
-				return nil, fmt.Errorf("stage iPXE binaries: %w", err)
-			}
-			a.log.Info("iPXE binaries staged for TFTP", "from", a.cfg.IPXEDir, "to", o.Root, "files", n)
-		}
-		srv, err := tftp.New(o, a.tftpM, func(ev tftp.Event) {
-			if m, ok := (bootBackend{a}).MachineByPeer(ev.Peer.Addr().String()); ok {
-				a.events.RecordTimeline(m, "tftp-"+ev.Result, fmt.Sprintf("file=%s bytes=%d", ev.File, ev.Bytes))
-			}
-		}, a.log.With("component", "tftp"))
-		if err != nil {
-			return nil, fmt.Errorf("tftp: %w", err)
-		}
-		tdone := make(chan struct{})
-		go func() {
-			defer close(tdone)
-			if err := srv.Run(ctx); err != nil && ctx.Err() == nil {
-				a.log.Error("tftp server stopped", "err", err)
-			}
-		}()
-		stops = append(stops, tdone)
-	}
-	if a.cfg.HTTPAddr != "" {
-		h, err := a.bootHandler()
-		if err != nil {
-			return nil, err
-		}
-		ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
-		if err != nil {
-			return nil, fmt.Errorf("boot http: %w", err)
-		}
-		stops = append(stops, a.serve(ctx, ln, h, a.cfg.HTTPLimits))
-		a.log.Info("serving HTTP boot", "addr", ln.Addr().String())
-		done, err := a.startHTTPS(ctx, h)
-		if err != nil {
-			return nil, err
-		}
-		if done != nil {
-			stops = append(stops, done)
+		if err := a.startTFTP(c); err != nil {
+			return err
 		}
 	}
-	go func() {
-		for _, s := range stops {
-			<-s
+	if a.cfg.HTTPAddr == "" {
+		return nil
+	}
+	h, err := a.bootHandler()
+	if err != nil {
+		return err
+	}
+	ln, err := a.listenTCP(a.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("boot http: %w", err)
+	}
+	c.run("boot http", func(ctx context.Context) error { return <-a.serve(ctx, ln, h, a.cfg.HTTPLimits) })
+	a.log.Info("serving HTTP boot", "addr", ln.Addr().String())
+	return a.startHTTPS(c, h)
+}
+
+// startTFTP stages the iPXE binaries and starts the TFTP server in c.
+func (a *Agent) startTFTP(c *crew) error {
+	o := a.cfg.TFTP
+	o.Addr = a.cfg.TFTPAddr
+	if a.cfg.IPXEDir != "" {
+		n, err := stageIPXE(a.cfg.IPXEDir, o.Root)
+		if err != nil {
+			return fmt.Errorf("stage iPXE binaries: %w", err)
 		}
-		close(done)
-	}()
-	return done, nil
+		a.log.Info("iPXE binaries staged for TFTP", "from", a.cfg.IPXEDir, "to", o.Root, "files", n)
+	}
+	srv, err := tftp.New(o, a.tftpM, func(ev tftp.Event) {
+		if m, ok := (bootBackend{a}).MachineByPeer(ev.Peer.Addr().String()); ok {
+			a.events.RecordTimeline(m, "tftp-"+ev.Result, fmt.Sprintf("file=%s bytes=%d", ev.File, ev.Bytes))
+		}
+	}, a.log.With("component", "tftp"))
+	if err != nil {
+		return fmt.Errorf("tftp: %w", err)
+	}
+	c.run("tftp", srv.Run)
+	return nil
+}
+
+// listenTCP opens a boot server's listener (through the test hook when
+// set).
+func (a *Agent) listenTCP(addr string) (net.Listener, error) {
+	if a.listen != nil {
+		return a.listen("tcp", addr)
+	}
+	return net.Listen("tcp", addr)
 }
 
 // serve serves h on ln with the hardened server of httpsrv until ctx ends.
-// The returned channel closes once the server has stopped.
-func (a *Agent) serve(ctx context.Context, ln net.Listener, h http.Handler, o httpsrv.Options) <-chan struct{} {
-	stopped := make(chan struct{})
-	errs := httpsrv.Serve(ctx, ln, h, o, a.log)
-	go func() {
-		defer close(stopped)
-		for err := range errs {
-			a.log.Error("boot http server stopped", "addr", ln.Addr().String(), "err", err)
-		}
-	}()
-	return stopped
+// The returned channel yields the error that stopped the server early, if
+// any, and closes once the server has stopped.
+func (a *Agent) serve(ctx context.Context, ln net.Listener, h http.Handler, o httpsrv.Options) <-chan error {
+	return httpsrv.Serve(ctx, ln, h, o, a.log)
 }
 
 // bootHandler is the boot server's handler: scripts, metadata and the

@@ -21,43 +21,33 @@ import (
 // network in the clear. iPXE stays on the HTTP listener (see
 // docs/boot.md).
 
-// startHTTPS serves h over TLS on HTTPSAddr until ctx ends, with the
-// boot server's listener limits; the channel closes once it has stopped.
-// Without HTTPSAddr it does nothing (nil channel).
-func (a *Agent) startHTTPS(ctx context.Context, h http.Handler) (<-chan struct{}, error) {
+// startHTTPS serves h over TLS on HTTPSAddr in c, when it is set.
+func (a *Agent) startHTTPS(c *crew, h http.Handler) error {
 	if a.cfg.HTTPSAddr == "" {
-		return nil, nil
+		return nil
 	}
 	certs, err := loadCertFiles(a.cfg.TLSCert, a.cfg.TLSKey, a.log)
 	if err != nil {
-		return nil, fmt.Errorf("boot https: %w", err)
+		return fmt.Errorf("boot https: %w", err)
 	}
-	ln, err := net.Listen("tcp", a.cfg.HTTPSAddr)
+	ln, err := a.listenTCP(a.cfg.HTTPSAddr)
 	if err != nil {
-		return nil, fmt.Errorf("boot https: %w", err)
+		return fmt.Errorf("boot https: %w", err)
 	}
-	done := serveTLS(ctx, ln, h, certs, a.cfg.HTTPLimits, a.log)
+	c.run("boot https", func(ctx context.Context) error { return <-serveTLS(ctx, ln, h, certs, a.cfg.HTTPLimits, a.log) })
 	a.log.Info("serving HTTPS boot (agent API, metadata, OS report-in)", "addr", ln.Addr().String(), "cert", a.cfg.TLSCert)
-	return done, nil
+	return nil
 }
 
 // serveTLS serves h on ln over TLS with the certificate of certs, through
-// httpsrv's hardened server, until ctx ends; the channel closes when the
-// server has stopped.
-func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, o httpsrv.Options, log *slog.Logger) <-chan struct{} {
+// httpsrv's hardened server, until ctx ends; the channel yields the error
+// that stopped it early, if any, and closes when the server has stopped.
+func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certFiles, o httpsrv.Options, log *slog.Logger) <-chan error {
 	o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
 	// A refused handshake (an agent without the CA, a scanner) is logged
 	// at debug level, not on the server's standard logger.
 	o.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
-	errs := httpsrv.Serve(ctx, ln, h, o, log)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for err := range errs {
-			log.Error("boot https server stopped", "addr", ln.Addr().String(), "err", err)
-		}
-	}()
-	return done
+	return httpsrv.Serve(ctx, ln, h, o, log)
 }
 
 // certFiles is the rack's certificate and key as last read. The files are

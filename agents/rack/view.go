@@ -1,6 +1,8 @@
 package rack
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sort"
@@ -72,4 +74,32 @@ func addr(s string) netip.Addr {
 		return netip.Addr{}
 	}
 	return a
+}
+
+// Ready reports whether the agent serves its rack as it should: it leads,
+// or it is a standby whose view of the desired state is current (loaded,
+// and its last read and watch did not fail), ready to take over. When not,
+// the error says why in one line.
+func (a *Agent) Ready() error {
+	select {
+	case <-a.ready:
+	default:
+		return errors.New("the rack view is not loaded yet")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.leading {
+		return nil
+	}
+	if a.stale != nil {
+		return fmt.Errorf("standby with a stale view: %w", a.stale)
+	}
+	return nil
+}
+
+// setStale records whether the view follows etcd (err nil) or why not.
+func (a *Agent) setStale(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stale = err
 }

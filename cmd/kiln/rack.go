@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/kilnhq/kiln/agents/rack"
@@ -22,7 +23,6 @@ import (
 	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/netboot/tftp"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 )
@@ -128,7 +128,7 @@ func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
 	var (
 		cf        clientFlags
 		rf        rackFlags
-		listen    = fs.String("listen", "127.0.0.1:9421", "HTTP address for /metrics and /healthz")
+		listen    = fs.String("listen", "127.0.0.1:9421", "HTTP address for /metrics, /healthz and /readyz")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat = fs.String("log-format", "text", "text or json")
 	)
@@ -157,13 +157,14 @@ func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	defer cli.Close()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 	agent := rack.New(cfg, inventory.NewStore(cli, cf.prefix, log), reg, log)
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return agent.Run(ctx) })
-	if err := serveHTTP(ctx, g, *listen, reg, nil, log); err != nil {
+	goLogged(g, log, "rack agent", func() error { return agent.Run(ctx) })
+	if err := serveHTTP(ctx, g, *listen, reg, func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /readyz", readyz(func(context.Context) error { return agent.Ready() }))
+	}, log); err != nil {
 		log.Error("rack agent stopped", "err", err)
 		return exitFail
 	}
@@ -176,7 +177,7 @@ func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
 }
 
 // serveHTTP serves /metrics, /healthz and extra routes on addr within g,
-// shutting down when ctx ends.
+// shutting down when ctx ends (within drainTimeout; "http stopped").
 func serveHTTP(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, routes func(*http.ServeMux), log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -196,11 +197,28 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, addr string, reg *prometh
 		}
 		return nil
 	})
-	g.Go(func() error {
+	goLogged(g, log, "http", func() error {
 		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
+		return nil
 	})
 	return nil
+}
+
+// readyz answers 200 "ok" while check passes, else 503 with its error on
+// one line.
+func readyz(check func(context.Context) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := check(ctx); err != nil {
+			http.Error(w, strings.ReplaceAll(err.Error(), "\n", " "), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime"
 	"sort"
@@ -14,10 +15,38 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
+
+// drainTimeout bounds each component's drain on shutdown, so that the
+// whole process stops within about 2s of SIGTERM.
+const drainTimeout = time.Second
+
+// newRegistry is a metrics registry with the Go and process collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// goLogged runs fn in g as the component name and logs "<name> stopped"
+// when it returns (with its error, if any).
+func goLogged(g *errgroup.Group, log *slog.Logger, name string, fn func() error) {
+	g.Go(func() error {
+		err := fn()
+		if err != nil {
+			log.Error(name+" stopped", "err", err)
+		} else {
+			log.Info(name + " stopped")
+		}
+		return err
+	})
+}
 
 // Exit codes.
 const (

@@ -17,7 +17,6 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 )
@@ -153,19 +152,24 @@ func (r *regionFlags) config() (reconciler.Config, error) {
 		OSReportTimeout: r.osReportTimeout}}, nil
 }
 
+// serve runs a region server until ctx ends, then drains: the components
+// stop (each bounded, each logging "<component> stopped"), then the etcd
+// client closes, then embedded etcd stops, with no client stream left to
+// wait for.
 func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	g, ctx := errgroup.WithContext(ctx)
-
+	start := time.Now()
+	reg := newRegistry()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
 	ecfg := c.config()
 	if c.embedded {
-		e, err := etcd.StartEmbedded(ctx, etcd.Config{DataDir: filepath.Join(c.dataDir, "etcd"), ClientURL: c.clientURL, PeerURL: c.peerURL,
-			ServerCertFile: c.srvCert, ServerKeyFile: c.srvKey, ServerCAFile: c.srvCA, InsecureNetwork: c.insecureEtcd}, log)
+		e, err := c.startEmbedded(ctx, log)
 		if err != nil {
 			return err
 		}
-		g.Go(func() error { return e.Run(ctx) })
+		stopEtcd := runEmbedded(g, gctx, e, log)
+		defer stopEtcd()
 		// The server's own client keeps its credentials (--etcd-cert,
 		// --etcd-user…): with auth on, it is the kiln-region user.
 		ecfg.Endpoints = []string{e.URL}
@@ -177,47 +181,104 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer func() {
+		cli.Close()
+		log.Info("etcd client closed")
+	}()
 	store := inventory.NewStore(cli, c.prefix, log)
+	src, region, err := c.startComponents(gctx, g, store, reg, log)
+	if err == nil {
+		err = serveHTTP(gctx, g, c.listen, reg, routes(store, region, src), log)
+	}
+	if err != nil {
+		cancel() // stop what started
+		g.Wait()
+		return err
+	}
+	log.Info("kiln server running", "version", version, "http", c.listen, "etcd", strings.Join(ecfg.Endpoints, ","), "source", src.Info().Location)
+	err = g.Wait()
+	log.Info("kiln server components stopped", "uptime", time.Since(start).Round(time.Millisecond).String())
+	return err
+}
 
-	var src inventory.Source
-	var sync func()
+// startEmbedded starts the embedded etcd of --embedded-etcd.
+func (c serverConfig) startEmbedded(ctx context.Context, log *slog.Logger) (*etcd.Embedded, error) {
+	return etcd.StartEmbedded(ctx, etcd.Config{DataDir: filepath.Join(c.dataDir, "etcd"), ClientURL: c.clientURL, PeerURL: c.peerURL,
+		ServerCertFile: c.srvCert, ServerKeyFile: c.srvKey, ServerCAFile: c.srvCA, InsecureNetwork: c.insecureEtcd}, log)
+}
+
+// runEmbedded runs e until the returned stop is called, which the server
+// does after its etcd client closed: stopping etcd while a client still
+// holds watch streams waits out etcd's request timeout (about 7s). Its
+// death while running ends g.
+func runEmbedded(g *errgroup.Group, ctx context.Context, e *etcd.Embedded, log *slog.Logger) (stop func()) {
+	ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ectx) }()
+	g.Go(func() error {
+		select {
+		case err := <-done:
+			done <- err // for stop
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	})
+	return func() {
+		cancel()
+		<-done
+		log.Info("embedded etcd stopped")
+	}
+}
+
+// startComponents starts, in g, the source syncer (through the region
+// leader), the region reconciler and, with --rack, a rack agent.
+func (c serverConfig) startComponents(ctx context.Context, g *errgroup.Group, store *inventory.Store, reg *prometheus.Registry, log *slog.Logger) (source, *reconciler.Region, error) {
+	var src source
 	if c.source != "" {
-		src = &inventory.Dir{Name: "default", Path: c.source, Log: log}
+		src.Source = &inventory.Dir{Name: "default", Path: c.source, Log: log}
 	} else {
 		gs := inventory.NewGit("default", c.gitURL, c.gitBranch, log)
 		gs.Path, gs.Interval = c.gitPath, c.gitInterval
 		gs.CacheDir = filepath.Join(c.dataDir, "git")
 		gs.Username, gs.Password = os.Getenv("KILN_GIT_USERNAME"), os.Getenv("KILN_GIT_PASSWORD")
-		src, sync = gs, gs.Sync
+		src.Source, src.sync = gs, gs.Sync
 	}
 	// Only the region leader applies the source and reconciles; every
 	// server answers reads.
 	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
 	region := reconciler.New(c.region, store, reg, log, syncer.Run)
-	g.Go(func() error { return region.Run(ctx) })
-
+	goLogged(g, log, "region", func() error { return region.Run(ctx) })
 	if c.rack.rack != "" {
 		rc, err := c.rack.config()
 		if err != nil {
-			return err
+			return src, nil, err
 		}
 		agent := rack.New(rc, store, reg, log)
-		g.Go(func() error { return agent.Run(ctx) })
+		goLogged(g, log, "rack agent", func() error { return agent.Run(ctx) })
 	}
-	err = serveHTTP(ctx, g, c.listen, reg, func(mux *http.ServeMux) {
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
+	return src, region, nil
+}
+
+// source is the server's inventory source; sync, when set, asks it to
+// poll now (git).
+type source struct {
+	inventory.Source
+	sync func()
+}
+
+// routes are the server's routes beside /metrics and /healthz.
+func routes(store *inventory.Store, region *reconciler.Region, src source) func(*http.ServeMux) {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("GET /readyz", readyz(func(ctx context.Context) error {
 			// A key the region role may read: with auth on, "health" is not.
-			if _, err := cli.Get(rctx, store.Keys().DesiredPointer(), clientv3.WithCountOnly()); err != nil {
-				http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
-				return
+			if _, err := store.Client().Get(ctx, store.Keys().DesiredPointer(), clientv3.WithCountOnly()); err != nil {
+				return fmt.Errorf("etcd: %w", err)
 			}
-			io.WriteString(w, "ok\n")
-		})
+			return nil
+		}))
 		mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
-			if sync == nil {
+			if src.sync == nil {
 				http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
 				return
 			}
@@ -225,16 +286,11 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 				http.Error(w, "this server does not lead the region; send the sync to the leader (kiln get source shows the applied revision)", http.StatusServiceUnavailable)
 				return
 			}
-			sync()
+			src.sync()
 			w.WriteHeader(http.StatusAccepted)
 			io.WriteString(w, "sync requested\n")
 		})
-	}, log)
-	if err != nil {
-		return err
 	}
-	log.Info("kiln server running", "version", version, "http", c.listen, "etcd", strings.Join(ecfg.Endpoints, ","), "source", src.Info().Location)
-	return g.Wait()
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
