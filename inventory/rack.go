@@ -4,41 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// Keys of the rack stage (see package keys):
-//
-//	election/rack/<rack>/…             rack agents' leader election
-//	leases/<rack>/<subnet>/<ip>        DHCP leases (written by the rack leader, fenced)
-//	discovered/<rack>/<mac>            unknown MACs that network-booted, on a lease
-//	timeline/<rack>/<machine>          a machine's boot timeline, newest last
-
-// ElectionPrefix is where a rack's agents campaign.
-func (s *Store) ElectionPrefix(rack string) string { return s.Keys().RackElection(rack) }
-
-// LeasePrefix is where a rack's DHCP leases live; rack "" is the prefix
-// of every rack's.
-func (s *Store) LeasePrefix(rack string) string { return s.Keys().Lease(rack, "", "") }
-
-// LeaseKey is one lease's key.
-func (s *Store) LeaseKey(rack, subnet, ip string) string { return s.Keys().Lease(rack, subnet, ip) }
-
-// DiscoveredPrefix is where every rack's discovered MACs live.
-func (s *Store) DiscoveredPrefix() string { return s.Keys().Discovered("", "") }
-
-// DiscoveredKey is where a rack records an unknown MAC.
-func (s *Store) DiscoveredKey(rack, mac string) string { return s.Keys().Discovered(rack, mac) }
-
-// TimelineKey is where a machine's boot timeline lives, under the rack
-// that boots it.
-func (s *Store) TimelineKey(rack, machine string) string { return s.Keys().Timeline(rack, machine) }
-
-// DesiredPrefix is the prefix of everything applied from the source.
-func (s *Store) DesiredPrefix() string { return s.prefix + "desired/" }
 
 // Discovered is an unknown MAC that network-booted on a rack's subnet.
 type Discovered struct {
@@ -74,7 +43,7 @@ const TimelineLimit = 100
 // the newest TimelineLimit. A non-zero lease is attached to the key (an
 // unknown MAC's timeline ends with its lease).
 func (s *Store) AppendTimeline(ctx context.Context, rack, machine string, lease clientv3.LeaseID, events ...TimelineEvent) error {
-	key := s.TimelineKey(rack, machine)
+	key := s.keys.Timeline(rack, machine)
 	for attempt := 0; ; attempt++ {
 		resp, err := s.cli.Get(ctx, key)
 		if err != nil {
@@ -139,7 +108,7 @@ func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered, leases map[s
 		if id := leases[d.MAC]; id != clientv3.NoLease {
 			opts = append(opts, clientv3.WithLease(id))
 		}
-		ops = append(ops, clientv3.OpPut(s.DiscoveredKey(d.Rack, d.MAC), string(b), opts...))
+		ops = append(ops, clientv3.OpPut(s.keys.Discovered(d.Rack, d.MAC), string(b), opts...))
 		if len(ops) == defaultMaxOps {
 			if err := flush(); err != nil {
 				return fmt.Errorf("record discovered MACs: %w", err)
@@ -154,11 +123,11 @@ func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered, leases map[s
 
 // ListDiscovered reads every rack's discovered MACs.
 func (s *Store) ListDiscovered(ctx context.Context) ([]Discovered, error) {
-	return ListJSON[Discovered](ctx, s, s.DiscoveredPrefix())
+	return ListJSON[Discovered](ctx, s, s.keys.Discovered("", ""))
 }
 
 // WatchPrefix reports changes below prefix (a full key prefix, e.g.
-// LeasePrefix(rack)) after revision rev.
+// Keys().Lease(rack, "", "")) after revision rev.
 func (s *Store) WatchPrefix(ctx context.Context, prefix string, rev int64) clientv3.WatchChan {
 	return s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 }
@@ -167,21 +136,6 @@ func (s *Store) WatchPrefix(ctx context.Context, prefix string, rev int64) clien
 // and returns the revision read.
 func (s *Store) RangeAt(ctx context.Context, prefix string, rev int64, fn func(key string, value []byte) error) (int64, error) {
 	return s.RangeRevs(ctx, prefix, rev, func(k string, v []byte, _ int64) error { return fn(k, v) })
-}
-
-// ImageStatusKey is where a rack records an Image's state in its cache:
-// imagestatus/<rack>/<image>, under the rack's own prefix.
-func (s *Store) ImageStatusKey(image, rack string) string {
-	return s.Keys().ImageStatus(rack, image)
-}
-
-// ImageStatusPrefix is the prefix of every rack's image records.
-func (s *Store) ImageStatusPrefix() string { return s.Keys().ImageStatus("", "") }
-
-// ImageStatusOf splits an image record's key into image and rack.
-func (s *Store) ImageStatusOf(key string) (image, rack string, ok bool) {
-	rack, image, ok = s.Keys().Split("imagestatus", key)
-	return image, rack, ok && !strings.Contains(image, "/")
 }
 
 // PutImageStatus records an Image's state on one rack.
@@ -193,16 +147,15 @@ func (s *Store) PutImageStatus(ctx context.Context, image string, st ImageStatus
 	if st.Rack == "" {
 		return fmt.Errorf("image status of %s: no rack", image)
 	}
-	_, err = s.cli.Put(ctx, s.ImageStatusKey(image, st.Rack), string(b))
+	_, err = s.cli.Put(ctx, s.keys.ImageStatus(st.Rack, image), string(b))
 	return err
 }
 
 // ImageStatuses reads every rack's record of every Image, by image name.
 func (s *Store) ImageStatuses(ctx context.Context) (map[string][]ImageStatus, error) {
 	out := map[string][]ImageStatus{}
-	prefix := s.ImageStatusPrefix()
-	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
-		image, _, ok := s.ImageStatusOf(string(k))
+	_, err := s.rangeAll(ctx, s.keys.ImageStatus("", ""), 0, func(k, v []byte) error {
+		_, image, ok := s.keys.SplitImageStatus(string(k))
 		if !ok {
 			return nil
 		}

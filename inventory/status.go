@@ -192,7 +192,7 @@ type ImageStatus struct {
 // lease, when not clientv3.NoLease, is attached to the key (an unknown
 // MAC's report expires with its discovered record).
 func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, lease clientv3.LeaseID, fn func(*MachineReport)) error {
-	key := s.Keys().Report(rack, machine)
+	key := s.keys.Report(rack, machine)
 	var opts []clientv3.OpOption
 	if lease != clientv3.NoLease {
 		opts = append(opts, clientv3.WithLease(lease))

@@ -23,7 +23,7 @@ import (
 )
 
 // DefaultPrefix is where Kiln keeps its keys.
-const DefaultPrefix = "/kiln/"
+const DefaultPrefix = keys.DefaultPrefix
 
 // Sentinel errors.
 var (
@@ -45,9 +45,9 @@ const (
 
 // Store reads and writes Kiln's state in etcd.
 type Store struct {
-	cli    *clientv3.Client
-	prefix string
-	log    *slog.Logger
+	cli  *clientv3.Client
+	keys keys.Layout
+	log  *slog.Logger
 
 	// MaxOps and MaxBytes bound one transaction; Parallel bounds the
 	// chunk writes in flight while a new generation is written.
@@ -69,33 +69,14 @@ type appliedState struct {
 
 // NewStore returns a store using keys under prefix (DefaultPrefix if "").
 func NewStore(cli *clientv3.Client, prefix string, log *slog.Logger) *Store {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	if !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
-	return &Store{cli: cli, prefix: prefix, log: log, MaxOps: defaultMaxOps, MaxBytes: defaultMaxBytes, Parallel: 4}
+	return &Store{cli: cli, keys: keys.New(prefix), log: log, MaxOps: defaultMaxOps, MaxBytes: defaultMaxBytes, Parallel: 4}
 }
 
 // Keys is the store's key layout.
-func (s *Store) Keys() keys.Layout { return keys.New(s.prefix) }
+func (s *Store) Keys() keys.Layout { return s.keys }
 
 // Client returns the etcd client.
 func (s *Store) Client() *clientv3.Client { return s.cli }
-
-// Prefix returns the key prefix.
-func (s *Store) Prefix() string { return s.prefix }
-
-func (s *Store) pointerKey() string          { return s.prefix + "desired/current" }
-func (s *Store) genIndexKey(g string) string { return s.prefix + "desired/gens/" + g }
-func (s *Store) genPrefix(g string) string   { return s.prefix + "desired/g/" + g + "/" }
-
-// SourceKey is where a source's status lives.
-func (s *Store) SourceKey(name string) string { return s.prefix + "sources/" + name }
-
-// MachineStatusKey is where a machine's observed state lives.
-func (s *Store) MachineStatusKey(name string) string { return s.prefix + "status/machines/" + name }
 
 // Pointer names the generation that holds the applied source revision.
 type Pointer struct {
@@ -114,6 +95,10 @@ type genInfo struct {
 	Revision  string    `json:"revision"`
 	Published bool      `json:"published"`
 }
+
+// KindUnmanaged is the pseudo-kind of the Unmanaged markers: it selects
+// them in Snapshot and counts them in a Pointer's Counts.
+const KindUnmanaged = "Unmanaged"
 
 // Unmanaged marks a machine that was removed from the source. Kiln leaves
 // such a machine as it is: nothing is powered off or wiped.
@@ -150,7 +135,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	var res ApplyResult
 
 	// The pointer and what it points at.
-	resp, err := s.cli.Get(ctx, s.pointerKey())
+	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer())
 	res.Requests++
 	if err != nil {
 		return res, fmt.Errorf("read desired pointer: %w", err)
@@ -193,20 +178,20 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		if len(b) > s.MaxBytes {
 			return res, fmt.Errorf("%s %s (%s) is %d bytes, more than one etcd request takes (%d): %w", h.Kind, h.Metadata.Name, h.Origin, len(b), s.MaxBytes, ErrTooLarge)
 		}
-		next[spec.Plural(h.Kind)+"/"+h.Metadata.Name] = b
+		next[keys.GenObject(spec.Plural(h.Kind), h.Metadata.Name)] = b
 		counts[h.Kind]++
 	}
 	unmanaged := map[string][]byte{}
 	for k, b := range old.unmanaged {
-		if name := strings.TrimPrefix(k, "unmanaged/"); inv.Machines[name] == nil {
+		if _, name, _ := keys.SplitGenObject(k); inv.Machines[name] == nil {
 			unmanaged[k] = b
 		}
 	}
 	for k := range old.sums {
-		name, ok := strings.CutPrefix(k, "machines/")
-		if ok && inv.Machines[name] == nil {
+		seg, name, _ := keys.SplitGenObject(k)
+		if seg == spec.Plural(spec.KindMachine) && inv.Machines[name] == nil {
 			b, _ := json.Marshal(Unmanaged{Name: name, RemovedIn: meta.Revision, RemovedAt: now})
-			unmanaged["unmanaged/"+name] = b
+			unmanaged[keys.GenObject(keys.UnmanagedSegment, name)] = b
 			res.Unmanaged = append(res.Unmanaged, name)
 		}
 	}
@@ -214,7 +199,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	for k, b := range unmanaged {
 		next[k] = b
 	}
-	counts["Unmanaged"] = len(unmanaged)
+	counts[KindUnmanaged] = len(unmanaged)
 
 	// The difference.
 	sums := make(map[string][32]byte, len(next))
@@ -226,7 +211,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		switch {
 		case !existed:
 			puts = append(puts, k)
-			if !strings.HasPrefix(k, "unmanaged/") {
+			if !isUnmanaged(k) {
 				res.Added++
 			}
 		case prev != sum:
@@ -238,7 +223,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	for k := range old.sums {
 		if _, ok := next[k]; !ok {
 			dels = append(dels, k)
-			if !strings.HasPrefix(k, "unmanaged/") {
+			if !isUnmanaged(k) {
 				res.Removed++
 			}
 		}
@@ -280,15 +265,15 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		// Small: edit the current generation in place, in one transaction.
 		pb, _ := json.Marshal(ptr)
 		ops := make([]clientv3.Op, 0, len(puts)+len(dels)+1)
-		gp := s.genPrefix(ptr.Generation)
+		gp := s.keys.Gen(ptr.Generation)
 		for _, k := range puts {
 			ops = append(ops, clientv3.OpPut(gp+k, string(next[k])))
 		}
 		for _, k := range dels {
 			ops = append(ops, clientv3.OpDelete(gp+k))
 		}
-		ops = append(ops, clientv3.OpPut(s.pointerKey(), string(pb)))
-		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.pointerKey()), "=", ptrModRev)).Then(ops...).Commit()
+		ops = append(ops, clientv3.OpPut(s.keys.DesiredPointer(), string(pb)))
+		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", ptrModRev)).Then(ops...).Commit()
 		res.Requests++
 		if err != nil {
 			return res, fmt.Errorf("apply revision %s: %w", meta.Revision, err)
@@ -314,7 +299,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	}
 	res.NewGeneration = true
 	gi, _ := json.Marshal(genInfo{Created: now, Source: meta.Source, Revision: meta.Revision})
-	if _, err := s.cli.Put(ctx, s.genIndexKey(gen), string(gi)); err != nil {
+	if _, err := s.cli.Put(ctx, s.keys.GenIndex(gen), string(gi)); err != nil {
 		return res, fmt.Errorf("apply revision %s: start generation: %w", meta.Revision, err)
 	}
 	res.Requests++
@@ -323,7 +308,7 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	n, err = s.writeChunks(ctx, s.genPrefix(gen), keys, next)
+	n, err = s.writeChunks(ctx, s.keys.Gen(gen), keys, next)
 	res.Requests += n
 	if err != nil {
 		s.dropGeneration(context.WithoutCancel(ctx), gen)
@@ -333,9 +318,9 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	pb, _ := json.Marshal(ptr)
 	gi, _ = json.Marshal(genInfo{Created: now, Source: meta.Source, Revision: meta.Revision, Published: true})
 	tr, err := s.cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(s.pointerKey()), "=", ptrModRev),
-		clientv3.Compare(clientv3.CreateRevision(s.genIndexKey(gen)), ">", 0),
-	).Then(clientv3.OpPut(s.pointerKey(), string(pb)), clientv3.OpPut(s.genIndexKey(gen), string(gi))).Commit()
+		clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", ptrModRev),
+		clientv3.Compare(clientv3.CreateRevision(s.keys.GenIndex(gen)), ">", 0),
+	).Then(clientv3.OpPut(s.keys.DesiredPointer(), string(pb)), clientv3.OpPut(s.keys.GenIndex(gen), string(gi))).Commit()
 	res.Requests++
 	if err != nil || !tr.Succeeded {
 		s.applied = nil
@@ -398,8 +383,8 @@ func (s *Store) dropGeneration(ctx context.Context, gen string) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := s.cli.Txn(ctx).Then(
-		clientv3.OpDelete(s.genPrefix(gen), clientv3.WithPrefix()),
-		clientv3.OpDelete(s.genIndexKey(gen)),
+		clientv3.OpDelete(s.keys.Gen(gen), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.keys.GenIndex(gen)),
 	).Commit()
 	if err != nil {
 		s.log.Warn("could not remove abandoned generation; the next apply retries", "generation", gen, "err", err)
@@ -410,14 +395,14 @@ func (s *Store) dropGeneration(ctx context.Context, gen string) {
 // previous ones. An unpublished generation may be another writer's work in
 // progress: it is deleted only when it is old enough to be abandoned.
 func (s *Store) collectGarbage(ctx context.Context, keep ...string) int {
-	resp, err := s.cli.Get(ctx, s.prefix+"desired/gens/", clientv3.WithPrefix())
+	resp, err := s.cli.Get(ctx, s.keys.GenIndex(""), clientv3.WithPrefix())
 	if err != nil {
 		s.log.Warn("list generations", "err", err)
 		return 1
 	}
 	requests := 1
 	for _, kv := range resp.Kvs {
-		gen := strings.TrimPrefix(string(kv.Key), s.prefix+"desired/gens/")
+		gen, _ := s.keys.SplitGenIndex(string(kv.Key))
 		if contains(keep, gen) {
 			continue
 		}
@@ -443,11 +428,11 @@ func contains(list []string, s string) bool {
 // loadApplied reads the current generation back to diff against it.
 func (s *Store) loadApplied(ctx context.Context, p Pointer, ptrModRev, rev int64, res *ApplyResult) (*appliedState, error) {
 	st := &appliedState{pointer: p, ptrModRev: ptrModRev, sums: map[string][32]byte{}, unmanaged: map[string][]byte{}}
-	gp := s.genPrefix(p.Generation)
+	gp := s.keys.Gen(p.Generation)
 	n, err := s.rangeAll(ctx, gp, rev, func(k, v []byte) error {
 		rel := strings.TrimPrefix(string(k), gp)
 		st.sums[rel] = sha256.Sum256(v)
-		if strings.HasPrefix(rel, "unmanaged/") {
+		if isUnmanaged(rel) {
 			st.unmanaged[rel] = bytes.Clone(v)
 		}
 		return nil
@@ -485,4 +470,11 @@ func (s *Store) rangeKVs(ctx context.Context, prefix string, rev int64, fn func(
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// isUnmanaged reports whether a key relative to a generation is an
+// unmanaged marker.
+func isUnmanaged(rel string) bool {
+	seg, _, _ := keys.SplitGenObject(rel)
+	return seg == keys.UnmanagedSegment
 }

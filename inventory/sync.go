@@ -96,7 +96,7 @@ func (m *SyncMetrics) init(source string) {
 	}
 	m.lastSuccess.WithLabelValues(source)
 	m.requests.WithLabelValues(source)
-	for _, k := range append(append([]string(nil), spec.Kinds...), "Unmanaged") {
+	for _, k := range append(append([]string(nil), spec.Kinds...), KindUnmanaged) {
 		m.objects.WithLabelValues(k)
 	}
 }
@@ -236,7 +236,7 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) SourceStatus {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := UpdateJSON(ctx, y.store, y.store.SourceKey(st.Name), func(old *SourceStatus) error {
+	err := UpdateJSON(ctx, y.store, y.store.keys.Source(st.Name), func(old *SourceStatus) error {
 		if st.AppliedRevision == "" { // keep what was applied before
 			st.AppliedRevision, st.AppliedAt, st.Generation, st.Objects = old.AppliedRevision, old.AppliedAt, old.Generation, old.Objects
 		}

@@ -5,43 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// Keys of the region stage:
-//
-//	election/region/…            region servers' leader election
-//	tasks/<rack>/<machine>       the power task the region asks of a rack
-//	events/<machine>/<seq>       lifecycle events, expiring with a lease
-
-// RegionElectionPrefix is where region servers campaign.
-func (s *Store) RegionElectionPrefix() string { return s.prefix + "election/region/" }
-
-// TaskPrefix is where a rack's power tasks live; rack "" lists every rack.
-func (s *Store) TaskPrefix(rack string) string {
-	if rack == "" {
-		return s.prefix + "tasks/"
-	}
-	return s.prefix + "tasks/" + rack + "/"
-}
-
-// TaskKey is the key of a machine's power task.
-func (s *Store) TaskKey(rack, machine string) string {
-	return s.prefix + "tasks/" + rack + "/" + machine
-}
-
-// EventPrefix is where a machine's events live; machine "" lists all.
-func (s *Store) EventPrefix(machine string) string {
-	if machine == "" {
-		return s.prefix + "events/"
-	}
-	return s.prefix + "events/" + machine + "/"
-}
 
 // Power task actions.
 const (
@@ -105,17 +74,11 @@ type Event struct {
 	To      string    `json:"to,omitempty"`   // phase after
 }
 
-// EventKey is the key of one event: time-ordered within a machine; seq
-// orders events of the same instant.
-func (s *Store) EventKey(e Event, seq int) string {
-	return fmt.Sprintf("%s%020d.%03d", s.EventPrefix(e.Machine), e.Time.UnixNano(), seq)
-}
-
 // Events lists the events of one machine (all when machine is ""),
 // oldest first.
 func (s *Store) Events(ctx context.Context, machine string) ([]Event, int64, error) {
 	var out []Event
-	rev, err := s.RangeAt(ctx, s.EventPrefix(machine), 0, func(key string, v []byte) error {
+	rev, err := s.RangeAt(ctx, s.keys.Events(machine), 0, func(key string, v []byte) error {
 		var e Event
 		if err := json.Unmarshal(v, &e); err != nil {
 			return fmt.Errorf("decode %s: %w", key, err)
@@ -129,7 +92,7 @@ func (s *Store) Events(ctx context.Context, machine string) ([]Event, int64, err
 
 // CompactEvents deletes all but the newest keep events of a machine.
 func (s *Store) CompactEvents(ctx context.Context, machine string, keep int) (int, error) {
-	resp, err := s.cli.Get(ctx, s.EventPrefix(machine), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+	resp, err := s.cli.Get(ctx, s.keys.Events(machine), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
 		return 0, fmt.Errorf("list events of %s: %w", machine, err)
@@ -139,21 +102,11 @@ func (s *Store) CompactEvents(ctx context.Context, machine string, keep int) (in
 		return 0, nil
 	}
 	last := string(resp.Kvs[extra-1].Key)
-	del, err := s.cli.Delete(ctx, s.EventPrefix(machine), clientv3.WithRange(last+"\x00"))
+	del, err := s.cli.Delete(ctx, s.keys.Events(machine), clientv3.WithRange(last+"\x00"))
 	if err != nil {
 		return 0, fmt.Errorf("compact events of %s: %w", machine, err)
 	}
 	return int(del.Deleted), nil
-}
-
-// TaskMachine splits a task key into rack and machine.
-func (s *Store) TaskMachine(key string) (rack, machine string, ok bool) {
-	rest, ok := strings.CutPrefix(key, s.TaskPrefix(""))
-	if !ok {
-		return "", "", false
-	}
-	rack, machine, ok = strings.Cut(rest, "/")
-	return rack, machine, ok && rack != "" && machine != "" && !strings.Contains(machine, "/")
 }
 
 // RangeRevs is RangeAt that also passes each key's ModRevision, for

@@ -127,7 +127,7 @@ func (r *Region) term(ctx context.Context) error {
 		return fmt.Errorf("election session: %w", err)
 	}
 	defer session.Orphan()
-	el := concurrency.NewElection(session, r.store.RegionElectionPrefix())
+	el := concurrency.NewElection(session, r.store.Keys().RegionElection())
 	if err := el.Campaign(ctx, r.cfg.ID); err != nil {
 		session.Close()
 		return fmt.Errorf("campaign: %w", err)

@@ -189,7 +189,7 @@ func (a *Agent) followDesired(ctx context.Context) error {
 		a.stage(ctx, snap.Inventory)
 		// Wait for the next change of the desired state, then read again.
 		wctx, cancel := context.WithCancel(ctx)
-		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
+		wch := a.store.WatchPrefix(wctx, a.store.Keys().Desired(), snap.Revision)
 		for wr := range wch {
 			if wr.Err() != nil || len(wr.Events) > 0 {
 				break
@@ -253,7 +253,7 @@ func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 func (a *Agent) followLeases(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		fresh := map[string]dhcp.Lease{}
-		prefix := a.store.LeasePrefix(a.cfg.Rack)
+		prefix := a.store.Keys().Lease(a.cfg.Rack, "", "")
 		rev, err := a.store.RangeAt(ctx, prefix, 0, func(k string, v []byte) error {
 			var l dhcp.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
@@ -329,7 +329,7 @@ func (a *Agent) term(ctx context.Context) error {
 		return fmt.Errorf("election session: %w", err)
 	}
 	defer session.Orphan() // Resign below deletes our key when we can reach etcd
-	el := concurrency.NewElection(session, a.store.ElectionPrefix(a.cfg.Rack))
+	el := concurrency.NewElection(session, a.store.Keys().RackElection(a.cfg.Rack))
 	if err := el.Campaign(ctx, a.cfg.ID); err != nil {
 		session.Close()
 		return fmt.Errorf("campaign: %w", err)
@@ -403,7 +403,7 @@ func (a *Agent) term(ctx context.Context) error {
 	a.log.Warn("lost the election session; serving known reservations until etcd answers")
 	for {
 		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := cli.Get(lctx, a.store.ElectionPrefix(a.cfg.Rack), clientv3.WithFirstCreate()...)
+		resp, err := cli.Get(lctx, a.store.Keys().RackElection(a.cfg.Rack), clientv3.WithFirstCreate()...)
 		cancel()
 		if err == nil {
 			leader := ""
@@ -463,7 +463,7 @@ func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
 			if err != nil {
 				return err
 			}
-			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(f.rack, l.Subnet, l.IP.String()), string(b)))
+			ops = append(ops, clientv3.OpPut(f.store.Keys().Lease(f.rack, l.Subnet, l.IP.String()), string(b)))
 		}
 		resp, err := cli.Txn(ctx).If(f.fence.Held()).Then(ops...).Commit()
 		if err != nil {
