@@ -126,12 +126,6 @@ func decodeInto(snap *Snapshot, kind string, v []byte) error {
 	return nil
 }
 
-// WatchChanges reports every change below the prefix after revision rev
-// until ctx ends. Readers re-read what they need on each notification.
-func (s *Store) WatchChanges(ctx context.Context, rev int64) clientv3.WatchChan {
-	return s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-}
-
 // Update reads key, lets fn change its value (nil when absent) and writes
 // it back only if nobody wrote it meanwhile (ModRevision compare),
 // retrying on conflict until ctx ends. fn returning nil bytes writes
@@ -298,20 +292,4 @@ func (s *Store) MachineStatusesOf(ctx context.Context, names []string) (map[stri
 		return nil
 	})
 	return out, err
-}
-
-// MachineReportOf reads a machine's report from its rack; nil when there
-// is none.
-func (s *Store) MachineReportOf(ctx context.Context, rack, machine string) (*MachineReport, error) {
-	if rack == "" {
-		return nil, nil
-	}
-	r, err := GetJSON[MachineReport](ctx, s, s.keys.Report(rack, machine))
-	if errors.Is(err, ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
 }
