@@ -44,11 +44,7 @@ func (s *Store) PutDiscovered(ctx context.Context, ds []Discovered, leases map[s
 		if err != nil {
 			return err
 		}
-		var opts []clientv3.OpOption
-		if id := leases[d.MAC]; id != clientv3.NoLease {
-			opts = append(opts, clientv3.WithLease(id))
-		}
-		ops = append(ops, clientv3.OpPut(s.keys.Discovered(d.Rack, d.MAC), string(b), opts...))
+		ops = append(ops, clientv3.OpPut(s.keys.Discovered(d.Rack, d.MAC), string(b), withLease(leases[d.MAC])...))
 		if len(ops) == defaultMaxOps {
 			if err := flush(); err != nil {
 				return fmt.Errorf("record discovered MACs: %w", err)

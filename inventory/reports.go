@@ -58,10 +58,6 @@ type OSReport struct {
 // MAC's report expires with its discovered record).
 func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, lease clientv3.LeaseID, fn func(*MachineReport)) error {
 	key := s.keys.Report(rack, machine)
-	var opts []clientv3.OpOption
-	if lease != clientv3.NoLease {
-		opts = append(opts, clientv3.WithLease(lease))
-	}
 	err := UpdateJSON(ctx, s, key, func(rep *MachineReport) error {
 		if rep.TaskID != taskID {
 			*rep = MachineReport{TaskID: taskID}
@@ -69,7 +65,7 @@ func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, 
 		fn(rep)
 		rep.UpdatedAt = time.Now().UTC()
 		return nil
-	}, opts...)
+	}, withLease(lease)...)
 	if err != nil {
 		return fmt.Errorf("report of %s: %w", machine, err)
 	}

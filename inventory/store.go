@@ -56,6 +56,15 @@ func (s *Store) Keys() keys.Layout { return s.keys }
 // Client returns the etcd client.
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
+// withLease is the put option that attaches a key to lease, none for
+// NoLease (the key then lives until deleted).
+func withLease(lease clientv3.LeaseID) []clientv3.OpOption {
+	if lease == clientv3.NoLease {
+		return nil
+	}
+	return []clientv3.OpOption{clientv3.WithLease(lease)}
+}
+
 // Pointer names the generation that holds the applied source revision.
 type Pointer struct {
 	Generation string         `json:"generation"`

@@ -51,12 +51,8 @@ func (s *Store) AppendTimeline(ctx context.Context, rack, machine string, lease 
 		if err != nil {
 			return err
 		}
-		var opts []clientv3.OpOption
-		if lease != clientv3.NoLease {
-			opts = append(opts, clientv3.WithLease(lease))
-		}
 		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(clientv3.OpPut(key, string(b), opts...)).Commit()
+			Then(clientv3.OpPut(key, string(b), withLease(lease)...)).Commit()
 		if err != nil {
 			return fmt.Errorf("write timeline %s: %w", machine, err)
 		}

@@ -66,11 +66,7 @@ func (t *Tokens) PutLeased(ctx context.Context, machine string, tok BootToken, l
 	if err != nil {
 		return err
 	}
-	var opts []clientv3.OpOption
-	if lease != clientv3.NoLease {
-		opts = append(opts, clientv3.WithLease(lease))
-	}
-	if _, err := t.s.cli.Put(ctx, t.s.keys.Token(t.rack, machine), string(b), opts...); err != nil {
+	if _, err := t.s.cli.Put(ctx, t.s.keys.Token(t.rack, machine), string(b), withLease(lease)...); err != nil {
 		return fmt.Errorf("store boot token of %s: %w", machine, err)
 	}
 	return nil
@@ -103,12 +99,8 @@ func (t *Tokens) Update(ctx context.Context, machine string, fn func(*BootToken)
 		if err != nil {
 			return err
 		}
-		opts := []clientv3.OpOption{}
-		if kv.Lease != 0 {
-			opts = append(opts, clientv3.WithLease(clientv3.LeaseID(kv.Lease)))
-		}
 		tr, err := t.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, string(b), opts...)).Commit()
+			Then(clientv3.OpPut(key, string(b), withLease(clientv3.LeaseID(kv.Lease))...)).Commit()
 		if err != nil {
 			return fmt.Errorf("update boot token of %s: %w", machine, err)
 		}
