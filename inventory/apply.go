@@ -60,192 +60,250 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var res ApplyResult
-
-	// The pointer and what it points at.
-	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer())
-	res.Requests++
+	old, ptrModRev, err := s.readApplied(ctx, &res)
 	if err != nil {
-		return res, fmt.Errorf("read desired pointer: %w", err)
+		return res, err
 	}
-	var old *appliedState
-	var ptrModRev int64
-	if len(resp.Kvs) > 0 {
-		ptrModRev = resp.Kvs[0].ModRevision
-		if s.applied != nil && s.applied.ptrModRev == ptrModRev {
-			old = s.applied
-		} else {
-			var p Pointer
-			if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
-				return res, fmt.Errorf("decode desired pointer: %w", err)
-			}
-			old, err = s.loadApplied(ctx, p, ptrModRev, resp.Header.Revision, &res)
-			if err != nil {
-				return res, err
-			}
-		}
-	} else {
-		old = &appliedState{sums: map[string][32]byte{}, unmanaged: map[string][]byte{}}
+	c, err := s.plan(inv, old, ptrModRev, meta, &res)
+	if err != nil {
+		return res, err
 	}
-
-	// The new content, by key relative to a generation.
-	now := time.Now().UTC()
-	next := map[string][]byte{}
-	counts := map[string]int{}
-	secrets := map[string][]byte{}
-	for _, o := range inv.Objects() {
-		h := o.GetHeader()
-		o, err := s.withoutSecret(o, secrets)
-		if err != nil {
-			return res, err
-		}
-		b, err := json.Marshal(o)
-		if err != nil {
-			return res, fmt.Errorf("encode %s %s: %w", h.Kind, h.Metadata.Name, err)
-		}
-		if len(b) > s.MaxBytes {
-			return res, fmt.Errorf("%s %s (%s) is %d bytes, more than one etcd request takes (%d): %w", h.Kind, h.Metadata.Name, h.Origin, len(b), s.MaxBytes, ErrTooLarge)
-		}
-		next[keys.GenObject(spec.Plural(h.Kind), h.Metadata.Name)] = b
-		counts[h.Kind]++
-	}
-	unmanaged := map[string][]byte{}
-	for k, b := range old.unmanaged {
-		if _, name, _ := keys.SplitGenObject(k); inv.Machines[name] == nil {
-			unmanaged[k] = b
-		}
-	}
-	for k := range old.sums {
-		seg, name, _ := keys.SplitGenObject(k)
-		if seg == spec.Plural(spec.KindMachine) && inv.Machines[name] == nil {
-			b, _ := json.Marshal(Unmanaged{Name: name, RemovedIn: meta.Revision, RemovedAt: now})
-			unmanaged[keys.GenObject(keys.UnmanagedSegment, name)] = b
-			res.Unmanaged = append(res.Unmanaged, name)
-		}
-	}
-	sort.Strings(res.Unmanaged)
-	for k, b := range unmanaged {
-		next[k] = b
-	}
-	counts[KindUnmanaged] = len(unmanaged)
-
-	// The difference.
-	sums := make(map[string][32]byte, len(next))
-	var puts []string
-	for k, b := range next {
-		sum := sha256.Sum256(b)
-		sums[k] = sum
-		prev, existed := old.sums[k]
-		switch {
-		case !existed:
-			puts = append(puts, k)
-			if !isUnmanaged(k) {
-				res.Added++
-			}
-		case prev != sum:
-			puts = append(puts, k)
-			res.Changed++
-		}
-	}
-	var dels []string
-	for k := range old.sums {
-		if _, ok := next[k]; !ok {
-			dels = append(dels, k)
-			if !isUnmanaged(k) {
-				res.Removed++
-			}
-		}
-	}
-	sort.Strings(puts)
-	sort.Strings(dels)
 
 	// Plaintext BMC passwords: written before the pointer flips, so that
 	// a rack reading the new revision finds them; stale ones dropped
 	// after.
-	secretPuts, staleSecrets, n, err := s.secretChanges(ctx, old.secrets, secrets)
+	secretPuts, staleSecrets, n, err := s.secretChanges(ctx, old.secrets, c.secrets)
 	res.Requests += n
 	if err != nil {
 		return res, fmt.Errorf("apply revision %s: %w", meta.Revision, err)
 	}
-
-	ptr := Pointer{Generation: old.pointer.Generation, Previous: old.pointer.Previous, Source: meta.Source,
-		Revision: meta.Revision, Digest: meta.Digest, AppliedAt: now, Counts: counts}
-	if len(puts)+len(dels)+len(secretPuts)+len(staleSecrets) == 0 && old.pointer.Generation != "" && old.pointer.Revision == meta.Revision && old.pointer.Source == meta.Source {
+	c.staleSecrets = staleSecrets
+	if len(c.puts)+len(c.dels)+len(secretPuts)+len(staleSecrets) == 0 && old.pointer.Generation != "" && old.pointer.Revision == meta.Revision && old.pointer.Source == meta.Source {
 		res.Unchanged = true
 		res.Generation = old.pointer.Generation
 		return res, nil
 	}
-
-	n, err = s.writeChunks(ctx, "", secretPuts, secrets)
+	n, err = s.writeChunks(ctx, "", secretPuts, c.secrets)
 	res.Requests += n
 	if err != nil {
 		return res, fmt.Errorf("apply revision %s: write BMC secrets: %w", meta.Revision, err)
 	}
 
-	size := 0
-	for _, k := range puts {
-		size += len(k) + len(next[k]) + 64
+	if old.pointer.Generation != "" && c.fits(s.MaxOps, s.MaxBytes) {
+		err = s.applyInPlace(ctx, c, &res)
+	} else {
+		err = s.applyNewGeneration(ctx, c, &res)
 	}
-	for _, k := range dels {
+	return res, err
+}
+
+// change is what one Apply writes: the new revision's content, by key
+// relative to a generation, and how it differs from the applied one.
+type change struct {
+	meta      ApplyMeta
+	now       time.Time
+	old       *appliedState
+	ptrModRev int64   // the pointer's ModRevision the publishing write compares
+	ptr       Pointer // the pointer to publish, still naming old's generation
+
+	next      map[string][]byte   // the whole content, unmanaged markers included
+	sums      map[string][32]byte // sha256 of each of next
+	unmanaged map[string][]byte   // the unmanaged markers of next
+	secrets   map[string][]byte   // BMC secrets by full key
+
+	puts, dels   []string // keys of next to write, and of old to delete
+	staleSecrets []string // BMC secrets to delete once the pointer flipped
+}
+
+// readApplied reads the pointer and what it points at: from the cache
+// when the pointer is the one the last Apply wrote.
+func (s *Store) readApplied(ctx context.Context, res *ApplyResult) (*appliedState, int64, error) {
+	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer())
+	res.Requests++
+	if err != nil {
+		return nil, 0, fmt.Errorf("read desired pointer: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return &appliedState{sums: map[string][32]byte{}, unmanaged: map[string][]byte{}}, 0, nil
+	}
+	ptrModRev := resp.Kvs[0].ModRevision
+	if s.applied != nil && s.applied.ptrModRev == ptrModRev {
+		return s.applied, ptrModRev, nil
+	}
+	var p Pointer
+	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
+		return nil, 0, fmt.Errorf("decode desired pointer: %w", err)
+	}
+	old, err := s.loadApplied(ctx, p, ptrModRev, resp.Header.Revision, res)
+	return old, ptrModRev, err
+}
+
+// plan computes the new content and its difference from old.
+func (s *Store) plan(inv *spec.Inventory, old *appliedState, ptrModRev int64, meta ApplyMeta, res *ApplyResult) (*change, error) {
+	c := &change{meta: meta, now: time.Now().UTC(), old: old, ptrModRev: ptrModRev, secrets: map[string][]byte{}}
+	counts, err := s.encode(inv, c)
+	if err != nil {
+		return nil, err
+	}
+	c.markUnmanaged(inv, res)
+	counts[KindUnmanaged] = len(c.unmanaged)
+	c.diff(res)
+	c.ptr = Pointer{Generation: old.pointer.Generation, Previous: old.pointer.Previous, Source: meta.Source,
+		Revision: meta.Revision, Digest: meta.Digest, AppliedAt: c.now, Counts: counts}
+	return c, nil
+}
+
+// encode puts inv's objects into c.next, their BMC secrets set apart in
+// c.secrets, and returns how many there are of each kind.
+func (s *Store) encode(inv *spec.Inventory, c *change) (map[string]int, error) {
+	c.next = map[string][]byte{}
+	counts := map[string]int{}
+	for _, o := range inv.Objects() {
+		h := o.GetHeader()
+		o, err := s.withoutSecret(o, c.secrets)
+		if err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(o)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s %s: %w", h.Kind, h.Metadata.Name, err)
+		}
+		if len(b) > s.MaxBytes {
+			return nil, fmt.Errorf("%s %s (%s) is %d bytes, more than one etcd request takes (%d): %w", h.Kind, h.Metadata.Name, h.Origin, len(b), s.MaxBytes, ErrTooLarge)
+		}
+		c.next[keys.GenObject(spec.Plural(h.Kind), h.Metadata.Name)] = b
+		counts[h.Kind]++
+	}
+	return counts, nil
+}
+
+// markUnmanaged keeps the markers of machines still missing from inv,
+// adds one for every machine inv no longer has, and puts them into
+// c.next.
+func (c *change) markUnmanaged(inv *spec.Inventory, res *ApplyResult) {
+	c.unmanaged = map[string][]byte{}
+	for k, b := range c.old.unmanaged {
+		if _, name, _ := keys.SplitGenObject(k); inv.Machines[name] == nil {
+			c.unmanaged[k] = b
+		}
+	}
+	for k := range c.old.sums {
+		seg, name, _ := keys.SplitGenObject(k)
+		if seg == spec.Plural(spec.KindMachine) && inv.Machines[name] == nil {
+			b, _ := json.Marshal(Unmanaged{Name: name, RemovedIn: c.meta.Revision, RemovedAt: c.now})
+			c.unmanaged[keys.GenObject(keys.UnmanagedSegment, name)] = b
+			res.Unmanaged = append(res.Unmanaged, name)
+		}
+	}
+	sort.Strings(res.Unmanaged)
+	for k, b := range c.unmanaged {
+		c.next[k] = b
+	}
+}
+
+// diff finds the keys to write and to delete, and counts the objects
+// added, changed and removed (unmanaged markers aside).
+func (c *change) diff(res *ApplyResult) {
+	c.sums = make(map[string][32]byte, len(c.next))
+	for k, b := range c.next {
+		sum := sha256.Sum256(b)
+		c.sums[k] = sum
+		prev, existed := c.old.sums[k]
+		switch {
+		case !existed:
+			c.puts = append(c.puts, k)
+			if !isUnmanaged(k) {
+				res.Added++
+			}
+		case prev != sum:
+			c.puts = append(c.puts, k)
+			res.Changed++
+		}
+	}
+	for k := range c.old.sums {
+		if _, ok := c.next[k]; !ok {
+			c.dels = append(c.dels, k)
+			if !isUnmanaged(k) {
+				res.Removed++
+			}
+		}
+	}
+	sort.Strings(c.puts)
+	sort.Strings(c.dels)
+}
+
+// fits reports whether the writes and deletes, with the pointer, fit in
+// one transaction.
+func (c *change) fits(maxOps, maxBytes int) bool {
+	size := 0
+	for _, k := range c.puts {
+		size += len(k) + len(c.next[k]) + 64
+	}
+	for _, k := range c.dels {
 		size += len(k) + 64
 	}
-	if old.pointer.Generation != "" && len(puts)+len(dels)+1 <= s.MaxOps && size+1024 <= s.MaxBytes {
-		// Small: edit the current generation in place, in one transaction.
-		pb, _ := json.Marshal(ptr)
-		ops := make([]clientv3.Op, 0, len(puts)+len(dels)+1)
-		gp := s.keys.Gen(ptr.Generation)
-		for _, k := range puts {
-			ops = append(ops, clientv3.OpPut(gp+k, string(next[k])))
-		}
-		for _, k := range dels {
-			ops = append(ops, clientv3.OpDelete(gp+k))
-		}
-		ops = append(ops, clientv3.OpPut(s.keys.DesiredPointer(), string(pb)))
-		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", ptrModRev)).Then(ops...).Commit()
-		res.Requests++
-		if err != nil {
-			return res, fmt.Errorf("apply revision %s: %w", meta.Revision, err)
-		}
-		if !tr.Succeeded {
-			s.applied = nil
-			return res, fmt.Errorf("apply revision %s: %w", meta.Revision, ErrConflict)
-		}
-		res.Generation = ptr.Generation
-		s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged, secrets: secrets}
-		n, err = s.deleteSecrets(ctx, staleSecrets)
-		res.Requests += n
-		if err != nil {
-			s.applied.secrets = nil // some may remain: read them next time
-		}
-		return res, err
-	}
+	return len(c.puts)+len(c.dels)+1 <= maxOps && size+1024 <= maxBytes
+}
 
-	// Large: a new generation, written in chunks, published by one swap.
+// applyInPlace is the small change: it edits the current generation in
+// place, in one transaction with the pointer.
+func (s *Store) applyInPlace(ctx context.Context, c *change, res *ApplyResult) error {
+	ptr := c.ptr
+	pb, _ := json.Marshal(ptr)
+	ops := make([]clientv3.Op, 0, len(c.puts)+len(c.dels)+1)
+	gp := s.keys.Gen(ptr.Generation)
+	for _, k := range c.puts {
+		ops = append(ops, clientv3.OpPut(gp+k, string(c.next[k])))
+	}
+	for _, k := range c.dels {
+		ops = append(ops, clientv3.OpDelete(gp+k))
+	}
+	ops = append(ops, clientv3.OpPut(s.keys.DesiredPointer(), string(pb)))
+	tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", c.ptrModRev)).Then(ops...).Commit()
+	res.Requests++
+	if err != nil {
+		return fmt.Errorf("apply revision %s: %w", c.meta.Revision, err)
+	}
+	if !tr.Succeeded {
+		s.applied = nil
+		return fmt.Errorf("apply revision %s: %w", c.meta.Revision, ErrConflict)
+	}
+	res.Generation = ptr.Generation
+	s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: c.sums, unmanaged: c.unmanaged, secrets: c.secrets}
+	return s.dropStaleSecrets(ctx, c.staleSecrets, res)
+}
+
+// applyNewGeneration is the large change: a new generation, written in
+// chunks, published by one swap of the pointer.
+func (s *Store) applyNewGeneration(ctx context.Context, c *change, res *ApplyResult) error {
+	meta := c.meta
 	gen, err := newGeneration()
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.NewGeneration = true
-	gi, _ := json.Marshal(genInfo{Created: now, Source: meta.Source, Revision: meta.Revision})
+	gi, _ := json.Marshal(genInfo{Created: c.now, Source: meta.Source, Revision: meta.Revision})
 	if _, err := s.cli.Put(ctx, s.keys.GenIndex(gen), string(gi)); err != nil {
-		return res, fmt.Errorf("apply revision %s: start generation: %w", meta.Revision, err)
+		return fmt.Errorf("apply revision %s: start generation: %w", meta.Revision, err)
 	}
 	res.Requests++
-	keys := make([]string, 0, len(next))
-	for k := range next {
-		keys = append(keys, k)
+	names := make([]string, 0, len(c.next))
+	for k := range c.next {
+		names = append(names, k)
 	}
-	sort.Strings(keys)
-	n, err = s.writeChunks(ctx, s.keys.Gen(gen), keys, next)
+	sort.Strings(names)
+	n, err := s.writeChunks(ctx, s.keys.Gen(gen), names, c.next)
 	res.Requests += n
 	if err != nil {
 		s.dropGeneration(context.WithoutCancel(ctx), gen)
-		return res, fmt.Errorf("apply revision %s: write generation %s: %w", meta.Revision, gen, err)
+		return fmt.Errorf("apply revision %s: write generation %s: %w", meta.Revision, gen, err)
 	}
-	ptr.Generation, ptr.Previous = gen, old.pointer.Generation
+	ptr := c.ptr
+	ptr.Generation, ptr.Previous = gen, c.old.pointer.Generation
 	pb, _ := json.Marshal(ptr)
-	gi, _ = json.Marshal(genInfo{Created: now, Source: meta.Source, Revision: meta.Revision, Published: true})
+	gi, _ = json.Marshal(genInfo{Created: c.now, Source: meta.Source, Revision: meta.Revision, Published: true})
 	tr, err := s.cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", ptrModRev),
+		clientv3.Compare(clientv3.ModRevision(s.keys.DesiredPointer()), "=", c.ptrModRev),
 		clientv3.Compare(clientv3.CreateRevision(s.keys.GenIndex(gen)), ">", 0),
 	).Then(clientv3.OpPut(s.keys.DesiredPointer(), string(pb)), clientv3.OpPut(s.keys.GenIndex(gen), string(gi))).Commit()
 	res.Requests++
@@ -255,17 +313,23 @@ func (s *Store) Apply(ctx context.Context, inv *spec.Inventory, meta ApplyMeta) 
 		if err == nil {
 			err = ErrConflict
 		}
-		return res, fmt.Errorf("apply revision %s: publish generation %s: %w", meta.Revision, gen, err)
+		return fmt.Errorf("apply revision %s: publish generation %s: %w", meta.Revision, gen, err)
 	}
 	res.Generation = gen
-	s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: sums, unmanaged: unmanaged, secrets: secrets}
-	res.Requests += s.collectGarbage(ctx, gen, old.pointer.Generation)
-	n, err = s.deleteSecrets(ctx, staleSecrets)
+	s.applied = &appliedState{pointer: ptr, ptrModRev: tr.Header.Revision, sums: c.sums, unmanaged: c.unmanaged, secrets: c.secrets}
+	res.Requests += s.collectGarbage(ctx, gen, c.old.pointer.Generation)
+	return s.dropStaleSecrets(ctx, c.staleSecrets, res)
+}
+
+// dropStaleSecrets deletes, once the pointer flipped, the BMC secrets the
+// applied revision no longer has.
+func (s *Store) dropStaleSecrets(ctx context.Context, stale []string, res *ApplyResult) error {
+	n, err := s.deleteSecrets(ctx, stale)
 	res.Requests += n
 	if err != nil {
-		s.applied.secrets = nil
+		s.applied.secrets = nil // some may remain: read them next time
 	}
-	return res, err
+	return err
 }
 
 func newGeneration() (string, error) {
@@ -278,11 +342,11 @@ func newGeneration() (string, error) {
 
 // writeChunks puts keys in transactions within the size limits, several
 // in flight at once.
-func (s *Store) writeChunks(ctx context.Context, prefix string, keys []string, values map[string][]byte) (int, error) {
+func (s *Store) writeChunks(ctx context.Context, prefix string, names []string, values map[string][]byte) (int, error) {
 	var chunks [][]clientv3.Op
 	var cur []clientv3.Op
 	size := 0
-	for _, k := range keys {
+	for _, k := range names {
 		v := values[k]
 		opSize := len(prefix) + len(k) + len(v) + 64
 		if len(cur) > 0 && (len(cur) >= s.MaxOps || size+opSize > s.MaxBytes) {
