@@ -1,28 +1,15 @@
 // Package keys is Kiln's etcd key layout: every key Kiln reads or
-// writes, in one place, and who may touch it.
+// writes, and who may touch it, in one place. No other code spells a key
+// prefix or parses a key: it asks a Layout (inventory.Store.Keys).
 //
 // Everything a rack agent writes lives under a prefix that names its
 // rack, so that etcd's role-based access control (which grants single
 // keys and prefixes only) can confine a rack's credentials to its own
-// machines:
+// keys (RackGrants). Machine and rack names are validated DNS labels, so
+// no name contains '/' and no prefix of one rack is a prefix of another's.
 //
-//	desired/current, desired/gens/<gen>, desired/g/<gen>/…  region; everyone reads
-//	sources/<name>                       region
-//	status/machines/<machine>            region; racks and viewers read
-//	events/<machine>/<seq>               region
-//	election/region/…                    region servers' election
-//	tasks/<rack>/<machine>               region writes; the rack updates the outcome
-//	secrets/<rack>/<machine>             region writes; only that rack reads
-//	election/rack/<rack>/…               the rack's agents' election
-//	tokens/<rack>/<machine>              the rack: boot tokens (hashes)
-//	reports/<rack>/<machine>             the rack: what agents and OSes reported
-//	timeline/<rack>/<machine>            the rack: boot timelines
-//	discovered/<rack>/<mac>              the rack: unknown MACs, leased
-//	leases/<rack>/<subnet>/<ip>          the rack: DHCP leases
-//	imagestatus/<rack>/<image>           the rack: its image cache
-//
-// Machine and rack names are validated DNS labels, so no name contains
-// '/' and no prefix of one rack is a prefix of another's.
+// docs/keys.md lists every key family with its writer, readers, lifetime
+// and the roles that may touch it.
 package keys
 
 import (
