@@ -541,7 +541,7 @@ func newStatusClient(t *testing.T, srv *netlab.NS) *statusClient {
 	}
 	t.Cleanup(func() { cli.Close() })
 	s := inventory.NewStore(cli, "", slog.New(slog.DiscardHandler))
-	return &statusClient{store: s, key: s.MachineStatusKey(agentMachine), reportKey: s.Keys().Report("r1", agentMachine)}
+	return &statusClient{store: s, key: s.Keys().MachineStatus(agentMachine), reportKey: s.Keys().Report("r1", agentMachine)}
 }
 
 // report reads the rack's report of the machine's boot.

@@ -1,14 +1,12 @@
 // Package inventory moves the desired inventory from its source (a watched
 // directory or a git branch) into etcd, and reads it back.
 //
-// Key layout, all under one prefix (default "/kiln/"):
-//
-//	desired/current                 pointer: generation, source revision, counts
-//	desired/gens/<gen>              one entry per generation that exists
-//	desired/g/<gen>/<kind>/<name>   resolved objects (racks, subnets, images, profiles, machines)
-//	desired/g/<gen>/unmanaged/<n>   machines removed from the source, kept visible
-//	sources/<name>                  source status: observed and applied revision, problems
-//	status/machines/<name>          observed state, written by reconcilers and agents
+// Every key lives under one prefix (default "/kiln/") and is computed by
+// package keys (Store.Keys); docs/keys.md lists each key family, its
+// writer, readers and lifetime. The desired state is a pointer
+// (desired/current) to a generation of resolved objects
+// (desired/g/<gen>/<kind>/<name>, and unmanaged/<name> for machines
+// removed from the source).
 //
 // A source revision is applied atomically at any size. A change that fits
 // in one etcd transaction edits the current generation in place together

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kilnhq/kiln/inventory/keys"
 	"github.com/kilnhq/kiln/spec"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,7 +26,7 @@ type Snapshot struct {
 // Current returns the pointer to the applied generation and the etcd
 // revision it was read at. ErrNotFound means nothing was applied yet.
 func (s *Store) Current(ctx context.Context) (Pointer, int64, error) {
-	resp, err := s.cli.Get(ctx, s.pointerKey())
+	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer())
 	if err != nil {
 		return Pointer{}, 0, err
 	}
@@ -40,7 +41,7 @@ func (s *Store) Current(ctx context.Context) (Pointer, int64, error) {
 }
 
 // Snapshot reads the applied revision: only the given kinds (all when none
-// are given; "Unmanaged" selects the unmanaged markers).
+// are given; KindUnmanaged selects the unmanaged markers).
 func (s *Store) Snapshot(ctx context.Context, kinds ...string) (*Snapshot, error) {
 	for attempt := 0; ; attempt++ {
 		snap, err := s.snapshot(ctx, kinds)
@@ -59,12 +60,11 @@ func (s *Store) snapshot(ctx context.Context, kinds []string) (*Snapshot, error)
 		return nil, err
 	}
 	if len(kinds) == 0 {
-		kinds = append(append([]string(nil), spec.Kinds...), "Unmanaged")
+		kinds = append(append([]string(nil), spec.Kinds...), KindUnmanaged)
 	}
 	snap := &Snapshot{Pointer: p, Revision: rev, Inventory: spec.NewInventory(), Unmanaged: map[string]Unmanaged{}}
-	gp := s.genPrefix(p.Generation)
 	for _, kind := range kinds {
-		prefix := gp + segment(kind) + "/"
+		prefix := s.keys.GenSegment(p.Generation, segment(kind))
 		_, err := s.rangeAll(ctx, prefix, rev, func(k, v []byte) error {
 			return decodeInto(snap, kind, v)
 		})
@@ -77,8 +77,8 @@ func (s *Store) snapshot(ctx context.Context, kinds []string) (*Snapshot, error)
 
 // segment is a kind's folder inside a generation.
 func segment(kind string) string {
-	if kind == "Unmanaged" {
-		return "unmanaged"
+	if kind == KindUnmanaged {
+		return keys.UnmanagedSegment
 	}
 	return spec.Plural(kind)
 }
@@ -112,7 +112,7 @@ func decodeInto(snap *Snapshot, kind string, v []byte) error {
 		if err = json.Unmarshal(v, &o); err == nil {
 			inv.Machines[o.Metadata.Name] = &o
 		}
-	case "Unmanaged":
+	case KindUnmanaged:
 		var o Unmanaged
 		if err = json.Unmarshal(v, &o); err == nil {
 			snap.Unmanaged[o.Name] = o
@@ -124,12 +124,6 @@ func decodeInto(snap *Snapshot, kind string, v []byte) error {
 		return fmt.Errorf("decode %s: %w", kind, err)
 	}
 	return nil
-}
-
-// WatchChanges reports every change below the prefix after revision rev
-// until ctx ends. Readers re-read what they need on each notification.
-func (s *Store) WatchChanges(ctx context.Context, rev int64) clientv3.WatchChan {
-	return s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 }
 
 // Update reads key, lets fn change its value (nil when absent) and writes
@@ -218,13 +212,13 @@ func ListJSON[T any](ctx context.Context, s *Store, prefix string) ([]T, error) 
 // MachineStatuses reads every machine's status, by machine name.
 func (s *Store) MachineStatuses(ctx context.Context) (map[string]MachineStatus, error) {
 	out := map[string]MachineStatus{}
-	prefix := s.MachineStatusKey("")
-	_, err := s.rangeAll(ctx, prefix, 0, func(k, v []byte) error {
+	_, err := s.rangeAll(ctx, s.keys.MachineStatus(""), 0, func(k, v []byte) error {
 		var st MachineStatus
 		if err := json.Unmarshal(v, &st); err != nil {
 			return fmt.Errorf("decode %s: %w", k, err)
 		}
-		out[strings.TrimPrefix(string(k), prefix)] = st
+		name, _ := s.keys.SplitMachineStatus(string(k))
+		out[name] = st
 		return nil
 	})
 	return out, err
@@ -270,7 +264,7 @@ func (s *Store) GetKeys(ctx context.Context, keys []string, rev int64, fn func(k
 		keys = keys[n:]
 	}
 	if rev == 0 {
-		resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithCountOnly())
+		resp, err := s.cli.Get(ctx, s.keys.Prefix(), clientv3.WithCountOnly())
 		if err != nil {
 			return 0, err
 		}
@@ -285,7 +279,7 @@ func (s *Store) GetKeys(ctx context.Context, keys []string, rev int64, fn func(k
 func (s *Store) MachineStatusesOf(ctx context.Context, names []string) (map[string]MachineStatus, error) {
 	ks := make([]string, len(names))
 	for i, n := range names {
-		ks[i] = s.MachineStatusKey(n)
+		ks[i] = s.keys.MachineStatus(n)
 	}
 	out := map[string]MachineStatus{}
 	_, err := s.GetKeys(ctx, ks, 0, func(k string, v []byte, _ int64) error {
@@ -293,24 +287,9 @@ func (s *Store) MachineStatusesOf(ctx context.Context, names []string) (map[stri
 		if err := json.Unmarshal(v, &st); err != nil {
 			return fmt.Errorf("decode %s: %w", k, err)
 		}
-		out[strings.TrimPrefix(k, s.MachineStatusKey(""))] = st
+		name, _ := s.keys.SplitMachineStatus(k)
+		out[name] = st
 		return nil
 	})
 	return out, err
-}
-
-// MachineReportOf reads a machine's report from its rack; nil when there
-// is none.
-func (s *Store) MachineReportOf(ctx context.Context, rack, machine string) (*MachineReport, error) {
-	if rack == "" {
-		return nil, nil
-	}
-	r, err := GetJSON[MachineReport](ctx, s, s.Keys().Report(rack, machine))
-	if errors.Is(err, ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
 }

@@ -32,7 +32,7 @@ func (s *Store) withoutSecret(o spec.Object, secrets map[string][]byte) (spec.Ob
 	if err != nil {
 		return nil, fmt.Errorf("encode the BMC secret of machine %s: %w", m.Metadata.Name, err)
 	}
-	secrets[s.Keys().Secret(m.Spec.Rack, m.Metadata.Name)] = b
+	secrets[s.keys.Secret(m.Spec.Rack, m.Metadata.Name)] = b
 	c := *m
 	bmc := *m.Spec.BMC
 	bmc.Password = &spec.SecretRef{FromSecret: true}
@@ -46,7 +46,7 @@ func (s *Store) withoutSecret(o spec.Object, secrets map[string][]byte) (spec.Ob
 // needs any more; n counts etcd requests.
 func (s *Store) secretChanges(ctx context.Context, have, want map[string][]byte) (puts, stale []string, n int, err error) {
 	if have == nil {
-		resp, err := s.cli.Get(ctx, s.Keys().Secret("", ""), clientv3.WithPrefix())
+		resp, err := s.cli.Get(ctx, s.keys.Secret("", ""), clientv3.WithPrefix())
 		if err != nil {
 			return nil, nil, 1, fmt.Errorf("read BMC secrets: %w", err)
 		}
@@ -97,11 +97,11 @@ func (s *Store) deleteSecrets(ctx context.Context, stale []string) (int, error) 
 // machine whose secret is missing keeps the marker (power actions on it
 // then fail, saying so).
 func (s *Store) FillSecrets(ctx context.Context, rack string, inv *spec.Inventory) error {
-	resp, err := s.cli.Get(ctx, s.Keys().Secret(rack, ""), clientv3.WithPrefix())
+	resp, err := s.cli.Get(ctx, s.keys.Secret(rack, ""), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("read the BMC secrets of rack %q: %w", rack, err)
 	}
-	l := s.Keys()
+	l := s.keys
 	for _, kv := range resp.Kvs {
 		r, name, ok := l.SplitSecret(string(kv.Key))
 		m := inv.Machines[name]

@@ -145,7 +145,7 @@ func TestDirSource(t *testing.T) {
 	if v := testutil.ToFloat64(h.metrics.lastSuccess.WithLabelValues("lab")); v != 0 {
 		t.Fatalf("kiln_source_last_apply_success = %v after a rejected revision", v)
 	}
-	st, err := GetJSON[SourceStatus](context.Background(), h.store, h.store.SourceKey("lab"))
+	st, err := GetJSON[SourceStatus](context.Background(), h.store, h.store.Keys().Source("lab"))
 	if err != nil || st.State != SourceInvalid || len(st.Problems) < 2 || st.Problems[0].Pos.Line == 0 {
 		t.Fatalf("stored source status should show the problems with positions: %+v %v", st, err)
 	}
@@ -173,7 +173,7 @@ func TestDirSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.next(SourceApplied)
-	snap, err := h.store.Snapshot(context.Background(), "Unmanaged")
+	snap, err := h.store.Snapshot(context.Background(), KindUnmanaged)
 	if err != nil || snap.Unmanaged["vm-4"].Name != "vm-4" {
 		t.Fatalf("vm-4 should be unmanaged: %+v %v", snap, err)
 	}

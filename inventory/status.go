@@ -1,10 +1,7 @@
 package inventory
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
@@ -124,46 +121,6 @@ func (s *MachineStatus) SetCondition(typ, status, reason, message string, now ti
 	s.Conditions = append(s.Conditions, Condition{Type: typ, Status: status, Reason: reason, Message: message, Since: now})
 }
 
-// MachineReport is what a machine's agents and deployed OS reported
-// during one network boot, stored by the machine's rack at
-// reports/<rack>/<machine>. The region reads it only for the boot it
-// waits for (TaskID); a report of a new TaskID starts a fresh record.
-type MachineReport struct {
-	TaskID    string          `json:"taskID,omitempty"`
-	BootID    string          `json:"bootID,omitempty"`
-	Facts     json.RawMessage `json:"facts,omitempty"`
-	Progress  *AgentProgress  `json:"progress,omitempty"`
-	Result    *AgentResult    `json:"result,omitempty"`
-	OSReport  *OSReport       `json:"osReport,omitempty"`
-	UpdatedAt time.Time       `json:"updatedAt,omitzero"`
-}
-
-// AgentProgress is the machine agent's last progress report.
-type AgentProgress struct {
-	Phase        string    `json:"phase"`
-	BytesWritten int64     `json:"bytesWritten,omitempty"`
-	TotalBytes   int64     `json:"totalBytes,omitempty"`
-	At           time.Time `json:"at"`
-}
-
-// AgentResult is how the machine agent's last task ended.
-type AgentResult struct {
-	Success bool      `json:"success"`
-	Reason  string    `json:"reason,omitempty"`
-	At      time.Time `json:"at"`
-}
-
-// OSReport is what the deployed OS said when it reported in. Every field
-// came from the machine and was checked against a narrow alphabet.
-type OSReport struct {
-	Hostname   string    `json:"hostname,omitempty"`
-	FQDN       string    `json:"fqdn,omitempty"`
-	InstanceID string    `json:"instanceID,omitempty"`
-	BootID     string    `json:"bootID,omitempty"`
-	Address    string    `json:"address,omitempty"` // the address it reported from
-	At         time.Time `json:"at"`
-}
-
 // Condition is one named fact about a machine.
 type Condition struct {
 	Type    string    `json:"type"`
@@ -171,42 +128,4 @@ type Condition struct {
 	Reason  string    `json:"reason,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Since   time.Time `json:"since"`
-}
-
-// ImageStatus is one rack's view of an Image: whether its files are in
-// the rack's cache, verified, or why not.
-type ImageStatus struct {
-	Rack    string `json:"rack"`
-	State   string `json:"state"` // ready, fetching, failed, missing
-	Message string `json:"message,omitempty"`
-	// SHA256s are the files' hashes the state is about, so that a record
-	// of an Image's earlier files is not taken for its current ones.
-	SHA256s   []string  `json:"sha256s,omitempty"`
-	UpdatedAt time.Time `json:"updatedAt"`
-}
-
-// UpdateReport changes the report at reports/<rack>/<machine> for the
-// boot of task taskID: a stored report of another task is dropped first,
-// so one boot's facts and result never pass for another's.
-//
-// lease, when not clientv3.NoLease, is attached to the key (an unknown
-// MAC's report expires with its discovered record).
-func (s *Store) UpdateReport(ctx context.Context, rack, machine, taskID string, lease clientv3.LeaseID, fn func(*MachineReport)) error {
-	key := s.Keys().Report(rack, machine)
-	var opts []clientv3.OpOption
-	if lease != clientv3.NoLease {
-		opts = append(opts, clientv3.WithLease(lease))
-	}
-	err := UpdateJSON(ctx, s, key, func(rep *MachineReport) error {
-		if rep.TaskID != taskID {
-			*rep = MachineReport{TaskID: taskID}
-		}
-		fn(rep)
-		rep.UpdatedAt = time.Now().UTC()
-		return nil
-	}, opts...)
-	if err != nil {
-		return fmt.Errorf("report of %s: %w", machine, err)
-	}
-	return nil
 }

@@ -111,7 +111,7 @@ func TestRemovedMachinesBecomeUnmanaged(t *testing.T) {
 	if _, err := st2.Apply(ctx, inv, ApplyMeta{Source: "lab", Revision: "r3"}); err != nil {
 		t.Fatal(err)
 	}
-	if snap, _ = st2.Snapshot(ctx, "Unmanaged"); snap.Unmanaged["vm-3"].RemovedIn != "r2" {
+	if snap, _ = st2.Snapshot(ctx, KindUnmanaged); snap.Unmanaged["vm-3"].RemovedIn != "r2" {
 		t.Fatalf("marker lost: %+v", snap.Unmanaged)
 	}
 	// Adding the machine back makes it managed again.
@@ -193,7 +193,7 @@ func TestLargeApplyIsAtomic(t *testing.T) {
 	if _, err := st.Apply(ctx, invA, ApplyMeta{Source: "t", Revision: "a2"}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := cli.Get(ctx, st.prefix+"desired/gens/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := cli.Get(ctx, st.Keys().GenIndex(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func TestUpdateIsCompareAndSwap(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 25; i++ {
-				err := UpdateJSON(ctx, st, st.MachineStatusKey("m1"), func(s *MachineStatus) error {
+				err := UpdateJSON(ctx, st, st.Keys().MachineStatus("m1"), func(s *MachineStatus) error {
 					s.ObservedGeneration++
 					return nil
 				})
@@ -301,7 +301,7 @@ func TestUpdateIsCompareAndSwap(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	got, err := GetJSON[MachineStatus](ctx, st, st.MachineStatusKey("m1"))
+	got, err := GetJSON[MachineStatus](ctx, st, st.Keys().MachineStatus("m1"))
 	if err != nil || got.ObservedGeneration != 100 {
 		t.Fatalf("got %d (%v), want 100: an update was lost", got.ObservedGeneration, err)
 	}

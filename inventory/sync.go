@@ -96,7 +96,7 @@ func (m *SyncMetrics) init(source string) {
 	}
 	m.lastSuccess.WithLabelValues(source)
 	m.requests.WithLabelValues(source)
-	for _, k := range append(append([]string(nil), spec.Kinds...), "Unmanaged") {
+	for _, k := range append(append([]string(nil), spec.Kinds...), KindUnmanaged) {
 		m.objects.WithLabelValues(k)
 	}
 }
@@ -134,94 +134,27 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 	start := time.Now()
 	st := SourceStatus{Name: info.Name, Type: info.Type, Location: info.Location, Branch: info.Branch,
 		ObservedRevision: rev.ID, ObservedAt: start.UTC()}
-	m := y.metrics
 	defer func() {
-		m.duration.WithLabelValues(info.Name).Observe(time.Since(start).Seconds())
+		y.metrics.duration.WithLabelValues(info.Name).Observe(time.Since(start).Seconds())
 		st = y.writeStatus(ctx, st)
 		if y.OnApplied != nil {
 			y.OnApplied(st)
 		}
 	}()
 	if rev.Err != nil {
-		st.State, st.Message = SourceUnreachable, rev.Err.Error()
-		m.applies.WithLabelValues(info.Name, "unreachable").Inc()
-		m.lastSuccess.WithLabelValues(info.Name).Set(0)
-		y.log.Error("source unreachable; the last good revision stays applied", "err", rev.Err, "applied", y.applied)
+		y.unreachable(&st, rev.Err)
 		return
 	}
-	res := y.loader.Load(rev.FS)
-	if st.ObservedRevision == "" {
-		st.ObservedRevision = res.Digest
-	}
-	st.Errors, st.Warnings = res.Problems.Errors(), len(res.Problems)-res.Problems.Errors()
-	st.Problems = res.Problems[:min(len(res.Problems), maxProblems)]
-	m.problems.WithLabelValues(info.Name, "error").Set(float64(st.Errors))
-	m.problems.WithLabelValues(info.Name, "warning").Set(float64(st.Warnings))
-	if st.Errors > 0 {
-		st.State = SourceInvalid
-		st.Message = fmt.Sprintf("revision %s rejected: %d errors; %s stays applied", ShortRevision(st.ObservedRevision), st.Errors, orNone(ShortRevision(y.applied)))
-		m.applies.WithLabelValues(info.Name, "invalid").Inc()
-		m.lastSuccess.WithLabelValues(info.Name).Set(0)
-		first := make([]string, 0, 5)
-		for _, p := range res.Problems {
-			if p.Severity == spec.Error && len(first) < 5 {
-				first = append(first, p.String())
-			}
-		}
-		y.log.Error("invalid revision rejected; the last good revision stays applied",
-			"revision", st.ObservedRevision, "errors", st.Errors, "first", first)
+	res, ok := y.validate(&st, rev)
+	if !ok {
 		return
 	}
 	meta := ApplyMeta{Source: info.Name, Revision: st.ObservedRevision, Digest: res.Digest}
-	var ar ApplyResult
-	var err error
-	for attempt := 0; ; attempt++ {
-		ar, err = y.store.Apply(ctx, res.Inventory, meta)
-		m.requests.WithLabelValues(info.Name).Add(float64(ar.Requests))
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		st.State, st.Message = SourceFailed, err.Error()
-		m.applies.WithLabelValues(info.Name, "failed").Inc()
-		m.lastSuccess.WithLabelValues(info.Name).Set(0)
-		if errors.Is(err, ErrTooLarge) {
-			y.log.Error("revision can't be stored; the last good revision stays applied", "revision", meta.Revision, "err", err)
-			return // retrying can't help; the next revision may
-		}
-		wait := backoff(attempt)
-		y.log.Error("apply failed; retrying", "revision", meta.Revision, "err", err, "retry_in", wait)
-		if !errors.Is(err, ErrConflict) {
-			st = y.writeStatus(ctx, st)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
+	ar, ok := y.apply(ctx, &st, res.Inventory, meta)
+	if !ok {
+		return
 	}
-	if err != nil {
-		return // ctx ended
-	}
-	st.State, st.Message = SourceApplied, rev.Note
-	st.AppliedRevision, st.AppliedAt, st.Generation = meta.Revision, time.Now().UTC(), ar.Generation
-	st.Objects = map[string]int{}
-	for _, k := range spec.Kinds {
-		st.Objects[k] = len(res.Inventory.OfKind(k))
-		m.objects.WithLabelValues(k).Set(float64(st.Objects[k]))
-	}
-	m.lastSuccess.WithLabelValues(info.Name).Set(1)
-	if ar.Unchanged {
-		m.applies.WithLabelValues(info.Name, "unchanged").Inc()
-	} else {
-		m.applies.WithLabelValues(info.Name, "applied").Inc()
-	}
-	if y.applied != meta.Revision {
-		m.revision.DeletePartialMatch(prometheus.Labels{"source": info.Name})
-		m.revision.WithLabelValues(info.Name, meta.Revision).Set(1)
-	}
-	y.applied = meta.Revision
-	if len(ar.Unmanaged) > 0 {
-		y.log.Warn("machines removed from the source are now unmanaged; nothing was powered off or wiped", "machines", ar.Unmanaged)
-	}
+	y.recordApplied(&st, rev, res, meta, ar)
 	msg := "revision applied"
 	if ar.Unchanged {
 		msg = "revision already applied"
@@ -231,12 +164,109 @@ func (y *Syncer) handle(ctx context.Context, rev Revision) {
 		"etcd_requests", ar.Requests, "duration", time.Since(start).Round(time.Millisecond))
 }
 
+// unreachable records that the source could not be read.
+func (y *Syncer) unreachable(st *SourceStatus, err error) {
+	st.State, st.Message = SourceUnreachable, err.Error()
+	y.metrics.applies.WithLabelValues(st.Name, "unreachable").Inc()
+	y.metrics.lastSuccess.WithLabelValues(st.Name).Set(0)
+	y.log.Error("source unreachable; the last good revision stays applied", "err", err, "applied", y.applied)
+}
+
+// validate loads the revision and records its problems; ok is false
+// when it has errors and is rejected whole.
+func (y *Syncer) validate(st *SourceStatus, rev Revision) (*spec.Result, bool) {
+	m := y.metrics
+	res := y.loader.Load(rev.FS)
+	if st.ObservedRevision == "" {
+		st.ObservedRevision = res.Digest
+	}
+	st.Errors, st.Warnings = res.Problems.Errors(), len(res.Problems)-res.Problems.Errors()
+	st.Problems = res.Problems[:min(len(res.Problems), maxProblems)]
+	m.problems.WithLabelValues(st.Name, "error").Set(float64(st.Errors))
+	m.problems.WithLabelValues(st.Name, "warning").Set(float64(st.Warnings))
+	if st.Errors == 0 {
+		return res, true
+	}
+	st.State = SourceInvalid
+	st.Message = fmt.Sprintf("revision %s rejected: %d errors; %s stays applied", ShortRevision(st.ObservedRevision), st.Errors, orNone(ShortRevision(y.applied)))
+	m.applies.WithLabelValues(st.Name, "invalid").Inc()
+	m.lastSuccess.WithLabelValues(st.Name).Set(0)
+	first := make([]string, 0, 5)
+	for _, p := range res.Problems {
+		if p.Severity == spec.Error && len(first) < 5 {
+			first = append(first, p.String())
+		}
+	}
+	y.log.Error("invalid revision rejected; the last good revision stays applied",
+		"revision", st.ObservedRevision, "errors", st.Errors, "first", first)
+	return res, false
+}
+
+// apply stores the revision, retrying with backoff while retrying can
+// help; ok is false when it gave up or ctx ended.
+func (y *Syncer) apply(ctx context.Context, st *SourceStatus, inv *spec.Inventory, meta ApplyMeta) (ApplyResult, bool) {
+	m := y.metrics
+	for attempt := 0; ; attempt++ {
+		ar, err := y.store.Apply(ctx, inv, meta)
+		m.requests.WithLabelValues(st.Name).Add(float64(ar.Requests))
+		if err == nil {
+			return ar, true
+		}
+		if ctx.Err() != nil {
+			return ar, false
+		}
+		st.State, st.Message = SourceFailed, err.Error()
+		m.applies.WithLabelValues(st.Name, "failed").Inc()
+		m.lastSuccess.WithLabelValues(st.Name).Set(0)
+		if errors.Is(err, ErrTooLarge) {
+			y.log.Error("revision can't be stored; the last good revision stays applied", "revision", meta.Revision, "err", err)
+			return ar, false // retrying can't help; the next revision may
+		}
+		wait := backoff(attempt)
+		y.log.Error("apply failed; retrying", "revision", meta.Revision, "err", err, "retry_in", wait)
+		if !errors.Is(err, ErrConflict) {
+			*st = y.writeStatus(ctx, *st)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// recordApplied records an applied revision in the status and the
+// metrics.
+func (y *Syncer) recordApplied(st *SourceStatus, rev Revision, res *spec.Result, meta ApplyMeta, ar ApplyResult) {
+	m := y.metrics
+	st.State, st.Message = SourceApplied, rev.Note
+	st.AppliedRevision, st.AppliedAt, st.Generation = meta.Revision, time.Now().UTC(), ar.Generation
+	st.Objects = map[string]int{}
+	for _, k := range spec.Kinds {
+		st.Objects[k] = len(res.Inventory.OfKind(k))
+		m.objects.WithLabelValues(k).Set(float64(st.Objects[k]))
+	}
+	m.lastSuccess.WithLabelValues(st.Name).Set(1)
+	if ar.Unchanged {
+		m.applies.WithLabelValues(st.Name, "unchanged").Inc()
+	} else {
+		m.applies.WithLabelValues(st.Name, "applied").Inc()
+	}
+	if y.applied != meta.Revision {
+		m.revision.DeletePartialMatch(prometheus.Labels{"source": st.Name})
+		m.revision.WithLabelValues(st.Name, meta.Revision).Set(1)
+	}
+	y.applied = meta.Revision
+	if len(ar.Unmanaged) > 0 {
+		y.log.Warn("machines removed from the source are now unmanaged; nothing was powered off or wiped", "machines", ar.Unmanaged)
+	}
+}
+
 // writeStatus records st, keeping the applied revision of the stored
 // status when st has none, and returns what was recorded.
 func (y *Syncer) writeStatus(ctx context.Context, st SourceStatus) SourceStatus {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := UpdateJSON(ctx, y.store, y.store.SourceKey(st.Name), func(old *SourceStatus) error {
+	err := UpdateJSON(ctx, y.store, y.store.keys.Source(st.Name), func(old *SourceStatus) error {
 		if st.AppliedRevision == "" { // keep what was applied before
 			st.AppliedRevision, st.AppliedAt, st.Generation, st.Objects = old.AppliedRevision, old.AppliedAt, old.Generation, old.Objects
 		}

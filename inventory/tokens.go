@@ -54,8 +54,6 @@ type Tokens struct {
 // Tokens returns the boot token store of rack.
 func (s *Store) Tokens(rack string) *Tokens { return &Tokens{s: s, rack: rack} }
 
-func (t *Tokens) key(machine string) string { return t.s.Keys().Token(t.rack, machine) }
-
 // Put replaces the machine's boot-token record.
 func (t *Tokens) Put(ctx context.Context, machine string, tok BootToken) error {
 	return t.PutLeased(ctx, machine, tok, clientv3.NoLease)
@@ -68,11 +66,7 @@ func (t *Tokens) PutLeased(ctx context.Context, machine string, tok BootToken, l
 	if err != nil {
 		return err
 	}
-	var opts []clientv3.OpOption
-	if lease != clientv3.NoLease {
-		opts = append(opts, clientv3.WithLease(lease))
-	}
-	if _, err := t.s.cli.Put(ctx, t.key(machine), string(b), opts...); err != nil {
+	if _, err := t.s.cli.Put(ctx, t.s.keys.Token(t.rack, machine), string(b), withLease(lease)...); err != nil {
 		return fmt.Errorf("store boot token of %s: %w", machine, err)
 	}
 	return nil
@@ -84,7 +78,7 @@ func (t *Tokens) PutLeased(ctx context.Context, machine string, tok BootToken, l
 // is none. An error of fn is returned as is and nothing is written. The
 // record keeps its lease.
 func (t *Tokens) Update(ctx context.Context, machine string, fn func(*BootToken) error) error {
-	key := t.key(machine)
+	key := t.s.keys.Token(t.rack, machine)
 	for {
 		resp, err := t.s.cli.Get(ctx, key)
 		if err != nil {
@@ -105,12 +99,8 @@ func (t *Tokens) Update(ctx context.Context, machine string, fn func(*BootToken)
 		if err != nil {
 			return err
 		}
-		opts := []clientv3.OpOption{}
-		if kv.Lease != 0 {
-			opts = append(opts, clientv3.WithLease(clientv3.LeaseID(kv.Lease)))
-		}
 		tr, err := t.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, string(b), opts...)).Commit()
+			Then(clientv3.OpPut(key, string(b), withLease(clientv3.LeaseID(kv.Lease))...)).Commit()
 		if err != nil {
 			return fmt.Errorf("update boot token of %s: %w", machine, err)
 		}
@@ -125,7 +115,7 @@ func (t *Tokens) Update(ctx context.Context, machine string, fn func(*BootToken)
 
 // Get reads the machine's boot-token record; ErrNotFound when none.
 func (t *Tokens) Get(ctx context.Context, machine string) (BootToken, error) {
-	tok, err := GetJSON[BootToken](ctx, t.s, t.key(machine))
+	tok, err := GetJSON[BootToken](ctx, t.s, t.s.keys.Token(t.rack, machine))
 	if err != nil {
 		return BootToken{}, fmt.Errorf("boot token of %s: %w", machine, err)
 	}

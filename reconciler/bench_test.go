@@ -57,7 +57,7 @@ func benchRegion(b *testing.B, n int) {
 		Facts: json.RawMessage(`{"cpu":{"count":2}}`), Conditions: []inventory.Condition{{Type: "Commissioned", Status: "True", Since: now}}})
 	var ops []clientv3.Op
 	for name := range inv.Machines {
-		ops = append(ops, clientv3.OpPut(store.MachineStatusKey(name), string(ready)))
+		ops = append(ops, clientv3.OpPut(store.Keys().MachineStatus(name), string(ready)))
 		if len(ops) == 100 {
 			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 				b.Fatal(err)
@@ -114,7 +114,7 @@ func benchRegion(b *testing.B, n int) {
 				if i >= int64(writes) {
 					return nil
 				}
-				if _, err := cli.Put(gctx, store.MachineStatusKey(fmt.Sprintf("raw-%06d", i%int64(n))), string(ready)); err != nil {
+				if _, err := cli.Put(gctx, store.Keys().MachineStatus(fmt.Sprintf("raw-%06d", i%int64(n))), string(ready)); err != nil {
 					return err
 				}
 			}

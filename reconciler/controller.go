@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -84,14 +83,14 @@ func (c *controller) run(ctx context.Context) error {
 		return err
 	}
 	statusRev := desiredRev
-	taskRev, err := c.store.RangeRevs(ctx, c.store.TaskPrefix(""), 0, func(k string, v []byte, mod int64) error {
+	taskRev, err := c.store.RangeRevs(ctx, c.store.Keys().Task("", ""), 0, func(k string, v []byte, mod int64) error {
 		c.putTask(k, v, mod)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read power tasks: %w", err)
 	}
-	imageRev, err := c.store.RangeRevs(ctx, c.store.ImageStatusPrefix(), 0, func(k string, v []byte, _ int64) error {
+	imageRev, err := c.store.RangeRevs(ctx, c.store.Keys().ImageStatus("", ""), 0, func(k string, v []byte, _ int64) error {
 		c.putImageStatus(k, v)
 		return nil
 	})
@@ -128,11 +127,10 @@ func (c *controller) loadMachines(ctx context.Context, ms []*spec.Machine, rev i
 	}
 	ks := make([]string, 0, 2*len(ms))
 	for _, m := range ms {
-		ks = append(ks, c.store.MachineStatusKey(m.Metadata.Name), c.store.Keys().Report(m.Spec.Rack, m.Metadata.Name))
+		ks = append(ks, c.store.Keys().MachineStatus(m.Metadata.Name), c.store.Keys().Report(m.Spec.Rack, m.Metadata.Name))
 	}
-	statusPrefix := c.store.MachineStatusKey("")
 	_, err := c.store.GetKeys(ctx, ks, rev, func(k string, v []byte, mod int64) error {
-		if name, ok := strings.CutPrefix(k, statusPrefix); ok {
+		if name, ok := c.store.Keys().SplitMachineStatus(k); ok {
 			c.putStatus(name, v, mod)
 		} else {
 			c.putReport(k, v, mod)
@@ -150,7 +148,7 @@ func (c *controller) loadMachines(ctx context.Context, ms []*spec.Machine, rev i
 func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 	snap, err := c.store.Snapshot(ctx, spec.KindMachine, spec.KindImage)
 	if errors.Is(err, inventory.ErrNotFound) {
-		resp, gerr := c.store.Client().Get(ctx, c.store.DesiredPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, gerr := c.store.Client().Get(ctx, c.store.Keys().Desired(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if gerr != nil {
 			return 0, fmt.Errorf("read desired state: %w", gerr)
 		}
@@ -227,7 +225,7 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 }
 
 func (c *controller) watchDesired(ctx context.Context, rev int64) error {
-	wc := c.store.WatchPrefix(ctx, c.store.DesiredPrefix(), rev)
+	wc := c.store.WatchPrefix(ctx, c.store.Keys().Desired(), rev)
 	for {
 		select {
 		case <-ctx.Done():
@@ -241,9 +239,10 @@ func (c *controller) watchDesired(ctx context.Context, rev int64) error {
 			}
 			changed := false
 			for _, ev := range resp.Events {
-				if strings.HasSuffix(string(ev.Kv.Key), "desired/current") {
+				k := string(ev.Kv.Key)
+				if k == c.store.Keys().DesiredPointer() {
 					changed = true
-				} else if k := string(ev.Kv.Key); strings.Contains(k, "/machines/") || strings.Contains(k, "/images/") {
+				} else if _, seg, _, ok := c.store.Keys().SplitDesired(k); ok && (seg == spec.Plural(spec.KindMachine) || seg == spec.Plural(spec.KindImage)) {
 					changed = true // an in-place edit of the current generation
 				}
 			}
@@ -276,9 +275,8 @@ func drain(wc clientv3.WatchChan, d time.Duration) {
 }
 
 func (c *controller) watchStatus(ctx context.Context, rev int64) error {
-	prefix := c.store.MachineStatusKey("")
-	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, prefix, rev), "machine statuses", func(ev *clientv3.Event) {
-		name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().MachineStatus(""), rev), "machine statuses", func(ev *clientv3.Event) {
+		name, _ := c.store.Keys().SplitMachineStatus(string(ev.Kv.Key))
 		if !c.inInventory(name) {
 			return // never decoded nor cached
 		}
@@ -307,7 +305,7 @@ func (c *controller) inInventory(name string) bool {
 // being decoded.
 func (c *controller) watchReports(ctx context.Context, rev int64) error {
 	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().Report("", ""), rev), "machine reports", func(ev *clientv3.Event) {
-		rack, name, ok := c.store.Keys().Split("reports", string(ev.Kv.Key))
+		rack, name, ok := c.store.Keys().SplitReport(string(ev.Kv.Key))
 		if !ok || !c.reportWanted(rack, name) {
 			return
 		}
@@ -339,7 +337,7 @@ func (c *controller) reportWanted(rack, name string) bool {
 // putReport caches a report newer than the cached one, if wanted; it
 // reports whether it did.
 func (c *controller) putReport(key string, v []byte, mod int64) bool {
-	rack, name, ok := c.store.Keys().Split("reports", key)
+	rack, name, ok := c.store.Keys().SplitReport(key)
 	if !ok || !c.reportWanted(rack, name) {
 		return false
 	}
@@ -378,9 +376,9 @@ func (c *controller) putStatus(name string, v []byte, mod int64) bool {
 }
 
 func (c *controller) watchTasks(ctx context.Context, rev int64) error {
-	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.TaskPrefix(""), rev), "power tasks", func(ev *clientv3.Event) {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().Task("", ""), rev), "power tasks", func(ev *clientv3.Event) {
 		key := string(ev.Kv.Key)
-		_, machine, ok := c.store.TaskMachine(key)
+		_, machine, ok := c.store.Keys().SplitTask(key)
 		if !ok {
 			return
 		}
@@ -398,7 +396,7 @@ func (c *controller) watchTasks(ctx context.Context, rev int64) error {
 }
 
 func (c *controller) putTask(key string, v []byte, mod int64) bool {
-	_, machine, ok := c.store.TaskMachine(key)
+	_, machine, ok := c.store.Keys().SplitTask(key)
 	if !ok {
 		return false
 	}
@@ -434,10 +432,10 @@ func sameImage(a, b *spec.Image) bool {
 // watchImages follows the racks' reports of their image caches and looks
 // again at the machines that deploy a reported image.
 func (c *controller) watchImages(ctx context.Context, rev int64) error {
-	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.ImageStatusPrefix(), rev), "image statuses", func(ev *clientv3.Event) {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().ImageStatus("", ""), rev), "image statuses", func(ev *clientv3.Event) {
 		var image string
 		if ev.Type == clientv3.EventTypeDelete {
-			img, rack, ok := c.store.ImageStatusOf(string(ev.Kv.Key))
+			rack, img, ok := c.store.Keys().SplitImageStatus(string(ev.Kv.Key))
 			if !ok {
 				return
 			}
@@ -465,7 +463,7 @@ func (c *controller) watchImages(ctx context.Context, rev int64) error {
 // putImageStatus caches one rack's report of an image and returns the
 // image's name ("" when the record cannot be read).
 func (c *controller) putImageStatus(key string, v []byte) string {
-	image, rack, ok := c.store.ImageStatusOf(key)
+	rack, image, ok := c.store.Keys().SplitImageStatus(key)
 	if !ok {
 		return ""
 	}
@@ -575,7 +573,7 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	if se.bad != nil {
 		m.reconciles.WithLabelValues("error").Inc()
 		c.r.log.Error("machine status cannot be decoded; leaving the machine alone until the key is fixed or deleted",
-			"machine", name, "key", c.store.MachineStatusKey(name), "err", se.bad)
+			"machine", name, "key", c.store.Keys().MachineStatus(name), "err", se.bad)
 		return nil
 	}
 	if hasTask {
@@ -584,7 +582,7 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	}
 	dec := Decide(in, c.r.cfg.Policy)
 
-	statusKey := c.store.MachineStatusKey(name)
+	statusKey := c.store.Keys().MachineStatus(name)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(statusKey), "=", se.modRev)}
 	var ops []clientv3.Op
 	changed := statusChanged(se.st, dec.Status) || !hasStatus
@@ -598,7 +596,7 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	}
 	var newTaskKey string
 	if dec.Task != nil {
-		newTaskKey = c.store.TaskKey(dec.Status.Rack, name)
+		newTaskKey = c.store.Keys().Task(dec.Status.Rack, name)
 		b, err := json.Marshal(dec.Task)
 		if err != nil {
 			return fmt.Errorf("encode task of %s: %w", name, err)
@@ -612,7 +610,7 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	}
 	for i, ev := range dec.Events {
 		b, _ := json.Marshal(ev)
-		ops = append(ops, clientv3.OpPut(c.store.EventKey(ev, i), string(b), clientv3.WithLease(lease)))
+		ops = append(ops, clientv3.OpPut(c.store.Keys().Event(ev.Machine, ev.Time, i), string(b), clientv3.WithLease(lease)))
 	}
 	if len(ops) == 0 {
 		c.settle(name, dec, start, "unchanged")
@@ -701,10 +699,10 @@ func (c *controller) refresh(ctx context.Context, name string) {
 	}
 	c.mu.Unlock()
 	cli := c.store.Client()
-	if resp, err := cli.Get(ctx, c.store.MachineStatusKey(name)); err == nil && len(resp.Kvs) > 0 {
+	if resp, err := cli.Get(ctx, c.store.Keys().MachineStatus(name)); err == nil && len(resp.Kvs) > 0 {
 		c.putStatus(name, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 	}
-	if resp, err := cli.Get(ctx, c.store.TaskKey(rack, name)); err == nil && len(resp.Kvs) > 0 {
+	if resp, err := cli.Get(ctx, c.store.Keys().Task(rack, name)); err == nil && len(resp.Kvs) > 0 {
 		c.putTask(string(resp.Kvs[0].Key), resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 	}
 }

@@ -88,7 +88,7 @@ func New(cfg Config, store *inventory.Store, reg prometheus.Registerer, log *slo
 
 // Run campaigns and reconciles while leading, until ctx ends.
 func (r *Region) Run(ctx context.Context) error {
-	return election.Run(ctx, r.store.Client(), r.store.RegionElectionPrefix(), r.cfg.ID,
+	return election.Run(ctx, r.store.Client(), r.store.Keys().RegionElection(), r.cfg.ID,
 		election.Options{TTL: r.cfg.TTL, Log: r.log}, r.lead)
 }
 

@@ -105,7 +105,7 @@ func (e *env) region(id string, cfg reconciler.Config) (*reconciler.Region, *pro
 // waitStatus waits, on a watch, until the machine's status satisfies ok.
 func (e *env) waitStatus(machine string, timeout time.Duration, what string, ok func(inventory.MachineStatus) bool) inventory.MachineStatus {
 	e.t.Helper()
-	return waitJSON(e, machine, e.store.MachineStatusKey(machine), timeout, what, ok)
+	return waitJSON(e, machine, e.store.Keys().MachineStatus(machine), timeout, what, ok)
 }
 
 // waitReport waits until rack r1's report of the machine satisfies ok.
@@ -141,7 +141,7 @@ func waitJSON[T any](e *env, machine, key string, timeout time.Duration, what st
 		}
 	}
 	b, _ := json.MarshalIndent(st, "", " ")
-	tasks, _ := inventory.ListJSON[inventory.PowerTask](context.Background(), e.store, e.store.TaskPrefix(""))
+	tasks, _ := inventory.ListJSON[inventory.PowerTask](context.Background(), e.store, e.store.Keys().Task("", ""))
 	e.t.Fatalf("%s: %s not reached within %s; last value of %s:\n%s\ntasks: %+v\nevents: %+v", machine, what, timeout, key, b, tasks, e.events(machine))
 	return st
 }
@@ -390,7 +390,7 @@ func leaderKill(t *testing.T, n int) {
 	// the phase it is to be caught in.
 	seed := func(name string, st inventory.MachineStatus) {
 		b, _ := json.Marshal(st)
-		if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey(name), string(b)); err != nil {
+		if _, err := e.cli.Put(e.ctx, e.store.Keys().MachineStatus(name), string(b)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -447,7 +447,7 @@ func (e *env) leader(not string) string {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
-	prefix := e.store.RegionElectionPrefix()
+	prefix := e.store.Keys().RegionElection()
 	for {
 		resp, err := e.cli.Get(ctx, prefix, clientv3.WithFirstCreate()...)
 		if err != nil {
@@ -469,13 +469,13 @@ func (e *env) leader(not string) string {
 // over would power-cycle a machine that may be deployed.
 func TestUndecodableStatusLeavesMachineAlone(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey("garbled"), "{not json"); err != nil {
+	if _, err := e.cli.Put(e.ctx, e.store.Keys().MachineStatus("garbled"), "{not json"); err != nil {
 		t.Fatal(err)
 	}
 	e.apply(lab(t, map[string]string{"garbled": "state: deployed", "fine": "state: ready"}), "r1")
 	_, reg := e.region("region-1", reconciler.Config{})
 	e.waitPhase("fine", "ready", time.Minute) // the region has been at work meanwhile
-	resp, err := e.cli.Get(e.ctx, e.store.MachineStatusKey("garbled"))
+	resp, err := e.cli.Get(e.ctx, e.store.Keys().MachineStatus("garbled"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +516,7 @@ func TestDeployWaitsForImageAndOS(t *testing.T) {
 	ready := inventory.MachineStatus{Phase: "ready", Rack: "r1", PhaseStartedAt: time.Now().UTC()}
 	for _, m := range []string{"dep", "mute"} {
 		b, _ := json.Marshal(ready)
-		if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey(m), string(b)); err != nil {
+		if _, err := e.cli.Put(e.ctx, e.store.Keys().MachineStatus(m), string(b)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -90,7 +90,7 @@ func TestFloodOfDiscoveredReportsDoesNotStopTheRegion(t *testing.T) {
 		if _, err := e.cli.Put(e.ctx, e.store.Keys().Report("r1", name), v); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.cli.Put(e.ctx, e.store.MachineStatusKey(name), `{"phase":"x","facts":{"junk":"`+junk+`"}}`); err != nil {
+		if _, err := e.cli.Put(e.ctx, e.store.Keys().MachineStatus(name), `{"phase":"x","facts":{"junk":"`+junk+`"}}`); err != nil {
 			t.Fatal(err)
 		}
 	}

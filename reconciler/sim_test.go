@@ -86,7 +86,7 @@ func (s *sim) wait(ctx context.Context, at string) {
 
 func (s *sim) run(ctx context.Context) error {
 	go s.stageImages(ctx)
-	prefix := s.store.TaskPrefix("")
+	prefix := s.store.Keys().Task("", "")
 	rev, err := s.store.RangeRevs(ctx, prefix, 0, func(k string, v []byte, mod int64) error {
 		s.consider(ctx, k, v, mod)
 		return nil
@@ -139,7 +139,7 @@ func (s *sim) stageImages(ctx context.Context) {
 			_ = s.store.PutImageStatus(ctx, name, st)
 		}
 	}
-	wc := s.store.WatchPrefix(ctx, s.store.DesiredPrefix(), 0)
+	wc := s.store.WatchPrefix(ctx, s.store.Keys().Desired(), 0)
 	report()
 	for resp := range wc {
 		if resp.Err() != nil {
@@ -172,7 +172,7 @@ func (s *sim) do(ctx context.Context, key string, t inventory.PowerTask, mod int
 	s.mu.Lock()
 	s.executed = append(s.executed, t)
 	s.mu.Unlock()
-	rack, _, _ := s.store.TaskMachine(key)
+	rack, _, _ := s.store.Keys().SplitTask(key)
 	if t.Action == inventory.TaskDiskboot && perr == "" {
 		s.os(ctx, rack, t.Machine)
 	}

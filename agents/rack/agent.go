@@ -198,7 +198,7 @@ func (a *Agent) followDesired(ctx context.Context) error {
 		a.stage(ctx, snap.Inventory)
 		// Wait for the next change of the desired state, then read again.
 		wctx, cancel := context.WithCancel(ctx)
-		wch := a.store.WatchPrefix(wctx, a.store.DesiredPrefix(), snap.Revision)
+		wch := a.store.WatchPrefix(wctx, a.store.Keys().Desired(), snap.Revision)
 		for wr := range wch {
 			if wr.Err() != nil {
 				a.setStale(fmt.Errorf("watch the desired state: %w", wr.Err()))
@@ -265,7 +265,7 @@ func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 func (a *Agent) followLeases(ctx context.Context) error {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		fresh := map[string]dhcp.Lease{}
-		prefix := a.store.LeasePrefix(a.cfg.Rack)
+		prefix := a.store.Keys().Lease(a.cfg.Rack, "", "")
 		rev, err := a.store.RangeAt(ctx, prefix, 0, func(k string, v []byte) error {
 			var l dhcp.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
@@ -317,7 +317,7 @@ func (a *Agent) lead(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	return election.Run(ctx, a.store.Client(), a.store.ElectionPrefix(a.cfg.Rack), a.cfg.ID,
+	return election.Run(ctx, a.store.Client(), a.store.Keys().RackElection(a.cfg.Rack), a.cfg.ID,
 		election.Options{TTL: a.cfg.TTL, Log: a.log}, func(lctx context.Context, t election.Term) error {
 			return a.term(ctx, lctx, t)
 		})
@@ -401,7 +401,7 @@ func (a *Agent) linger(ctx context.Context, died <-chan error, cause error) erro
 	a.log.Warn("lost the election session; serving known reservations until etcd answers", "reason", cause)
 	for {
 		gctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := a.store.Client().Get(gctx, a.store.ElectionPrefix(a.cfg.Rack), clientv3.WithFirstCreate()...)
+		resp, err := a.store.Client().Get(gctx, a.store.Keys().RackElection(a.cfg.Rack), clientv3.WithFirstCreate()...)
 		cancel()
 		if err == nil {
 			leader := ""
@@ -454,7 +454,7 @@ func (f *fencedLeases) Save(ctx context.Context, leases []dhcp.Lease) error {
 			if err != nil {
 				return err
 			}
-			ops = append(ops, clientv3.OpPut(f.store.LeaseKey(f.rack, l.Subnet, l.IP.String()), string(b)))
+			ops = append(ops, clientv3.OpPut(f.store.Keys().Lease(f.rack, l.Subnet, l.IP.String()), string(b)))
 		}
 		resp, err := cli.Txn(ctx).If(f.fence.Held()).Then(ops...).Commit()
 		if err != nil {

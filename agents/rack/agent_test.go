@@ -248,14 +248,14 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Fatalf("unknown MAC got %s, want one from the dynamic range", ipU)
 	}
 	waitFor(t, "discovery and the boot timeline in etcd", 10*time.Second, func() bool {
-		d, err := inventory.GetJSON[inventory.Discovered](ctx, store, store.DiscoveredKey("r1", unknown.String()))
-		tl, err2 := inventory.GetJSON[inventory.Timeline](ctx, store, store.TimelineKey("r1", "m1"))
+		d, err := inventory.GetJSON[inventory.Discovered](ctx, store, store.Keys().Discovered("r1", unknown.String()))
+		tl, err2 := inventory.GetJSON[inventory.Timeline](ctx, store, store.Keys().Timeline("r1", "m1"))
 		return err == nil && d.IP == ipU.String() && d.Rack == "r1" && err2 == nil && len(tl.Events) >= 3
 	})
 
 	// The leader dies without resigning: its etcd connection just ends.
 	aKey, aRev := "", int64(0)
-	if resp, err := cli.Get(ctx, store.ElectionPrefix("r1"), clientv3.WithFirstCreate()...); err == nil && len(resp.Kvs) > 0 {
+	if resp, err := cli.Get(ctx, store.Keys().RackElection("r1"), clientv3.WithFirstCreate()...); err == nil && len(resp.Kvs) > 0 {
 		aKey, aRev = string(resp.Kvs[0].Key), resp.Kvs[0].CreateRevision
 	}
 	a.cli.Close()

@@ -63,7 +63,7 @@ func (b bootBackend) EphemeralImage(arch string) (*spec.Image, bool) {
 }
 
 func (b bootBackend) Purpose(ctx context.Context, machine string) (string, error) {
-	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, b.a.store, b.a.store.MachineStatusKey(machine))
+	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, b.a.store, b.a.store.Keys().MachineStatus(machine))
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
 		return boot.PurposeLocal, nil // nothing asked for: boot the disk

@@ -139,15 +139,14 @@ func (d *discoveredSet) lease(ctx context.Context, mac string) (clientv3.LeaseID
 // before a restart), with their leases, so that the cap holds across
 // leaders. d.mu is held.
 func (d *discoveredSet) load(ctx context.Context) error {
-	prefix := d.store.DiscoveredKey(d.rack, "")
-	resp, err := d.store.Client().Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := d.store.Client().Get(ctx, d.store.Keys().Discovered(d.rack, ""), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return fmt.Errorf("read the rack's discovered MACs: %w", err)
 	}
 	now := d.now()
 	for _, kv := range resp.Kvs {
-		mac := strings.TrimPrefix(string(kv.Key), prefix)
-		if kv.Lease == 0 || mac == "" {
+		_, mac, ok := d.store.Keys().SplitDiscovered(string(kv.Key))
+		if kv.Lease == 0 || !ok {
 			continue
 		}
 		// Its time left is unknown: assume a full TTL; a keep-alive of a

@@ -76,10 +76,10 @@ func TestDiscoveryFloodIsBounded(t *testing.T) {
 	if got := testutil.ToFloat64(a.discovered.gauge); got != 50 {
 		t.Errorf("kiln_rack_discovered_machines = %v, want 50", got)
 	}
-	if got := countKeys(t, cli, store.DiscoveredKey("r1", "")); got != 50 {
+	if got := countKeys(t, cli, store.Keys().Discovered("r1", "")); got != 50 {
 		t.Errorf("%d discovered records in etcd, want 50", got)
 	}
-	if got := countKeys(t, cli, store.TimelineKey("r1", "discovered-")); got != 50 {
+	if got := countKeys(t, cli, store.Keys().Timeline("r1", "discovered-")); got != 50 {
 		t.Errorf("%d discovered timelines in etcd, want 50", got)
 	}
 	if dropped := testutil.ToFloat64(a.events.dropped); dropped != 0 {
@@ -89,7 +89,7 @@ func TestDiscoveryFloodIsBounded(t *testing.T) {
 		t.Errorf("the in-memory discovered set holds %d MACs", len(a.events.discovered))
 	}
 	waitFor(t, "the rack's warning on its timeline", 10*time.Second, func() bool {
-		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.TimelineKey("r1", RackTimeline))
+		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.Keys().Timeline("r1", RackTimeline))
 		return err == nil && len(tl.Events) == 1 && tl.Events[0].Type == EventDiscoveryFull
 	})
 	if c := strings.Count(logs.String(), "discovered-machines cap reached"); c != 1 {
@@ -135,7 +135,7 @@ func TestDiscoveredKeysExpire(t *testing.T) {
 	if _, err := cli.Put(ctx, token, "hash", clientv3.WithLease(id)); err != nil {
 		t.Fatal(err)
 	}
-	keys := []string{store.DiscoveredKey("r1", mac), store.TimelineKey("r1", name), token}
+	keys := []string{store.Keys().Discovered("r1", mac), store.Keys().Timeline("r1", name), token}
 	var rev int64
 	waitFor(t, "the record and timeline written", 10*time.Second, func() bool {
 		for _, k := range keys {
@@ -155,7 +155,7 @@ func TestDiscoveredKeysExpire(t *testing.T) {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	gone := map[string]bool{}
-	for wr := range cli.Watch(wctx, store.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for wr := range cli.Watch(wctx, store.Keys().Prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		for _, ev := range wr.Events {
 			if ev.Type == clientv3.EventTypeDelete {
 				gone[string(ev.Kv.Key)] = true
@@ -213,10 +213,10 @@ func TestPoolWarningOnTheRackTimeline(t *testing.T) {
 	a, store, cli, _, _ := discoveryAgent(t, Config{})
 	a.events.Record(dhcp.Event{Time: time.Now(), Type: dhcp.EventPoolLow, Subnet: "lab"})
 	waitFor(t, "the warning on the rack's timeline", 10*time.Second, func() bool {
-		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.TimelineKey("r1", RackTimeline))
+		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.Keys().Timeline("r1", RackTimeline))
 		return err == nil && len(tl.Events) == 1 && tl.Events[0].Type == dhcp.EventPoolLow && strings.Contains(tl.Events[0].Detail, "subnet=lab")
 	})
-	if n := countKeys(t, cli, store.DiscoveredPrefix()); n != 0 {
+	if n := countKeys(t, cli, store.Keys().Discovered("", "")); n != 0 {
 		t.Errorf("%d discovered records from a pool warning", n)
 	}
 }

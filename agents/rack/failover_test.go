@@ -109,7 +109,7 @@ func TestLeaderWhoseBootServerDiesHandsOver(t *testing.T) {
 	}
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
-	wch := cli.Watch(wctx, store.ElectionPrefix("r1"), clientv3.WithPrefix(), clientv3.WithRev(cur.Header.Revision+1))
+	wch := cli.Watch(wctx, store.Keys().RackElection("r1"), clientv3.WithPrefix(), clientv3.WithRev(cur.Header.Revision+1))
 	b := startServingAgent(t, cfg, "b", roles, lns)
 	campaigning := false
 	for wr := range wch {

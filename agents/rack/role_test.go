@@ -113,7 +113,7 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 	defer region.Close()
 	rs := inventory.NewStore(region, "", quiet())
 	st, _ := json.Marshal(inventory.MachineStatus{BootPurpose: "commission"})
-	if _, err := region.Put(ctx, rs.MachineStatusKey("m1"), string(st)); err != nil {
+	if _, err := region.Put(ctx, rs.Keys().MachineStatus("m1"), string(st)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -140,12 +140,12 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 	}()
 
 	b, _ := json.Marshal(inventory.PowerTask{ID: "m1-1", Machine: "m1", Action: inventory.TaskNetboot, State: inventory.TaskPending, CreatedAt: time.Now()})
-	if _, err := region.Put(ctx, rs.TaskKey("r1", "m1"), string(b)); err != nil {
+	if _, err := region.Put(ctx, rs.Keys().Task("r1", "m1"), string(b)); err != nil {
 		t.Fatal(err)
 	}
 	var pt inventory.PowerTask
 	for start := time.Now(); ; {
-		resp, err := region.Get(ctx, rs.TaskKey("r1", "m1"))
+		resp, err := region.Get(ctx, rs.Keys().Task("r1", "m1"))
 		if err == nil && len(resp.Kvs) == 1 {
 			pt = inventory.PowerTask{}
 			json.Unmarshal(resp.Kvs[0].Value, &pt)

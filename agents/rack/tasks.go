@@ -55,7 +55,7 @@ type taskWrite struct {
 
 func (t *tasks) run(ctx context.Context) error {
 	defer t.wg.Wait()
-	prefix := t.a.store.TaskPrefix(t.a.cfg.Rack)
+	prefix := t.a.store.Keys().Task(t.a.cfg.Rack, "")
 	rev, err := t.a.store.RangeRevs(ctx, prefix, 0, func(k string, v []byte, mod int64) error {
 		t.consider(ctx, k, v, mod)
 		return nil

@@ -177,19 +177,19 @@ func TestPowerTasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put, err := cli.Put(ctx, store.ElectionPrefix("r1")+"agent-1", "agent-1", clientv3.WithLease(lease.ID))
+	put, err := cli.Put(ctx, store.Keys().RackElection("r1")+"agent-1", "agent-1", clientv3.WithLease(lease.ID))
 	if err != nil {
 		t.Fatal(err)
 	}
 	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
 	fp.atOn = map[string]inventory.BootToken{}
 	fp.tokenAtOn = func(m string) (inventory.BootToken, error) { return store.Tokens("r1").Get(ctx, m) }
-	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.ElectionPrefix("r1") + "agent-1", Rev: put.Header.Revision},
+	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.Keys().RackElection("r1") + "agent-1", Rev: put.Header.Revision},
 		now: time.Now, catchUp: 5 * time.Second, inflight: map[string]string{}, next: map[string]taskWrite{}}
 
 	write := func(machine, action, state string) {
 		b, _ := json.Marshal(inventory.PowerTask{ID: machine + "-1", Machine: machine, Action: action, State: state, CreatedAt: time.Now()})
-		if _, err := cli.Put(context.Background(), store.TaskKey("r1", machine), string(b)); err != nil {
+		if _, err := cli.Put(context.Background(), store.Keys().Task("r1", machine), string(b)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -209,8 +209,8 @@ func TestPowerTasks(t *testing.T) {
 	write("late", inventory.TaskNetboot, inventory.TaskPending)
 	// Once the others are done, "late" still waits for the inventory
 	// rather than failing; when the copy catches up, it is carried out.
-	waitTask(t, cli, store.TaskKey("r1", "off1"))
-	if pt := getTask(t, cli, store.TaskKey("r1", "late")); pt.State != inventory.TaskPending {
+	waitTask(t, cli, store.Keys().Task("r1", "off1"))
+	if pt := getTask(t, cli, store.Keys().Task("r1", "late")); pt.State != inventory.TaskPending {
 		t.Fatalf("late: %+v, want it pending until the inventory has the machine", pt)
 	}
 	a.setView(a.view, withLate.Inventory)
@@ -230,7 +230,7 @@ func TestPowerTasks(t *testing.T) {
 		"late":    {inventory.TaskDone, "boot-network/uefi,on", ""},
 	}
 	for m, w := range want {
-		pt := waitTask(t, cli, store.TaskKey("r1", m))
+		pt := waitTask(t, cli, store.Keys().Task("r1", m))
 		if pt.State != w.state || !strings.Contains(pt.Error, w.errHas) || pt.Agent != "agent-1" {
 			t.Errorf("%s: %+v, want state %s with error containing %q", m, pt, w.state, w.errHas)
 		}
@@ -252,7 +252,7 @@ func TestPowerTasks(t *testing.T) {
 	if _, err := store.Tokens("r1").Get(ctx, "on1"); !errors.Is(err, inventory.ErrNotFound) {
 		t.Errorf("a diskboot task wrote a token record: %v", err)
 	}
-	if pt := waitTask(t, cli, store.TaskKey("r1", "off1")); pt.Power != "on" {
+	if pt := waitTask(t, cli, store.Keys().Task("r1", "off1")); pt.Power != "on" {
 		t.Errorf("power state not recorded: %+v", pt)
 	}
 
@@ -265,18 +265,18 @@ func TestPowerTasks(t *testing.T) {
 		t.Fatal(err)
 	}
 	write("gone", inventory.TaskOff, inventory.TaskPending)
-	resp, err := cli.Get(context.Background(), store.TaskKey("r1", "gone"))
+	resp, err := cli.Get(context.Background(), store.Keys().Task("r1", "gone"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pt inventory.PowerTask
 	json.Unmarshal(resp.Kvs[0].Value, &pt)
 	before := fp.ops("gone")
-	tr.execute(context.Background(), taskWrite{key: store.TaskKey("r1", "gone"), task: pt, modRev: resp.Kvs[0].ModRevision})
+	tr.execute(context.Background(), taskWrite{key: store.Keys().Task("r1", "gone"), task: pt, modRev: resp.Kvs[0].ModRevision})
 	if got := fp.ops("gone"); got != before {
 		t.Errorf("a deposed leader drove the BMC: %q → %q", before, got)
 	}
-	resp, err = cli.Get(context.Background(), store.TaskKey("r1", "gone"))
+	resp, err = cli.Get(context.Background(), store.Keys().Task("r1", "gone"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,12 +38,12 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	snap, err := store.Snapshot(ctx, spec.KindMachine, "Unmanaged")
+	snap, err := store.Snapshot(ctx, spec.KindMachine, inventory.KindUnmanaged)
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
 		return exitFail
 	}
-	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.MachineStatusKey(name))
+	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.Keys().MachineStatus(name))
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
 		return exitFail
@@ -72,7 +72,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		}
 	}
 	if d.status != nil && st.TaskID != "" && st.Rack != "" {
-		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.TaskKey(st.Rack, name)); err == nil && t.ID == st.TaskID {
+		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.Keys().Task(st.Rack, name)); err == nil && t.ID == st.TaskID {
 			d.task = &t
 		}
 	}

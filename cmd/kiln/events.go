@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/reconciler"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -74,7 +75,7 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if !*watch {
 		return exitOK
 	}
-	for resp := range store.Client().Watch(clientv3.WithRequireLeader(ctx), store.EventPrefix(machine), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for resp := range store.Client().Watch(clientv3.WithRequireLeader(ctx), store.Keys().Events(machine), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := resp.Err(); err != nil {
 			fmt.Fprintln(errOut, "kiln events: watch:", err)
 			return exitFail
@@ -121,7 +122,7 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 	defer cancel()
 	var phase string
 	errNotFailed := errors.New("not failed")
-	err = store.Update(ctx, store.MachineStatusKey(name), func(old []byte) ([]byte, error) {
+	err = store.Update(ctx, store.Keys().MachineStatus(name), func(old []byte) ([]byte, error) {
 		if old == nil {
 			return nil, fmt.Errorf("machine %q has no status: %w", name, inventory.ErrNotFound)
 		}
@@ -130,7 +131,7 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 			return nil, err
 		}
 		phase = st.Phase
-		if !strings.HasPrefix(st.Phase, "failed-") {
+		if !strings.HasPrefix(st.Phase, reconciler.FailedPrefix) {
 			return nil, errNotFailed
 		}
 		// Only the retry flag changes: every other field is the region's.
@@ -150,6 +151,6 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	fmt.Fprintf(out, "%s: retry of %s requested at %s; follow it with: kiln events --watch %s\n", name,
-		strings.TrimPrefix(phase, "failed-"), time.Now().Format(time.RFC3339), name)
+		strings.TrimPrefix(phase, reconciler.FailedPrefix), time.Now().Format(time.RFC3339), name)
 	return exitOK
 }

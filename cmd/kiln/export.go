@@ -94,7 +94,7 @@ func discoveredFacts(ctx context.Context, store *inventory.Store, d inventory.Di
 	raw := json.RawMessage(nil)
 	if r, err := inventory.GetJSON[discoveredReport](ctx, store, store.Keys().Report(d.Rack, name)); err == nil {
 		raw = r.Facts
-	} else if st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.MachineStatusKey(name)); err == nil {
+	} else if st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.Keys().MachineStatus(name)); err == nil {
 		raw = st.Facts
 	}
 	if len(raw) == 0 || string(raw) == "null" {

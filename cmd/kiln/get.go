@@ -172,7 +172,7 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 	}
 	kinds := []string{g.kind}
 	if g.kind == spec.KindMachine {
-		kinds = append(kinds, "Unmanaged")
+		kinds = append(kinds, inventory.KindUnmanaged)
 	}
 	if g.kind == spec.KindRack || g.kind == spec.KindProfile {
 		kinds = append(kinds, spec.KindMachine, spec.KindSubnet)
@@ -216,7 +216,7 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 }
 
 func (g *getter) readSources(ctx context.Context) (*table, int64, error) {
-	list, err := inventory.ListJSON[inventory.SourceStatus](ctx, g.store, g.store.SourceKey(""))
+	list, err := inventory.ListJSON[inventory.SourceStatus](ctx, g.store, g.store.Keys().Source(""))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -250,7 +250,7 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 	var err error
 	if g.kind == "Lease" {
 		t.header = []string{"IP", "SUBNET", "MAC", "MACHINE", "KIND", "EXPIRES", "UPDATED"}
-		rev, err = g.store.RangeAt(ctx, g.store.LeasePrefix(""), 0, func(k string, v []byte) error {
+		rev, err = g.store.RangeAt(ctx, g.store.Keys().Lease("", "", ""), 0, func(k string, v []byte) error {
 			var l dhcp.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
 				return fmt.Errorf("decode %s: %w", k, err)
@@ -267,7 +267,7 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 		})
 	} else {
 		t.header = []string{"MAC", "RACK", "SUBNET", "IP", "ARCH", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN"}
-		rev, err = g.store.RangeAt(ctx, g.store.DiscoveredPrefix(), 0, func(k string, v []byte) error {
+		rev, err = g.store.RangeAt(ctx, g.store.Keys().Discovered("", ""), 0, func(k string, v []byte) error {
 			var d inventory.Discovered
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("decode %s: %w", k, err)

@@ -253,7 +253,7 @@ func TestDescribeAndGetFromEtcd(t *testing.T) {
 	if _, err := store.Apply(ctx, loadTestInventory(t), inventory.ApplyMeta{Source: "test", Revision: "r1"}); err != nil {
 		t.Fatal(err)
 	}
-	err := inventory.UpdateJSON(ctx, store, store.MachineStatusKey("vm-2"), func(st *inventory.MachineStatus) error {
+	err := inventory.UpdateJSON(ctx, store, store.Keys().MachineStatus("vm-2"), func(st *inventory.MachineStatus) error {
 		st.Phase, st.Facts, st.Rack, st.BootTaskID = "ready", goldenFacts(t), "r1", "T1"
 		return nil
 	})

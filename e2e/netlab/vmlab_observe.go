@@ -194,7 +194,7 @@ func (v *VMLab) Status(machine string) (inventory.MachineStatus, error) {
 	}
 	defer cli.Close()
 	s := inventory.NewStore(cli, "", slog.New(slog.DiscardHandler))
-	return inventory.GetJSON[inventory.MachineStatus](ctx, s, s.MachineStatusKey(machine))
+	return inventory.GetJSON[inventory.MachineStatus](ctx, s, s.Keys().MachineStatus(machine))
 }
 
 // Facts returns the hardware facts the machine agent reported.

@@ -1,31 +1,22 @@
 // Package keys is Kiln's etcd key layout: every key Kiln reads or
-// writes, in one place, and who may touch it.
+// writes, and who may touch it, in one place. No other code spells a key
+// prefix or parses a key: it asks a Layout (inventory.Store.Keys).
 //
 // Everything a rack agent writes lives under a prefix that names its
 // rack, so that etcd's role-based access control (which grants single
 // keys and prefixes only) can confine a rack's credentials to its own
-// machines:
+// keys (RackGrants). Machine and rack names are validated DNS labels, so
+// no name contains '/' and no prefix of one rack is a prefix of another's.
 //
-//	desired/current, desired/gens/<gen>, desired/g/<gen>/…  region; everyone reads
-//	sources/<name>                       region
-//	status/machines/<machine>            region; racks and viewers read
-//	events/<machine>/<seq>               region
-//	election/region/…                    region servers' election
-//	tasks/<rack>/<machine>               region writes; the rack updates the outcome
-//	secrets/<rack>/<machine>             region writes; only that rack reads
-//	election/rack/<rack>/…               the rack's agents' election
-//	tokens/<rack>/<machine>              the rack: boot tokens (hashes)
-//	reports/<rack>/<machine>             the rack: what agents and OSes reported
-//	timeline/<rack>/<machine>            the rack: boot timelines
-//	discovered/<rack>/<mac>              the rack: unknown MACs, leased
-//	leases/<rack>/<subnet>/<ip>          the rack: DHCP leases
-//	imagestatus/<rack>/<image>           the rack: its image cache
-//
-// Machine and rack names are validated DNS labels, so no name contains
-// '/' and no prefix of one rack is a prefix of another's.
+// docs/keys.md lists every key family with its writer, readers, lifetime
+// and the roles that may touch it.
 package keys
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // DefaultPrefix is where Kiln keeps its keys.
 const DefaultPrefix = "/kiln/"
@@ -50,15 +41,77 @@ func (l Layout) Prefix() string { return l.prefix }
 
 // Region-owned keys.
 
-func (l Layout) Desired() string            { return l.prefix + "desired/" }
-func (l Layout) DesiredPointer() string     { return l.prefix + "desired/current" }
+// Desired is the prefix of everything applied from the source.
+func (l Layout) Desired() string { return l.prefix + "desired/" }
+
+// DesiredPointer is the pointer to the generation that holds the applied
+// source revision.
+func (l Layout) DesiredPointer() string { return l.prefix + "desired/current" }
+
+// GenIndex is a generation's index entry; gen "" is the prefix of all.
 func (l Layout) GenIndex(gen string) string { return l.prefix + "desired/gens/" + gen }
-func (l Layout) Gen(gen string) string      { return l.prefix + "desired/g/" + gen + "/" }
-func (l Layout) Source(name string) string  { return l.prefix + "sources/" + name }
-func (l Layout) RegionElection() string     { return l.prefix + "election/region/" }
+
+// SplitGenIndex cuts a key made by GenIndex into its generation.
+func (l Layout) SplitGenIndex(key string) (gen string, ok bool) {
+	gen, ok = strings.CutPrefix(key, l.GenIndex(""))
+	return gen, ok && gen != ""
+}
+
+// Gen is the prefix of a generation's objects, each at
+// Gen(gen)+GenObject(segment, name).
+func (l Layout) Gen(gen string) string { return l.prefix + "desired/g/" + gen + "/" }
+
+// GenSegment is the prefix of one segment (a kind's folder) of a
+// generation.
+func (l Layout) GenSegment(gen, segment string) string { return l.Gen(gen) + segment + "/" }
+
+// UnmanagedSegment is the folder, inside a generation, of the markers of
+// machines removed from the source. Every other folder is a kind's
+// plural (spec.Plural).
+const UnmanagedSegment = "unmanaged"
+
+// GenObject is an object's key relative to its generation's prefix.
+func GenObject(segment, name string) string { return segment + "/" + name }
+
+// SplitGenObject cuts a key made by GenObject into segment and name.
+func SplitGenObject(rel string) (segment, name string, ok bool) {
+	segment, name, ok = strings.Cut(rel, "/")
+	return segment, name, ok && segment != "" && name != ""
+}
+
+// SplitDesired cuts a full key of a generation's object into its
+// generation, segment and name; ok is false for any other key (the
+// pointer, an index entry).
+func (l Layout) SplitDesired(key string) (gen, segment, name string, ok bool) {
+	rest, found := strings.CutPrefix(key, l.prefix+"desired/g/")
+	if !found {
+		return "", "", "", false
+	}
+	gen, rel, found := strings.Cut(rest, "/")
+	if !found || gen == "" {
+		return "", "", "", false
+	}
+	segment, name, ok = SplitGenObject(rel)
+	return gen, segment, name, ok
+}
+
+// Source is a source's status; name "" is the prefix of all.
+func (l Layout) Source(name string) string { return l.prefix + "sources/" + name }
+
+// Elections is the prefix of every election, the region's and the racks'.
+func (l Layout) Elections() string { return l.prefix + "election/" }
+
+// RegionElection is where region servers campaign.
+func (l Layout) RegionElection() string { return l.Elections() + "region/" }
 
 // MachineStatus is a machine's status; machine "" is the prefix of all.
 func (l Layout) MachineStatus(machine string) string { return l.prefix + "status/machines/" + machine }
+
+// SplitMachineStatus cuts a key made by MachineStatus into the machine.
+func (l Layout) SplitMachineStatus(key string) (machine string, ok bool) {
+	machine, ok = strings.CutPrefix(key, l.MachineStatus(""))
+	return machine, ok && machine != ""
+}
 
 // Events is where a machine's events live; machine "" lists all.
 func (l Layout) Events(machine string) string {
@@ -66,6 +119,12 @@ func (l Layout) Events(machine string) string {
 		return l.prefix + "events/"
 	}
 	return l.prefix + "events/" + machine + "/"
+}
+
+// Event is the key of one event of machine at time at: time-ordered
+// within the machine; seq orders events of the same instant.
+func (l Layout) Event(machine string, at time.Time, seq int) string {
+	return fmt.Sprintf("%s%020d.%03d", l.Events(machine), at.UnixNano(), seq)
 }
 
 // Per-rack keys. For each kind, rack "" is the prefix of every rack's
@@ -79,26 +138,38 @@ func (l Layout) kind(kind, rack, rest string) string {
 	return l.prefix + kind + "/" + rack + "/" + rest
 }
 
-func (l Layout) Task(rack, machine string) string      { return l.kind("tasks", rack, machine) }
-func (l Layout) Secret(rack, machine string) string    { return l.kind("secrets", rack, machine) }
+// The per-rack kinds, as they appear in keys.
+const (
+	tasks       = "tasks"
+	secrets     = "secrets"
+	tokens      = "tokens"
+	reports     = "reports"
+	timeline    = "timeline"
+	discovered  = "discovered"
+	leases      = "leases"
+	imageStatus = "imagestatus"
+)
+
+func (l Layout) Task(rack, machine string) string      { return l.kind(tasks, rack, machine) }
+func (l Layout) Secret(rack, machine string) string    { return l.kind(secrets, rack, machine) }
 func (l Layout) RackElection(rack string) string       { return l.kind("election/rack", rack, "") }
-func (l Layout) Token(rack, machine string) string     { return l.kind("tokens", rack, machine) }
-func (l Layout) Report(rack, machine string) string    { return l.kind("reports", rack, machine) }
-func (l Layout) Timeline(rack, machine string) string  { return l.kind("timeline", rack, machine) }
-func (l Layout) Discovered(rack, mac string) string    { return l.kind("discovered", rack, mac) }
-func (l Layout) ImageStatus(rack, image string) string { return l.kind("imagestatus", rack, image) }
+func (l Layout) Token(rack, machine string) string     { return l.kind(tokens, rack, machine) }
+func (l Layout) Report(rack, machine string) string    { return l.kind(reports, rack, machine) }
+func (l Layout) Timeline(rack, machine string) string  { return l.kind(timeline, rack, machine) }
+func (l Layout) Discovered(rack, mac string) string    { return l.kind(discovered, rack, mac) }
+func (l Layout) ImageStatus(rack, image string) string { return l.kind(imageStatus, rack, image) }
 
 // Lease is one DHCP lease; subnet "" is the prefix of the rack's leases.
 func (l Layout) Lease(rack, subnet, ip string) string {
 	if rack == "" || subnet == "" {
-		return l.kind("leases", rack, "")
+		return l.kind(leases, rack, "")
 	}
-	return l.kind("leases", rack, subnet+"/"+ip)
+	return l.kind(leases, rack, subnet+"/"+ip)
 }
 
-// Split cuts a per-rack key of kind (as produced above with rack and
+// split cuts a per-rack key of kind (as produced above with rack and
 // name) into its rack and the rest; ok is false for any other key.
-func (l Layout) Split(kind, key string) (rack, rest string, ok bool) {
+func (l Layout) split(kind, key string) (rack, rest string, ok bool) {
 	s, found := strings.CutPrefix(key, l.prefix+kind+"/")
 	if !found {
 		return "", "", false
@@ -107,9 +178,36 @@ func (l Layout) Split(kind, key string) (rack, rest string, ok bool) {
 	return rack, rest, ok && rack != "" && rest != ""
 }
 
+// splitName is split for kinds whose rest is a single name.
+func (l Layout) splitName(kind, key string) (rack, name string, ok bool) {
+	rack, name, ok = l.split(kind, key)
+	return rack, name, ok && !strings.Contains(name, "/")
+}
+
+// SplitTask cuts a key made by Task into its rack and machine.
+func (l Layout) SplitTask(key string) (rack, machine string, ok bool) {
+	return l.splitName(tasks, key)
+}
+
 // SplitSecret cuts a key made by Secret into its rack and machine.
 func (l Layout) SplitSecret(key string) (rack, machine string, ok bool) {
-	return l.Split("secrets", key)
+	return l.split(secrets, key)
+}
+
+// SplitReport cuts a key made by Report into its rack and machine.
+func (l Layout) SplitReport(key string) (rack, machine string, ok bool) {
+	return l.split(reports, key)
+}
+
+// SplitDiscovered cuts a key made by Discovered into its rack and MAC.
+func (l Layout) SplitDiscovered(key string) (rack, mac string, ok bool) {
+	return l.split(discovered, key)
+}
+
+// SplitImageStatus cuts a key made by ImageStatus into its rack and
+// image.
+func (l Layout) SplitImageStatus(key string) (rack, image string, ok bool) {
+	return l.splitName(imageStatus, key)
 }
 
 // Grant is one etcd permission: a key prefix and whether it may be
@@ -148,7 +246,7 @@ func (l Layout) RegionGrants() []Grant { return []Grant{{l.prefix, true}} }
 func (l Layout) ViewerGrants() []Grant {
 	return []Grant{
 		{l.Desired(), false},
-		{l.prefix + "sources/", false},
+		{l.Source(""), false},
 		{l.MachineStatus(""), false},
 		{l.Events(""), false},
 		{l.Task("", ""), false},
@@ -157,6 +255,6 @@ func (l Layout) ViewerGrants() []Grant {
 		{l.Discovered("", ""), false},
 		{l.Lease("", "", ""), false},
 		{l.ImageStatus("", ""), false},
-		{l.prefix + "election/", false},
+		{l.Elections(), false},
 	}
 }
