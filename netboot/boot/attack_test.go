@@ -16,6 +16,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // The tests speak from two loopback addresses: the machine's (127.0.0.1,
@@ -44,7 +45,7 @@ func TestStealToken(t *testing.T) {
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
 	b.setLease(vm1MAC, "127.0.0.1")
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 
 	code, stolen := curl(t, append(attackerIP, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")...)
 	if code != 200 || strings.Contains(stolen, "kiln.token=") || !strings.Contains(stolen, "exit") {
@@ -98,7 +99,7 @@ func TestTokenHandedOutOnce(t *testing.T) {
 	if strings.Contains(s, "kiln.token=") || !hasEvent(b, "vm-1 boot-refused no power task") {
 		t.Errorf("no power task, but: %s / %q", s, b.eventList())
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	tok := tokenOf(t, s)
 	_, again := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
@@ -119,7 +120,7 @@ func TestTrustOnFirstUse(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-2", "task-1", PurposeCommission)
+	b.pending(t, "vm-2", "task-1", agentapi.PurposeCommission)
 	_, s := curl(t, append([]string{"--interface", "127.0.0.3"}, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")...)
 	tok := tokenOf(t, s)
 	if !hasEvent(b, "vm-2 token-bound no DHCP lease known (proxyDHCP): token bound to the first fetcher, 127.0.0.3") {
@@ -141,7 +142,7 @@ func TestReportsStampedWithTheirBoot(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	old := tokenOf(t, s)
 	rec1, _ := b.tokens.Get(t.Context(), "vm-1")
@@ -155,7 +156,7 @@ func TestReportsStampedWithTheirBoot(t *testing.T) {
 	if code := post(old, "result", `{"success": true, "taskID": "task-2"}`); code != 400 {
 		t.Errorf("a report naming its own task: %d, want 400", code)
 	}
-	b.pending(t, "vm-1", "task-2", PurposeCommission) // the next boot
+	b.pending(t, "vm-1", "task-2", agentapi.PurposeCommission) // the next boot
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	cur := tokenOf(t, s)
 	rec2, _ := b.tokens.Get(t.Context(), "vm-1")
@@ -217,7 +218,7 @@ func TestScriptRateLimits(t *testing.T) {
 	if macLimited != 3 {
 		t.Errorf("one MAC from 6 addresses: %d limited, want 3", macLimited)
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	code, script := curl(t, append(machineIP, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")...)
 	if code != 200 || !strings.Contains(script, "kiln.token=") {
 		t.Errorf("the legitimate machine during the flood: %d\n%s", code, script)
@@ -240,7 +241,7 @@ func TestDiscoveredBounds(t *testing.T) {
 	if code != 413 {
 		t.Errorf("discovered facts over 64 KiB: %d, want 413", code)
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	code, _ = curlIn(t, big, "-H", "Authorization: Bearer "+tokenOf(t, s), "-H", "Content-Type: application/json", "--data-binary", "@-", ts.URL+"/agent/vm-1/facts")
 	if code != 204 {
@@ -260,9 +261,9 @@ func TestOSReportFromUndeclaredAddress(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.setPurpose("vm-1", PurposeDeploy)
+	b.setPurpose("vm-1", agentapi.PurposeDeploy)
 	b.setLease(vm1MAC, "127.0.0.1")
-	b.pending(t, "vm-1", "task-1", PurposeDeploy)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
 	u := phoneHomeURL(t, vd)
@@ -285,14 +286,14 @@ func TestAgentURL(t *testing.T) {
 	s := New(Options{BaseURL: "http://10.42.0.1:8080", AgentURL: "https://rack:8443/"}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.pending(t, "vm-1", "task-1", PurposeDeploy)
+	b.setPurpose("vm-1", agentapi.PurposeDeploy)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeDeploy)
 	_, script := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if !strings.Contains(script, "kernel http://10.42.0.1:8080/images/") || !strings.Contains(script, " kiln.url=https://rack:8443 ") {
 		t.Errorf("script:\n%s", script)
 	}
 	_, body := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, script), ts.URL+"/agent/vm-1/task")
-	var task Task
+	var task agentapi.Task
 	if err := json.Unmarshal([]byte(body), &task); err != nil || task.Image == nil ||
 		!strings.HasPrefix(task.Image.URL, "https://rack:8443/images/") || task.MetadataURL != "https://rack:8443/metadata/vm-1/" {
 		t.Errorf("task %s %v", body, err)
@@ -319,7 +320,7 @@ func TestEtcdStopped(t *testing.T) {
 	t.Cleanup(func() { cli.Close() })
 	store := inventory.NewStore(cli, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), store.Tokens("rack-1"))
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	s := New(Options{ScriptBurst: 1000}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	deadline := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -33,7 +34,7 @@ func TestScriptPerPurpose(t *testing.T) {
 	host := strings.TrimPrefix(ts.URL, "http://")
 
 	prev := ""
-	for i, p := range []string{PurposeCommission, PurposeDeploy, PurposeErase, PurposeCommission} {
+	for i, p := range []string{agentapi.PurposeCommission, agentapi.PurposeDeploy, agentapi.PurposeErase, agentapi.PurposeCommission} {
 		b.setPurpose("vm-2", p)
 		b.pending(t, "vm-2", fmt.Sprintf("task-%d", i), p) // each netboot is a power task
 		code, script := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe?uuid=1234")
@@ -84,7 +85,7 @@ func TestScriptPerPurpose(t *testing.T) {
 		t.Errorf("stored token %+v", stored)
 	}
 
-	b.setPurpose("vm-2", PurposeLocal)
+	b.setPurpose("vm-2", agentapi.PurposeLocal)
 	code, script := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	for _, want := range []string{"#!ipxe", "iseq ${platform} efi && goto efi ||", "sanboot --no-describe --drive 0x80 || exit", ":efi", "exit"} {
 		if code != 200 || !hasLine(strings.Split(script, "\n"), want) {
@@ -100,7 +101,7 @@ func TestScriptPerPurpose(t *testing.T) {
 		t.Errorf("token stopped working after a local boot: %d", code)
 	}
 
-	b.setPurpose("vm-2", PurposeOff)
+	b.setPurpose("vm-2", agentapi.PurposeOff)
 	code, script = curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	if code != 200 || !hasLine(strings.Split(script, "\n"), "poweroff") {
 		t.Errorf("off: %d\n%s", code, script)
@@ -145,8 +146,8 @@ func TestUnknownMACDiscovers(t *testing.T) {
 	}
 	tok := tokenOf(t, script)
 	code, body := curl(t, "-H", "Authorization: Bearer "+tok, ts.URL+"/agent/discovered-aa-bb-cc-00-11-22/task")
-	var task Task
-	if code != 200 || json.Unmarshal([]byte(body), &task) != nil || task.Purpose != PurposeDiscover || task.BootID == "" {
+	var task agentapi.Task
+	if code != 200 || json.Unmarshal([]byte(body), &task) != nil || task.Purpose != agentapi.PurposeDiscover || task.BootID == "" {
 		t.Errorf("discover task: %d %s", code, body)
 	}
 	code, _ = curl(t, "-H", "Authorization: Bearer "+tok, "-H", "Content-Type: application/json",
@@ -164,8 +165,8 @@ func TestTokenRequired(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "t1", PurposeCommission)
-	b.pending(t, "vm-2", "t2", PurposeCommission)
+	b.pending(t, "vm-1", "t1", agentapi.PurposeCommission)
+	b.pending(t, "vm-2", "t2", agentapi.PurposeCommission)
 	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	_, s2 := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	tok1, tok2 := tokenOf(t, s1), tokenOf(t, s2)
@@ -252,25 +253,25 @@ func TestAgentAPI(t *testing.T) {
 	b := newMemBackend(inv, nil)
 	ts := newTestServer(t, b)
 	host := strings.TrimPrefix(ts.URL, "http://")
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.pending(t, "vm-1", "t1", PurposeDeploy)
+	b.setPurpose("vm-1", agentapi.PurposeDeploy)
+	b.pending(t, "vm-1", "t1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth := []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 
 	code, body := curl(t, append(auth, ts.URL+"/agent/vm-1/task")...)
-	var task Task
+	var task agentapi.Task
 	if err := json.Unmarshal([]byte(body), &task); code != 200 || err != nil {
 		t.Fatalf("task: %d %v %s", code, err, body)
 	}
 	disk := inv.Images["debian-12"].Spec.Disk
-	if task.Purpose != PurposeDeploy || task.Image == nil ||
+	if task.Purpose != agentapi.PurposeDeploy || task.Image == nil ||
 		task.Image.URL != "http://"+host+"/images/sha256/"+disk.SHA256+"/debian-12-generic-amd64.raw.gz" ||
 		task.Image.SHA256 != disk.SHA256 || task.Image.Format != "raw.gz" || task.RootDisk == nil || task.RootDisk.Prefer != "first" ||
 		task.MetadataURL != "http://"+host+"/metadata/vm-1/" {
 		t.Errorf("deploy task: %s", body)
 	}
 
-	b.setPurpose("vm-1", PurposeErase)
+	b.setPurpose("vm-1", agentapi.PurposeErase)
 	_, body = curl(t, append(auth, ts.URL+"/agent/vm-1/task")...)
 	if !strings.Contains(body, `"purpose":"erase"`) || !strings.Contains(body, `"erase":"quick"`) {
 		t.Errorf("erase task: %s", body)
@@ -327,8 +328,8 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "t1", PurposeCommission)
-	b.pending(t, "vm-2", "t2", PurposeCommission)
+	b.pending(t, "vm-1", "t1", agentapi.PurposeCommission)
+	b.pending(t, "vm-2", "t2", agentapi.PurposeCommission)
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	curl(t, ts.URL+"/metadata/vm-1/meta-data")
@@ -383,7 +384,7 @@ func TestBaseURLAndHost(t *testing.T) {
 		"odd host":    {"", "a\"b", "kiln.url=http://localhost "},
 		"ipv6 host":   {"", "[fd00::1]:8080", "kiln.url=http://[fd00::1]:8080 "},
 	} {
-		b.pending(t, "vm-2", "t-"+name, PurposeCommission)
+		b.pending(t, "vm-2", "t-"+name, agentapi.PurposeCommission)
 		s := New(Options{BaseURL: c.base}, b, nil, log)
 		req := httptest.NewRequest("GET", "/boot/"+vm2MAC+"/script.ipxe", nil)
 		req.Host = c.host

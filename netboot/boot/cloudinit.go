@@ -8,6 +8,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -23,7 +24,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	// The deployed OS fetches its metadata from its own address, not the
 	// ephemeral boot's: a deploy boot's token is also accepted from it.
 	deployAddrs := func(t inventory.BootToken) []netip.Addr {
-		if t.Purpose != PurposeDeploy {
+		if t.Purpose != agentapi.PurposeDeploy {
 			return nil
 		}
 		if m, ok := s.backend.Machine(name); ok {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -39,7 +40,7 @@ func TestCloudInitAccepts(t *testing.T) {
 		sort.Strings(names)
 		for _, n := range names {
 			m := b.inv.Machines[n]
-			b.pending(t, n, "t", PurposeCommission)
+			b.pending(t, n, "t", agentapi.PurposeCommission)
 			_, script := curl(t, ts.URL+"/boot/"+strings.ToLower(m.Spec.BootInterface().MAC)+"/script.ipxe")
 			tok := tokenOf(t, script)
 			for _, file := range []string{"user-data", "network-config", "meta-data", "vendor-data"} {

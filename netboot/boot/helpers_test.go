@@ -17,6 +17,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -32,7 +33,7 @@ type memBackend struct {
 	leases   map[string]netip.Addr // mac → address Kiln's DHCP gave it
 	dlErr    error                 // DiscoveredLease's error
 	purposes map[string]string
-	reports  map[string][]Report
+	reports  map[string][]agentapi.Report
 	events   []string // machine event detail
 }
 
@@ -47,7 +48,7 @@ func loadInventory(t testing.TB, dir string) *spec.Inventory {
 
 func newMemBackend(inv *spec.Inventory, tokens TokenStore) *memBackend {
 	b := &memBackend{inv: inv, byMAC: map[string]*spec.Machine{}, tokens: tokens,
-		purposes: map[string]string{}, reports: map[string][]Report{}, leases: map[string]netip.Addr{}}
+		purposes: map[string]string{}, reports: map[string][]agentapi.Report{}, leases: map[string]netip.Addr{}}
 	for _, m := range inv.Machines {
 		for _, i := range m.Spec.Interfaces {
 			b.byMAC[strings.ToLower(i.MAC)] = m
@@ -92,10 +93,10 @@ func (b *memBackend) Purpose(_ context.Context, machine string) (string, error) 
 	if p, ok := b.purposes[machine]; ok {
 		return p, nil
 	}
-	return PurposeCommission, nil
+	return agentapi.PurposeCommission, nil
 }
 
-func (b *memBackend) Report(_ context.Context, machine string, r Report) error {
+func (b *memBackend) Report(_ context.Context, machine string, r agentapi.Report) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.reports[machine] = append(b.reports[machine], r)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // script serves GET /boot/{mac}/script.ipxe.
@@ -37,7 +38,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	name, purpose, arch := spec.DiscoveredName(mac), PurposeDiscover, "amd64"
+	name, purpose, arch := spec.DiscoveredName(mac), agentapi.PurposeDiscover, "amd64"
 	m, known := s.backend.MachineByMAC(mac)
 	if known {
 		name, arch = m.Metadata.Name, m.Spec.Arch
@@ -53,11 +54,11 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	var body string
 	detail := purpose
 	switch {
-	case purpose == PurposeLocal:
+	case purpose == agentapi.PurposeLocal:
 		body = localScript
-	case purpose == PurposeOff:
+	case purpose == agentapi.PurposeOff:
 		body = "#!ipxe\necho kiln: " + name + " is to stay off\npoweroff\n"
-	case ephemeral(purpose):
+	case agentapi.Ephemeral(purpose):
 		img, ok := s.backend.EphemeralImage(arch)
 		if !ok || img.Spec.Kernel == nil || img.Spec.Initrd == nil {
 			log.Error("no ephemeral image", "arch", arch)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -40,7 +41,7 @@ func (s *Server) vendorData(ctx context.Context, base string, m *spec.Machine) (
 	}
 	if p, err := s.backend.Purpose(ctx, m.Metadata.Name); err != nil {
 		return nil, fmt.Errorf("boot purpose: %w", err)
-	} else if p != PurposeDeploy {
+	} else if p != agentapi.PurposeDeploy {
 		return empty, nil // only a deployment's seed carries a report-in token
 	}
 	token, sum, err := newSecret()
@@ -137,7 +138,7 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		rep.Address = host
 	}
-	if err := s.backend.Report(r.Context(), name, Report{OS: rep, TaskID: stored.TaskID, BootID: stored.BootID}); err != nil {
+	if err := s.backend.Report(r.Context(), name, agentapi.Report{OS: rep, TaskID: stored.TaskID, BootID: stored.BootID}); err != nil {
 		log.Error("store OS report", "err", err)
 		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)
 		return
@@ -169,20 +170,20 @@ var (
 
 // decodeOSReport reads a phone_home form or a JSON report and checks
 // every field; unknown form fields (phone_home's public keys) are dropped.
-func decodeOSReport(contentType string, body io.Reader) (*OSReport, error) {
+func decodeOSReport(contentType string, body io.Reader) (*agentapi.OSReport, error) {
 	mt, _, _ := mime.ParseMediaType(contentType)
 	raw, err := io.ReadAll(body)
 	if err != nil {
 		return nil, fmt.Errorf("read body: %w", err)
 	}
-	var rep OSReport
+	var rep agentapi.OSReport
 	switch mt {
 	case "application/x-www-form-urlencoded", "":
 		v, err := url.ParseQuery(string(raw))
 		if err != nil {
 			return nil, fmt.Errorf("form: %w", err)
 		}
-		rep = OSReport{Hostname: v.Get("hostname"), FQDN: v.Get("fqdn"), InstanceID: v.Get("instance_id"), BootID: v.Get("boot_id")}
+		rep = agentapi.OSReport{Hostname: v.Get("hostname"), FQDN: v.Get("fqdn"), InstanceID: v.Get("instance_id"), BootID: v.Get("boot_id")}
 	case "application/json":
 		if err := decodeStrict(raw, &rep); err != nil {
 			return nil, fmt.Errorf("OS report: %w", err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -39,9 +40,9 @@ func TestOSReportIn(t *testing.T) {
 	inv := loadInventory(t, "../../examples/lab")
 	b := newMemBackend(inv, nil)
 	ts := newTestServer(t, b)
-	b.setPurpose("vm-1", PurposeDeploy)
+	b.setPurpose("vm-1", agentapi.PurposeDeploy)
 	b.setLease(vm1MAC, "127.0.0.1") // Kiln's DHCP gave vm-1 the test's address
-	b.pending(t, "vm-1", "t1", PurposeDeploy)
+	b.pending(t, "vm-1", "t1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	bootToken := tokenOf(t, s)
 	auth := []string{"-H", "Authorization: Bearer " + bootToken}
@@ -109,7 +110,7 @@ func TestOSReportIn(t *testing.T) {
 
 	// JSON with a boot ID works too; a new token dies with the next boot
 	// (the next power task replaces the whole token record) and expires.
-	b.pending(t, "vm-1", "t1b", PurposeDeploy)
+	b.pending(t, "vm-1", "t1b", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
@@ -118,17 +119,17 @@ func TestOSReportIn(t *testing.T) {
 	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", u2); code != 403 || !strings.Contains(msg, "expired") {
 		t.Errorf("expired report-in token: %d %q", code, msg)
 	}
-	b.pending(t, "vm-1", "t2", PurposeDeploy)
+	b.pending(t, "vm-1", "t2", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the boot token expired too
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
 	u3 := phoneHomeURL(t, vd)
-	b.pending(t, "vm-1", "t3", PurposeDeploy) // the machine network-boots again
+	b.pending(t, "vm-1", "t3", agentapi.PurposeDeploy) // the machine network-boots again
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if code, _ := form(u3, "hostname=vm-1"); code != 403 {
 		t.Errorf("a report-in token outlived the next network boot: %d", code)
 	}
-	b.pending(t, "vm-1", "t4", PurposeDeploy)
+	b.pending(t, "vm-1", "t4", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
@@ -150,16 +151,16 @@ func TestVendorDataWithoutReportIn(t *testing.T) {
 	b := newMemBackend(inv, nil)
 	ts := newTestServer(t, b)
 	vendorData := func() string {
-		b.pending(t, "vm-1", "t", PurposeDeploy)
+		b.pending(t, "vm-1", "t", agentapi.PurposeDeploy)
 		_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 		_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
 		return vd
 	}
-	b.setPurpose("vm-1", PurposeCommission)
+	b.setPurpose("vm-1", agentapi.PurposeCommission)
 	if vd := vendorData(); strings.Contains(vd, "phone_home") {
 		t.Errorf("a commissioning boot got a report-in token:\n%s", vd)
 	}
-	b.setPurpose("vm-1", PurposeDeploy)
+	b.setPurpose("vm-1", agentapi.PurposeDeploy)
 	inv.Images["debian-12"].Spec.Confirm = spec.ConfirmNone
 	if vd := vendorData(); strings.Contains(vd, "phone_home") {
 		t.Errorf("an image with confirm: none got a report-in token:\n%s", vd)

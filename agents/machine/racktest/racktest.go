@@ -24,6 +24,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -45,7 +46,7 @@ type Rack struct {
 	image   *spec.Image
 	purpose string
 	tokens  map[string]inventory.BootToken
-	reports []boot.Report
+	reports []agentapi.Report
 }
 
 // New starts a rack whose machine vm-2 (purpose commission) holds Token.
@@ -84,7 +85,7 @@ func newRack(t testing.TB, log *slog.Logger) *Rack {
 			Image: "debian", UserData: "#cloud-config\nhostname: vm-2\npackages: [htop]\n",
 			Interfaces: []spec.Interface{{Name: "eth0", MAC: "52:54:00:42:00:02"}},
 		}},
-		purpose: boot.PurposeCommission,
+		purpose: agentapi.PurposeCommission,
 		tokens: map[string]inventory.BootToken{Machine: {
 			SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), BootID: BootID,
 			State: inventory.TokenIssued, Address: "127.0.0.1", // the boot's token, handed out to the test's agent
@@ -141,15 +142,15 @@ func (r *Rack) SetSpec(f func(*spec.MachineSpec)) {
 }
 
 // Reports are what the agent reported, in order.
-func (r *Rack) Reports() []boot.Report {
+func (r *Rack) Reports() []agentapi.Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]boot.Report(nil), r.reports...)
+	return append([]agentapi.Report(nil), r.reports...)
 }
 
 // Results are the reported results, in order.
-func (r *Rack) Results() []boot.Result {
-	var rs []boot.Result
+func (r *Rack) Results() []agentapi.Result {
+	var rs []agentapi.Result
 	for _, x := range r.Reports() {
 		if x.Result != nil {
 			rs = append(rs, *x.Result)
@@ -159,8 +160,8 @@ func (r *Rack) Results() []boot.Result {
 }
 
 // Progress are the reported progress reports, in order.
-func (r *Rack) Progress() []boot.Progress {
-	var ps []boot.Progress
+func (r *Rack) Progress() []agentapi.Progress {
+	var ps []agentapi.Progress
 	for _, x := range r.Reports() {
 		if x.Progress != nil {
 			ps = append(ps, *x.Progress)
@@ -191,7 +192,7 @@ func (r *Rack) Purpose(context.Context, string) (string, error) {
 	return r.purpose, nil
 }
 func (r *Rack) Tokens() boot.TokenStore { return (*tokens)(r) }
-func (r *Rack) Report(_ context.Context, _ string, rep boot.Report) error {
+func (r *Rack) Report(_ context.Context, _ string, rep agentapi.Report) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reports = append(r.reports, rep)
