@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/agents/machine/image"
+	"github.com/kilnhq/kiln/agents/machine/initramfs"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
 	"github.com/kilnhq/kiln/inventory/pki"
 	"github.com/kilnhq/kiln/spec/agentapi"
@@ -267,8 +267,8 @@ func TestSeedCA(t *testing.T) {
 
 // The agent reads the CA where the image builder puts it.
 func TestCAPathIsTheImagesCAFile(t *testing.T) {
-	if CAPath != "/"+image.CAFile {
-		t.Errorf("machine.CAPath %q, image.CAFile %q", CAPath, image.CAFile)
+	if CAPath != "/"+initramfs.CAFile {
+		t.Errorf("machine.CAPath %q, initramfs.CAFile %q", CAPath, initramfs.CAFile)
 	}
 }
 
