@@ -9,6 +9,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Phases of a machine's lifecycle. A failed phase is FailedPrefix plus
@@ -40,15 +41,6 @@ const (
 	StepOff   = "power-off"  // ask the rack to power off, and wait
 	StepImage = "wait-image" // wait until the rack can serve the OS image
 	StepOS    = "os-report"  // wait for the deployed OS to report in
-)
-
-// Boot purposes the region sets (the boot server renders them).
-const (
-	purposeCommission = "commission"
-	purposeDeploy     = "deploy"
-	purposeErase      = "erase"
-	purposeLocal      = "local"
-	purposeOff        = "off"
 )
 
 // Condition types on a machine's status.
@@ -298,7 +290,7 @@ func (d *decider) step() bool {
 			d.enter(PhaseDeploying, "Deploying", "deploying image "+sp.Image)
 			return true
 		}
-		st.BootPurpose = purposeOff
+		st.BootPurpose = agentapi.PurposeOff
 		return false
 	case PhaseDeployed:
 		switch {
@@ -309,7 +301,7 @@ func (d *decider) step() bool {
 			d.enter(PhaseDeploying, "Redeploying", fmt.Sprintf("deployGeneration raised to %d: rewriting the disk with %s", sp.DeployGeneration, sp.Image))
 			return true
 		}
-		st.BootPurpose = purposeLocal
+		st.BootPurpose = agentapi.PurposeLocal
 		if sp.Image != st.DeployedImage {
 			st.SetCondition(CondImageDrift, "True", "ImageChanged",
 				fmt.Sprintf("deployed %s, spec asks for %s; raise deployGeneration to redeploy", st.DeployedImage, sp.Image), d.in.Now)
@@ -343,13 +335,13 @@ func (d *decider) step() bool {
 func purposeOf(phase string) string {
 	switch phase {
 	case PhaseCommissioning:
-		return purposeCommission
+		return agentapi.PurposeCommission
 	case PhaseDeploying:
-		return purposeDeploy
+		return agentapi.PurposeDeploy
 	case PhaseErasing:
-		return purposeErase
+		return agentapi.PurposeErase
 	}
-	return purposeOff
+	return agentapi.PurposeOff
 }
 
 // working drives commissioning, deploying and erasing: network-boot the
@@ -529,7 +521,7 @@ func (d *decider) agentSucceeded() bool {
 	case PhaseErasing:
 		d.finish(PhaseReady, "Erased", "disks erased ("+sp.Erase+")")
 	case PhaseDeploying:
-		st.BootPurpose = purposeLocal
+		st.BootPurpose = agentapi.PurposeLocal
 		d.newTask(inventory.TaskDiskboot, StepDisk)
 	}
 	return true
@@ -592,7 +584,7 @@ func (d *decider) releasing() bool {
 	switch st.Step {
 	case StepOff:
 		if st.TaskID == "" {
-			st.BootPurpose = purposeOff
+			st.BootPurpose = agentapi.PurposeOff
 			d.newTask(inventory.TaskOff, StepOff)
 			return true
 		}
@@ -703,7 +695,7 @@ func (d *decider) finish(phase, reason, msg string) {
 	st.Attempts = 0
 	d.transition(phase, reason, msg)
 	if phase == PhaseReady {
-		st.BootPurpose = purposeOff
+		st.BootPurpose = agentapi.PurposeOff
 		d.newTask(inventory.TaskOff, "")
 	}
 }
@@ -718,7 +710,7 @@ func (d *decider) fail(reason string) {
 	d.transition(FailedPrefix+phase, "Failed", reason)
 	d.out.Events[len(d.out.Events)-1].Type = "Warning"
 	st.Reason = reason
-	st.BootPurpose = purposeOff
+	st.BootPurpose = agentapi.PurposeOff
 	d.newTask(inventory.TaskOff, "")
 	if st.Attempts < d.p.MaxAttempts {
 		d.requeue(d.p.retryAfter(st.Attempts))

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Agent carries out one boot's task.
@@ -39,11 +39,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.say("kiln-agent: task %s for %s (boot %s)", task.Purpose, task.Machine, task.BootID)
 	var detail string
 	switch task.Purpose {
-	case boot.PurposeDiscover, boot.PurposeCommission:
+	case agentapi.PurposeDiscover, agentapi.PurposeCommission:
 		detail, err = a.commission(ctx)
-	case boot.PurposeDeploy:
+	case agentapi.PurposeDeploy:
 		detail, err = a.deploy(ctx, task)
-	case boot.PurposeErase:
+	case agentapi.PurposeErase:
 		detail, err = a.erase(ctx, task)
 	default:
 		err = fmt.Errorf("the boot server says purpose %q, which the ephemeral image has nothing to do for", task.Purpose)
@@ -54,7 +54,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // finish reports the result; it keeps trying (DefaultRetry) even when ctx
 // has ended, so that a failure is not lost.
 func (a *Agent) finish(ctx context.Context, detail string, taskErr error) error {
-	res := boot.Result{Success: taskErr == nil, Reason: detail}
+	res := agentapi.Result{Success: taskErr == nil, Reason: detail}
 	if taskErr != nil {
 		res.Reason = taskErr.Error()
 	}
@@ -88,7 +88,7 @@ func (a *Agent) commission(ctx context.Context) (string, error) {
 	return detail, nil
 }
 
-func (a *Agent) deploy(ctx context.Context, task boot.Task) (string, error) {
+func (a *Agent) deploy(ctx context.Context, task agentapi.Task) (string, error) {
 	disks, err := a.Disks()
 	if err != nil {
 		return "", err
@@ -104,7 +104,7 @@ func (a *Agent) deploy(ctx context.Context, task boot.Task) (string, error) {
 	return fmt.Sprintf("image %s written to %s with a NoCloud seed", task.Image.Name, d.Path), nil
 }
 
-func (a *Agent) erase(ctx context.Context, task boot.Task) (string, error) {
+func (a *Agent) erase(ctx context.Context, task agentapi.Task) (string, error) {
 	mode := task.Erase
 	if mode == "" || mode == EraseNone {
 		return "erase mode none: nothing erased", nil

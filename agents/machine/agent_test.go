@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // syncBuffer is a console the test reads.
@@ -95,7 +95,7 @@ func TestAgentDeploy(t *testing.T) {
 			t.Parallel()
 			env := newRackEnv(t)
 			env.rack.SetImage("disk.raw.zst", zst(t, img), tc.sha)
-			env.rack.SetPurpose(boot.PurposeDeploy)
+			env.rack.SetPurpose(agentapi.PurposeDeploy)
 			disk := facts.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
 			a, console := newTestAgent(t, env, testToken, disk)
 			err := a.Run(context.Background())
@@ -123,7 +123,7 @@ func TestAgentDeployNoDisk(t *testing.T) {
 	t.Parallel()
 	env := newRackEnv(t)
 	env.rack.SetImage("disk.raw", []byte("x"), "")
-	env.rack.SetPurpose(boot.PurposeDeploy)
+	env.rack.SetPurpose(agentapi.PurposeDeploy)
 	env.rack.SetSpec(func(s *spec.MachineSpec) { s.RootDisk = nil })
 	a, _ := newTestAgent(t, env, testToken) // no disks at all
 	if err := a.Run(context.Background()); err == nil {
@@ -139,7 +139,7 @@ func TestAgentErase(t *testing.T) {
 	t.Parallel()
 	img := gptImage(t)
 	env := newRackEnv(t)
-	env.rack.SetPurpose(boot.PurposeErase)
+	env.rack.SetPurpose(agentapi.PurposeErase)
 	env.rack.SetSpec(func(s *spec.MachineSpec) { s.Erase = EraseFull })
 	d1, d2 := dirtyDisk(t, img, 9<<20), dirtyDisk(t, img, 10<<20)
 	d2.Name = "vdc"

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Retry is how a request is retried after a network error or a 5xx
@@ -56,8 +56,8 @@ func NewClient(base, machine, token string, hc *http.Client, retry Retry, log *s
 }
 
 // Task fetches what this boot is for.
-func (c *Client) Task(ctx context.Context) (boot.Task, error) {
-	var t boot.Task
+func (c *Client) Task(ctx context.Context) (agentapi.Task, error) {
+	var t agentapi.Task
 	body, err := c.do(ctx, c.retry, http.MethodGet, c.agentURL("task"), nil)
 	if err != nil {
 		return t, fmt.Errorf("fetch task: %w", err)
@@ -76,14 +76,14 @@ func (c *Client) Facts(ctx context.Context, facts any) error {
 // Progress reports how far the task is. Progress is advisory: it is
 // tried for a few seconds only, so that a slow server does not stall a
 // disk write.
-func (c *Client) Progress(ctx context.Context, p boot.Progress) error {
+func (c *Client) Progress(ctx context.Context, p agentapi.Progress) error {
 	r := c.retry
 	r.Elapsed = min(r.Elapsed, 5*time.Second)
 	return c.post(ctx, r, "progress", p)
 }
 
 // Result ends the task.
-func (c *Client) Result(ctx context.Context, res boot.Result) error {
+func (c *Client) Result(ctx context.Context, res agentapi.Result) error {
 	return c.post(ctx, c.retry, "result", res)
 }
 

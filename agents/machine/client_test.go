@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // TestClientAgainstBootServer talks to the real boot server: the task,
@@ -28,29 +28,29 @@ func TestClientAgainstBootServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if task.Machine != "vm-2" || task.Purpose != boot.PurposeCommission || task.BootID != "b007" {
+	if task.Machine != "vm-2" || task.Purpose != agentapi.PurposeCommission || task.BootID != "b007" {
 		t.Errorf("task = %+v", task)
 	}
 	if err := c.Facts(ctx, map[string]any{"cpu": map[string]int{"count": 2}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Progress(ctx, boot.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}); err != nil {
+	if err := c.Progress(ctx, agentapi.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Result(ctx, boot.Result{Success: false, Reason: "disk on fire"}); err != nil {
+	if err := c.Result(ctx, agentapi.Result{Success: false, Reason: "disk on fire"}); err != nil {
 		t.Fatal(err)
 	}
 	reps := env.rack.Reports()
 	if len(reps) != 3 || string(reps[0].Facts) != `{"cpu":{"count":2}}` ||
-		*reps[1].Progress != (boot.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}) ||
-		*reps[2].Result != (boot.Result{Success: false, Reason: "disk on fire"}) {
+		*reps[1].Progress != (agentapi.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}) ||
+		*reps[2].Result != (agentapi.Result{Success: false, Reason: "disk on fire"}) {
 		b, _ := json.Marshal(reps)
 		t.Errorf("reports = %s", b)
 	}
 
 	// The deploy task carries the image, the selector and the metadata URL.
 	env.rack.SetImage("disk.raw.gz", []byte("x"), "")
-	env.rack.SetPurpose(boot.PurposeDeploy)
+	env.rack.SetPurpose(agentapi.PurposeDeploy)
 	task, err = c.Task(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestClientNoRetryOn4xx(t *testing.T) {
 	}
 
 	c = env.client(testToken)
-	err = c.Result(context.Background(), boot.Result{Success: false})
+	err = c.Result(context.Background(), agentapi.Result{Success: false})
 	if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(err.Error(), `a failure needs a "reason"`) {
 		t.Fatalf("err = %v, want the server's 400", err)
 	}
@@ -99,7 +99,7 @@ func TestClientRetries5xx(t *testing.T) {
 	var hits atomic.Int32
 	front := countingProxy(t, env.boot.URL, &hits, 3)
 	c := NewClient(front.URL, "vm-2", testToken, front.Client(), Retry{Initial: time.Millisecond, Max: 2 * time.Millisecond, Elapsed: time.Minute}, env.log)
-	if err := c.Result(context.Background(), boot.Result{Success: true}); err != nil {
+	if err := c.Result(context.Background(), agentapi.Result{Success: true}); err != nil {
 		t.Fatal(err)
 	}
 	if hits.Load() != 4 {
@@ -115,7 +115,7 @@ func TestClientRetries5xx(t *testing.T) {
 	hits.Store(0)
 	front = countingProxy(t, env.boot.URL, &hits, 1000)
 	c = NewClient(front.URL, "vm-2", testToken, front.Client(), Retry{Initial: time.Millisecond, Max: time.Millisecond, Elapsed: 500 * time.Millisecond}, env.log)
-	err := c.Result(context.Background(), boot.Result{Success: true})
+	err := c.Result(context.Background(), agentapi.Result{Success: true})
 	if err == nil || !strings.Contains(err.Error(), "giving up after") || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("err = %v", err)
 	}

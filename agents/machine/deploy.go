@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -58,7 +58,7 @@ type Deployer struct {
 // streaming, then adds the NoCloud seed partition. On any failure after
 // the first byte was written, the disk's first MiB is zeroed so that a
 // partial or wrong image can never boot.
-func (d *Deployer) Deploy(ctx context.Context, task boot.Task, disk facts.Disk) error {
+func (d *Deployer) Deploy(ctx context.Context, task agentapi.Task, disk facts.Disk) error {
 	img := task.Image
 	if img == nil || img.URL == "" {
 		return errors.New("deploy task has no image")
@@ -136,7 +136,7 @@ func (d *Deployer) Deploy(ctx context.Context, task boot.Task, disk facts.Disk) 
 // writeImage streams the image to f from offset 0 and returns how many
 // bytes it wrote. The sha256 is of the bytes as served (the compressed
 // file for raw.gz and raw.zst), as the rack cache verifies it.
-func (d *Deployer) writeImage(ctx context.Context, f *os.File, diskSize, seedSize int64, img *boot.TaskImage, want, path string) (int64, error) {
+func (d *Deployer) writeImage(ctx context.Context, f *os.File, diskSize, seedSize int64, img *agentapi.TaskImage, want, path string) (int64, error) {
 	hc := d.HTTP
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: time.Minute}}

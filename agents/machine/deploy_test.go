@@ -20,7 +20,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -83,11 +83,11 @@ func zst(t *testing.T, b []byte) []byte {
 }
 
 // deployEnv is a rack with the image served as name and a file disk.
-func deployEnv(t *testing.T, name string, served []byte, sha string) (*rackEnv, *Deployer, boot.Task, facts.Disk) {
+func deployEnv(t *testing.T, name string, served []byte, sha string) (*rackEnv, *Deployer, agentapi.Task, facts.Disk) {
 	t.Helper()
 	env := newRackEnv(t)
 	env.rack.SetImage(name, served, sha)
-	env.rack.SetPurpose(boot.PurposeDeploy)
+	env.rack.SetPurpose(agentapi.PurposeDeploy)
 	c := env.client(testToken)
 	task, err := c.Task(context.Background())
 	if err != nil {

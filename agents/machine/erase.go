@@ -9,7 +9,7 @@ import (
 	"os"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Erase modes (spec MachineSpec.Erase).
@@ -88,7 +88,7 @@ func (e *Eraser) quick(f *os.File, size int64, path string) (string, error) {
 }
 
 func (e *Eraser) full(ctx context.Context, f *os.File, size int64, disk facts.Disk) (string, error) {
-	var send func(context.Context, boot.Progress) error
+	var send func(context.Context, agentapi.Progress) error
 	if e.Client != nil {
 		send = e.Client.Progress
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // dirtyDisk is a file disk holding the test GPT image followed by 0xa5
@@ -91,7 +91,7 @@ func TestEraseFull(t *testing.T) {
 		t.Errorf("disk not all zeros (%d bytes)", len(got))
 	}
 	ps := env.rack.Progress()
-	if len(ps) == 0 || ps[len(ps)-1] != (boot.Progress{Phase: "erase vdb", BytesWritten: size, TotalBytes: size}) {
+	if len(ps) == 0 || ps[len(ps)-1] != (agentapi.Progress{Phase: "erase vdb", BytesWritten: size, TotalBytes: size}) {
 		t.Errorf("progress = %+v", ps)
 	}
 }

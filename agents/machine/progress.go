@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Progress report throttle: at most one report a second, and one at
@@ -20,9 +20,9 @@ const (
 // that a slow boot server never stalls a disk write: only the latest
 // report waits to be sent, older ones are dropped.
 type progressReporter struct {
-	send  func(context.Context, boot.Progress) error
+	send  func(context.Context, agentapi.Progress) error
 	log   *slog.Logger
-	ch    chan boot.Progress
+	ch    chan agentapi.Progress
 	done  chan struct{}
 	once  sync.Once
 	last  time.Time
@@ -31,8 +31,8 @@ type progressReporter struct {
 }
 
 // startProgress starts the sender; Close stops it. send may be nil.
-func startProgress(ctx context.Context, send func(context.Context, boot.Progress) error, log *slog.Logger) *progressReporter {
-	p := &progressReporter{send: send, log: log, ch: make(chan boot.Progress, 1), done: make(chan struct{}), every: progressEvery}
+func startProgress(ctx context.Context, send func(context.Context, agentapi.Progress) error, log *slog.Logger) *progressReporter {
+	p := &progressReporter{send: send, log: log, ch: make(chan agentapi.Progress, 1), done: make(chan struct{}), every: progressEvery}
 	go func() {
 		defer close(p.done)
 		for v := range p.ch {
@@ -55,7 +55,7 @@ func (p *progressReporter) Update(phase string, written, total int64, force bool
 		return
 	}
 	p.last, p.lastN = now, written
-	v := boot.Progress{Phase: phase, BytesWritten: written, TotalBytes: total}
+	v := agentapi.Progress{Phase: phase, BytesWritten: written, TotalBytes: total}
 	if total > 0 && written > total {
 		v.TotalBytes = 0
 	}

@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/agents/machine/image"
+	"github.com/kilnhq/kiln/agents/machine/initramfs"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
 	"github.com/kilnhq/kiln/inventory/pki"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -83,7 +83,7 @@ func TestTLSClientVerifiesTheRack(t *testing.T) {
 	ca, good := testCA(t, "127.0.0.1")
 
 	rack := racktest.NewTLS(t, log, good)
-	if task, err := tlsClient(t, rack.Server.URL, ca).Task(context.Background()); err != nil || task.Purpose != boot.PurposeCommission {
+	if task, err := tlsClient(t, rack.Server.URL, ca).Task(context.Background()); err != nil || task.Purpose != agentapi.PurposeCommission {
 		t.Fatalf("the right rack: task %+v, %v", task, err)
 	}
 
@@ -156,7 +156,7 @@ func TestAgentRunsOverTLS(t *testing.T) {
 	}
 
 	rack.SetImage("disk.raw", gptImage(t), "")
-	rack.SetPurpose(boot.PurposeDeploy)
+	rack.SetPurpose(agentapi.PurposeDeploy)
 	task, err := c.Task(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -267,8 +267,8 @@ func TestSeedCA(t *testing.T) {
 
 // The agent reads the CA where the image builder puts it.
 func TestCAPathIsTheImagesCAFile(t *testing.T) {
-	if CAPath != "/"+image.CAFile {
-		t.Errorf("machine.CAPath %q, image.CAFile %q", CAPath, image.CAFile)
+	if CAPath != "/"+initramfs.CAFile {
+		t.Errorf("machine.CAPath %q, initramfs.CAFile %q", CAPath, initramfs.CAFile)
 	}
 }
 
@@ -281,7 +281,7 @@ func TestVendorDataOverTLSPointsAtHTTPS(t *testing.T) {
 	ca, cert := testCA(t, "127.0.0.1")
 	rack := racktest.NewTLSBase(t, testLogger(t), cert, "http://10.42.0.1:8080")
 	rack.SetImage("disk.raw", []byte("image"), "")
-	rack.SetPurpose(boot.PurposeDeploy)
+	rack.SetPurpose(agentapi.PurposeDeploy)
 	vd, err := tlsClient(t, rack.Server.URL, ca).Get(context.Background(), rack.Server.URL+"/metadata/vm-2/vendor-data")
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -66,11 +67,11 @@ func (b bootBackend) Purpose(ctx context.Context, machine string) (string, error
 	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, b.a.store, b.a.store.Keys().MachineStatus(machine))
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
-		return boot.PurposeLocal, nil // nothing asked for: boot the disk
+		return agentapi.PurposeLocal, nil // nothing asked for: boot the disk
 	case err != nil:
 		return "", err
 	case st.BootPurpose == "":
-		return boot.PurposeLocal, nil
+		return agentapi.PurposeLocal, nil
 	}
 	return st.BootPurpose, nil
 }

@@ -8,8 +8,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kilnhq/kiln/inventory"
-	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Report stores what a machine agent or deployed OS reported at
@@ -18,7 +18,7 @@ import (
 // one boot (the TaskID of the token the report came with); a report of
 // another task starts a fresh record, so facts and results of an earlier
 // boot never pass for this one's.
-func (b bootBackend) Report(ctx context.Context, machine string, r boot.Report) error {
+func (b bootBackend) Report(ctx context.Context, machine string, r agentapi.Report) error {
 	// An unknown MAC's report expires with its discovered record.
 	lease := clientv3.NoLease
 	if mac, ok := spec.DiscoveredMAC(machine); ok {

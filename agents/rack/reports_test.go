@@ -8,7 +8,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
-	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -28,17 +28,17 @@ func TestReportsGoUnderTheRacksPrefixOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []boot.Report{
+	for _, r := range []agentapi.Report{
 		{TaskID: "T1", Facts: json.RawMessage(`{"cpu":{"count":2}}`)},
-		{TaskID: "T1", Progress: &boot.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}},
-		{TaskID: "T1", Result: &boot.Result{Success: true, Reason: "ok"}},
-		{TaskID: "T1", OS: &boot.OSReport{Hostname: "m1"}},
+		{TaskID: "T1", Progress: &agentapi.Progress{Phase: "write", BytesWritten: 1, TotalBytes: 2}},
+		{TaskID: "T1", Result: &agentapi.Result{Success: true, Reason: "ok"}},
+		{TaskID: "T1", OS: &agentapi.OSReport{Hostname: "m1"}},
 	} {
 		if err := b.Report(ctx, "m1", r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.Report(ctx, "discovered-525400770009", boot.Report{Facts: json.RawMessage(`{}`)}); err != nil {
+	if err := b.Report(ctx, "discovered-525400770009", agentapi.Report{Facts: json.RawMessage(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := cli.Get(ctx, store.Keys().Prefix(), clientv3.WithPrefix(), clientv3.WithMinModRev(before.Header.Revision+1))
@@ -75,7 +75,7 @@ func TestReportsGoUnderTheRacksPrefixOnly(t *testing.T) {
 		t.Fatalf("report of boot T1: %+v", rep)
 	}
 	// The next boot's first report drops what the earlier boot said.
-	if err := b.Report(ctx, "m1", boot.Report{TaskID: "T2", Progress: &boot.Progress{Phase: "erase"}}); err != nil {
+	if err := b.Report(ctx, "m1", agentapi.Report{TaskID: "T2", Progress: &agentapi.Progress{Phase: "erase"}}); err != nil {
 		t.Fatal(err)
 	}
 	rep, err = inventory.GetJSON[inventory.MachineReport](ctx, store, store.Keys().Report("r1", "m1"))

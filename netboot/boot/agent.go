@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Body limits of the agent API.
@@ -27,7 +28,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	t := Task{Machine: name, Purpose: PurposeDiscover, BootID: tok.BootID}
+	t := agentapi.Task{Machine: name, Purpose: agentapi.PurposeDiscover, BootID: tok.BootID}
 	if !spec.IsDiscovered(name) {
 		m, ok := s.backend.Machine(name)
 		if !ok {
@@ -43,13 +44,13 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 		t.Purpose = p
 		base := s.agentURL(r)
 		switch p {
-		case PurposeDeploy:
+		case agentapi.PurposeDeploy:
 			img, ok := s.backend.Image(m.Spec.Image)
 			if !ok || img.Spec.Disk == nil {
 				http.Error(w, fmt.Sprintf("machine %s: OS image %q is not in the inventory or has no disk", name, m.Spec.Image), http.StatusServiceUnavailable)
 				return
 			}
-			t.Image = &TaskImage{
+			t.Image = &agentapi.TaskImage{
 				Name:   img.Metadata.Name,
 				URL:    CacheURL(base, img.Spec.Disk),
 				SHA256: img.Spec.Disk.SHA256,
@@ -57,7 +58,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 			}
 			t.RootDisk = m.Spec.RootDisk
 			t.MetadataURL = base + "/metadata/" + name + "/"
-		case PurposeErase:
+		case agentapi.PurposeErase:
 			t.Erase = m.Spec.Erase
 		}
 	}
@@ -141,51 +142,51 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 
 // DecodeReport decodes an agent report of the given kind (facts,
 // progress, result) strictly: one JSON value, no unknown fields.
-func DecodeReport(kind string, body []byte) (Report, error) {
+func DecodeReport(kind string, body []byte) (agentapi.Report, error) {
 	switch kind {
 	case "facts":
 		var obj map[string]json.RawMessage
 		if err := decodeStrict(body, &obj); err != nil {
-			return Report{}, fmt.Errorf("facts: %w", err)
+			return agentapi.Report{}, fmt.Errorf("facts: %w", err)
 		}
 		if obj == nil {
-			return Report{}, errors.New("facts: want a JSON object, got null")
+			return agentapi.Report{}, errors.New("facts: want a JSON object, got null")
 		}
-		return Report{Facts: json.RawMessage(bytes.Clone(bytes.TrimSpace(body)))}, nil
+		return agentapi.Report{Facts: json.RawMessage(bytes.Clone(bytes.TrimSpace(body)))}, nil
 	case "progress":
-		var p Progress
+		var p agentapi.Progress
 		if err := decodeStrict(body, &p); err != nil {
-			return Report{}, fmt.Errorf("progress: %w", err)
+			return agentapi.Report{}, fmt.Errorf("progress: %w", err)
 		}
 		switch {
 		case p.Phase == "" || len(p.Phase) > 64:
-			return Report{}, errors.New("progress: phase must be 1 to 64 characters")
+			return agentapi.Report{}, errors.New("progress: phase must be 1 to 64 characters")
 		case p.BytesWritten < 0 || p.TotalBytes < 0:
-			return Report{}, errors.New("progress: byte counts must not be negative")
+			return agentapi.Report{}, errors.New("progress: byte counts must not be negative")
 		case p.TotalBytes > 0 && p.BytesWritten > p.TotalBytes:
-			return Report{}, fmt.Errorf("progress: bytesWritten %d exceeds totalBytes %d", p.BytesWritten, p.TotalBytes)
+			return agentapi.Report{}, fmt.Errorf("progress: bytesWritten %d exceeds totalBytes %d", p.BytesWritten, p.TotalBytes)
 		}
-		return Report{Progress: &p}, nil
+		return agentapi.Report{Progress: &p}, nil
 	case "result":
 		var res struct {
 			Success *bool  `json:"success"`
 			Reason  string `json:"reason"`
 		}
 		if err := decodeStrict(body, &res); err != nil {
-			return Report{}, fmt.Errorf("result: %w", err)
+			return agentapi.Report{}, fmt.Errorf("result: %w", err)
 		}
 		if res.Success == nil {
-			return Report{}, errors.New(`result: "success" is required`)
+			return agentapi.Report{}, errors.New(`result: "success" is required`)
 		}
 		if len(res.Reason) > 4096 {
-			return Report{}, errors.New("result: reason longer than 4096 bytes")
+			return agentapi.Report{}, errors.New("result: reason longer than 4096 bytes")
 		}
 		if !*res.Success && res.Reason == "" {
-			return Report{}, errors.New(`result: a failure needs a "reason"`)
+			return agentapi.Report{}, errors.New(`result: a failure needs a "reason"`)
 		}
-		return Report{Result: &Result{Success: *res.Success, Reason: res.Reason}}, nil
+		return agentapi.Report{Result: &agentapi.Result{Success: *res.Success, Reason: res.Reason}}, nil
 	}
-	return Report{}, fmt.Errorf("unknown report kind %q", kind)
+	return agentapi.Report{}, fmt.Errorf("unknown report kind %q", kind)
 }
 
 // decodeStrict decodes exactly one JSON value with no unknown fields.

@@ -2,37 +2,15 @@ package boot
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/netip"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// Boot purposes: what a machine does on its next network boot.
-const (
-	PurposeDiscover   = "discover"   // unknown MAC: boot the ephemeral image and report facts
-	PurposeCommission = "commission" // inventory the hardware
-	PurposeDeploy     = "deploy"     // write the OS image to the root disk
-	PurposeErase      = "erase"      // wipe the disks
-	PurposeLocal      = "local"      // boot from the local disk
-	PurposeOff        = "off"        // power off
-)
-
-// Purposes lists every purpose.
-var Purposes = []string{PurposeDiscover, PurposeCommission, PurposeDeploy, PurposeErase, PurposeLocal, PurposeOff}
-
-// ephemeral reports whether the purpose boots the ephemeral image.
-func ephemeral(p string) bool {
-	switch p {
-	case PurposeDiscover, PurposeCommission, PurposeDeploy, PurposeErase:
-		return true
-	}
-	return false
-}
 
 // Backend is what the boot server needs from the rack agent. Lookups read
 // the agent's in-memory snapshot of the inventory and must be cheap.
@@ -47,7 +25,7 @@ type Backend interface {
 	Purpose(ctx context.Context, machine string) (string, error)
 	Tokens() TokenStore
 	// Report stores what a machine agent reported.
-	Report(ctx context.Context, machine string, r Report) error
+	Report(ctx context.Context, machine string, r agentapi.Report) error
 	// Record adds an event to the machine's boot timeline; it must not block.
 	Record(machine, event, detail string)
 	// LeaseIP is the address Kiln's DHCP gave mac (directly or through a
@@ -70,65 +48,6 @@ type TokenStore interface {
 	Get(ctx context.Context, machine string) (inventory.BootToken, error)
 	// Update changes the machine's current token record (compare-and-swap).
 	Update(ctx context.Context, machine string, fn func(*inventory.BootToken) error) error
-}
-
-// Report is one report of a machine agent, or of the deployed OS:
-// exactly one field is set.
-type Report struct {
-	Facts    json.RawMessage `json:"facts,omitempty"` // a JSON object, as the agent sent it
-	Progress *Progress       `json:"progress,omitempty"`
-	Result   *Result         `json:"result,omitempty"`
-	OS       *OSReport       `json:"os,omitempty"`
-	// TaskID and BootID name the boot the report belongs to, from the
-	// token it came with; the region ignores a report of another boot.
-	TaskID string `json:"taskID,omitempty"`
-	BootID string `json:"bootID,omitempty"`
-}
-
-// OSReport is the deployed OS reporting in after its first boot: what
-// cloud-init's phone_home posts (instance_id, hostname, fqdn, as a form),
-// or the same as JSON with the boot ID. Every field is checked against a
-// narrow alphabet before it is stored.
-type OSReport struct {
-	Hostname   string `json:"hostname,omitempty"`
-	FQDN       string `json:"fqdn,omitempty"`
-	InstanceID string `json:"instanceID,omitempty"`
-	BootID     string `json:"bootID,omitempty"`
-	Address    string `json:"-"` // the address the report came from, set by the server
-}
-
-// Progress is how far the agent is.
-type Progress struct {
-	Phase        string `json:"phase"`
-	BytesWritten int64  `json:"bytesWritten,omitempty"`
-	TotalBytes   int64  `json:"totalBytes,omitempty"`
-}
-
-// Result ends a task.
-type Result struct {
-	Success bool   `json:"success"`
-	Reason  string `json:"reason,omitempty"`
-}
-
-// Task tells the machine agent what to do.
-type Task struct {
-	Machine  string             `json:"machine"`
-	Purpose  string             `json:"purpose"`
-	BootID   string             `json:"bootID,omitempty"`
-	Image    *TaskImage         `json:"image,omitempty"`    // deploy
-	RootDisk *spec.DiskSelector `json:"rootDisk,omitempty"` // deploy
-	Erase    string             `json:"erase,omitempty"`    // erase: quick, full, secure
-	// MetadataURL is the NoCloud seed (ds=nocloud;s=…) the deployed OS
-	// reads its cloud-init data from; it carries the token.
-	MetadataURL string `json:"metadataURL,omitempty"`
-}
-
-// TaskImage is the OS image to write, from the rack's image cache.
-type TaskImage struct {
-	Name   string `json:"name"`
-	URL    string `json:"url"`
-	SHA256 string `json:"sha256"`
-	Format string `json:"format"` // raw, raw.gz, raw.zst
 }
 
 // Options configure the server.

@@ -1,4 +1,4 @@
-package boot
+package boot_test
 
 import (
 	"context"
@@ -16,6 +16,9 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	. "github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // The tests speak from two loopback addresses: the machine's (127.0.0.1,
@@ -26,8 +29,8 @@ var (
 	attackerIP = []string{"--interface", "127.0.0.2"}
 )
 
-func hasEvent(b *memBackend, want string) bool {
-	for _, e := range b.eventList() {
+func hasEvent(b *boottest.Backend, want string) bool {
+	for _, e := range b.Events() {
 		if strings.Contains(e, want) {
 			return true
 		}
@@ -41,17 +44,17 @@ func hasEvent(b *memBackend, want string) bool {
 // address is refused.
 func TestStealToken(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.setLease(vm1MAC, "127.0.0.1")
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.SetLease(vm1MAC, "127.0.0.1")
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 
 	code, stolen := curl(t, append(attackerIP, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")...)
 	if code != 200 || strings.Contains(stolen, "kiln.token=") || !strings.Contains(stolen, "exit") {
 		t.Fatalf("attacker's fetch: %d, want a script without a token:\n%s", code, stolen)
 	}
 	if !hasEvent(b, "vm-1 boot-refused script fetched from 127.0.0.2, but Kiln's DHCP gave 127.0.0.1") {
-		t.Errorf("the attempt is not in the timeline: %q", b.eventList())
+		t.Errorf("the attempt is not in the timeline: %q", b.Events())
 	}
 	_, real := curl(t, append(machineIP, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")...)
 	tok := tokenOf(t, real)
@@ -74,14 +77,12 @@ func TestStealToken(t *testing.T) {
 			t.Errorf("replayed token from another address, %s %s: %d, want 403", c.method, c.path, code)
 		}
 	}
-	b.mu.Lock()
-	n := len(b.reports["vm-1"])
-	b.mu.Unlock()
+	n := len(b.Reports("vm-1"))
 	if n != 0 {
 		t.Errorf("the attacker's reports were stored: %d", n)
 	}
 	if !hasEvent(b, "token bound to 127.0.0.1, used from 127.0.0.2") {
-		t.Errorf("the replay is not in the timeline: %q", b.eventList())
+		t.Errorf("the replay is not in the timeline: %q", b.Events())
 	}
 }
 
@@ -90,15 +91,15 @@ func TestStealToken(t *testing.T) {
 // No power task, no token.
 func TestTokenHandedOutOnce(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.setLease(vm1MAC, "127.0.0.1")
+	b.SetLease(vm1MAC, "127.0.0.1")
 
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if strings.Contains(s, "kiln.token=") || !hasEvent(b, "vm-1 boot-refused no power task") {
-		t.Errorf("no power task, but: %s / %q", s, b.eventList())
+		t.Errorf("no power task, but: %s / %q", s, b.Events())
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	tok := tokenOf(t, s)
 	_, again := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
@@ -106,7 +107,7 @@ func TestTokenHandedOutOnce(t *testing.T) {
 		t.Fatalf("second fetch got a token:\n%s", again)
 	}
 	if !strings.Contains(again, "token already handed out") || !hasEvent(b, "vm-1 boot-refused token already handed out to 127.0.0.1") {
-		t.Errorf("second fetch: %q, timeline %q", again, b.eventList())
+		t.Errorf("second fetch: %q, timeline %q", again, b.Events())
 	}
 	if code, _ := curl(t, "-H", "Authorization: Bearer "+tok, ts.URL+"/agent/vm-1/task"); code != 200 {
 		t.Errorf("the first token stopped working: %d", code)
@@ -117,13 +118,13 @@ func TestTokenHandedOutOnce(t *testing.T) {
 // (trust on first use, recorded), and the token works from it only.
 func TestTrustOnFirstUse(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-2", "task-1", PurposeCommission)
+	b.Pending(t, "vm-2", "task-1", agentapi.PurposeCommission)
 	_, s := curl(t, append([]string{"--interface", "127.0.0.3"}, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")...)
 	tok := tokenOf(t, s)
 	if !hasEvent(b, "vm-2 token-bound no DHCP lease known (proxyDHCP): token bound to the first fetcher, 127.0.0.3") {
-		t.Errorf("binding not recorded: %q", b.eventList())
+		t.Errorf("binding not recorded: %q", b.Events())
 	}
 	auth := []string{"-H", "Authorization: Bearer " + tok}
 	if code, _ := curl(t, append(append([]string{"--interface", "127.0.0.3"}, auth...), ts.URL+"/agent/vm-2/task")...); code != 200 {
@@ -139,12 +140,12 @@ func TestTrustOnFirstUse(t *testing.T) {
 // the sender cannot choose them, and an earlier boot's token is refused.
 func TestReportsStampedWithTheirBoot(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	old := tokenOf(t, s)
-	rec1, _ := b.tokens.Get(t.Context(), "vm-1")
+	rec1, _ := b.Tokens().Get(t.Context(), "vm-1")
 	post := func(tok, what, body string) int {
 		code, _ := curl(t, "-H", "Authorization: Bearer "+tok, "-H", "Content-Type: application/json", "--data", body, ts.URL+"/agent/vm-1/"+what)
 		return code
@@ -155,19 +156,17 @@ func TestReportsStampedWithTheirBoot(t *testing.T) {
 	if code := post(old, "result", `{"success": true, "taskID": "task-2"}`); code != 400 {
 		t.Errorf("a report naming its own task: %d, want 400", code)
 	}
-	b.pending(t, "vm-1", "task-2", PurposeCommission) // the next boot
+	b.Pending(t, "vm-1", "task-2", agentapi.PurposeCommission) // the next boot
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	cur := tokenOf(t, s)
-	rec2, _ := b.tokens.Get(t.Context(), "vm-1")
+	rec2, _ := b.Tokens().Get(t.Context(), "vm-1")
 	if code := post(old, "result", `{"success": true}`); code != 403 {
 		t.Errorf("the earlier boot's token: %d, want 403", code)
 	}
 	if code := post(cur, "progress", `{"phase": "facts"}`); code != 204 {
 		t.Errorf("progress: %d", code)
 	}
-	b.mu.Lock()
-	got := b.reports["vm-1"]
-	b.mu.Unlock()
+	got := b.Reports("vm-1")
 	if len(got) != 2 || got[0].TaskID != "task-1" || got[0].BootID != rec1.BootID || got[1].TaskID != "task-2" || got[1].BootID != rec2.BootID || rec1.BootID == rec2.BootID {
 		t.Errorf("reports %+v, want task-1/%s then task-2/%s", got, rec1.BootID, rec2.BootID)
 	}
@@ -181,7 +180,7 @@ func TestReportsStampedWithTheirBoot(t *testing.T) {
 // and the limiters' memory is bounded.
 func TestScriptRateLimits(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	s := New(Options{ScriptRatePerIP: 0.01, ScriptRatePerMAC: 0.01, ScriptBurst: 3, MaxLimiters: 8}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
@@ -217,12 +216,12 @@ func TestScriptRateLimits(t *testing.T) {
 	if macLimited != 3 {
 		t.Errorf("one MAC from 6 addresses: %d limited, want 3", macLimited)
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	code, script := curl(t, append(machineIP, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")...)
 	if code != 200 || !strings.Contains(script, "kiln.token=") {
 		t.Errorf("the legitimate machine during the flood: %d\n%s", code, script)
 	}
-	if n, m := s.perMAC.size(), s.perIP.size(); n > 8 || m > 8 {
+	if n, m := s.LimiterSizes(); n > 8 || m > 8 {
 		t.Errorf("limiter maps hold %d MACs and %d addresses, bound 8", n, m)
 	}
 }
@@ -231,7 +230,7 @@ func TestScriptRateLimits(t *testing.T) {
 // A full discovery cap answers 503.
 func TestDiscoveredBounds(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
 	_, s := curl(t, ts.URL+"/boot/aa:bb:cc:00:11:22/script.ipxe")
 	tok := tokenOf(t, s)
@@ -240,15 +239,13 @@ func TestDiscoveredBounds(t *testing.T) {
 	if code != 413 {
 		t.Errorf("discovered facts over 64 KiB: %d, want 413", code)
 	}
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	code, _ = curlIn(t, big, "-H", "Authorization: Bearer "+tokenOf(t, s), "-H", "Content-Type: application/json", "--data-binary", "@-", ts.URL+"/agent/vm-1/facts")
 	if code != 204 {
 		t.Errorf("inventory machine's 64 KiB facts: %d, want 204", code)
 	}
-	b.mu.Lock()
-	b.dlErr = fmt.Errorf("rack rack-1: %w", ErrDiscoveryFull)
-	b.mu.Unlock()
+	b.SetDiscoveredLeaseErr(fmt.Errorf("rack rack-1: %w", ErrDiscoveryFull))
 	if code, body := curl(t, ts.URL+"/boot/aa:bb:cc:00:11:33/script.ipxe"); code != 503 || !strings.Contains(body, "cap reached") {
 		t.Errorf("discovery full: %d %s", code, body)
 	}
@@ -258,11 +255,11 @@ func TestDiscoveredBounds(t *testing.T) {
 // leased addresses.
 func TestOSReportFromUndeclaredAddress(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.setLease(vm1MAC, "127.0.0.1")
-	b.pending(t, "vm-1", "task-1", PurposeDeploy)
+	b.SetPurpose("vm-1", agentapi.PurposeDeploy)
+	b.SetLease(vm1MAC, "127.0.0.1")
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
 	u := phoneHomeURL(t, vd)
@@ -270,7 +267,7 @@ func TestOSReportFromUndeclaredAddress(t *testing.T) {
 		t.Errorf("OS report from an undeclared address: %d, want 403", code)
 	}
 	if !hasEvent(b, "vm-1 boot-refused OS report from 127.0.0.2") {
-		t.Errorf("not recorded: %q", b.eventList())
+		t.Errorf("not recorded: %q", b.Events())
 	}
 	if code, _ := curlIn(t, "hostname=vm-1", append(machineIP, "--data-binary", "@-", u)...); code != 204 {
 		t.Errorf("OS report from the machine's leased address: %d, want 204", code)
@@ -281,18 +278,18 @@ func TestOSReportFromUndeclaredAddress(t *testing.T) {
 // iPXE's own fetches stay on BaseURL.
 func TestAgentURL(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	s := New(Options{BaseURL: "http://10.42.0.1:8080", AgentURL: "https://rack:8443/"}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.pending(t, "vm-1", "task-1", PurposeDeploy)
+	b.SetPurpose("vm-1", agentapi.PurposeDeploy)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeDeploy)
 	_, script := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if !strings.Contains(script, "kernel http://10.42.0.1:8080/images/") || !strings.Contains(script, " kiln.url=https://rack:8443 ") {
 		t.Errorf("script:\n%s", script)
 	}
 	_, body := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, script), ts.URL+"/agent/vm-1/task")
-	var task Task
+	var task agentapi.Task
 	if err := json.Unmarshal([]byte(body), &task); err != nil || task.Image == nil ||
 		!strings.HasPrefix(task.Image.URL, "https://rack:8443/images/") || task.MetadataURL != "https://rack:8443/metadata/vm-1/" {
 		t.Errorf("task %s %v", body, err)
@@ -318,8 +315,8 @@ func TestEtcdStopped(t *testing.T) {
 	}
 	t.Cleanup(func() { cli.Close() })
 	store := inventory.NewStore(cli, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), store.Tokens("rack-1"))
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), store.Tokens("rack-1"))
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	s := New(Options{ScriptBurst: 1000}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	deadline := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -346,7 +343,7 @@ func TestEtcdStopped(t *testing.T) {
 	}
 	gctx, gcancel := context.WithTimeout(t.Context(), time.Second)
 	defer gcancel()
-	if _, err := b.tokens.Get(gctx, "vm-1"); err == nil || errors.Is(err, inventory.ErrNotFound) {
+	if _, err := b.Tokens().Get(gctx, "vm-1"); err == nil || errors.Is(err, inventory.ErrNotFound) {
 		t.Errorf("etcd still answers: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package boot
+package boot_test
 
 import (
 	"context"
@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	. "github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -27,15 +30,15 @@ const (
 func TestScriptPerPurpose(t *testing.T) {
 	t.Parallel()
 	inv := loadInventory(t, "../../examples/lab")
-	b := newMemBackend(inv, nil)
+	b := boottest.New(inv, nil)
 	ts := newTestServer(t, b)
 	img := inv.Images["kiln-ephemeral"]
 	host := strings.TrimPrefix(ts.URL, "http://")
 
 	prev := ""
-	for i, p := range []string{PurposeCommission, PurposeDeploy, PurposeErase, PurposeCommission} {
-		b.setPurpose("vm-2", p)
-		b.pending(t, "vm-2", fmt.Sprintf("task-%d", i), p) // each netboot is a power task
+	for i, p := range []string{agentapi.PurposeCommission, agentapi.PurposeDeploy, agentapi.PurposeErase, agentapi.PurposeCommission} {
+		b.SetPurpose("vm-2", p)
+		b.Pending(t, "vm-2", fmt.Sprintf("task-%d", i), p) // each netboot is a power task
 		code, script := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe?uuid=1234")
 		if code != 200 {
 			t.Fatalf("%s: status %d: %s", p, code, script)
@@ -75,7 +78,7 @@ func TestScriptPerPurpose(t *testing.T) {
 	}
 
 	// Only the hash is stored.
-	stored, err := b.tokens.Get(t.Context(), "vm-2")
+	stored, err := b.Tokens().Get(t.Context(), "vm-2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +87,7 @@ func TestScriptPerPurpose(t *testing.T) {
 		t.Errorf("stored token %+v", stored)
 	}
 
-	b.setPurpose("vm-2", PurposeLocal)
+	b.SetPurpose("vm-2", agentapi.PurposeLocal)
 	code, script := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	for _, want := range []string{"#!ipxe", "iseq ${platform} efi && goto efi ||", "sanboot --no-describe --drive 0x80 || exit", ":efi", "exit"} {
 		if code != 200 || !hasLine(strings.Split(script, "\n"), want) {
@@ -100,13 +103,13 @@ func TestScriptPerPurpose(t *testing.T) {
 		t.Errorf("token stopped working after a local boot: %d", code)
 	}
 
-	b.setPurpose("vm-2", PurposeOff)
+	b.SetPurpose("vm-2", agentapi.PurposeOff)
 	code, script = curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	if code != 200 || !hasLine(strings.Split(script, "\n"), "poweroff") {
 		t.Errorf("off: %d\n%s", code, script)
 	}
 
-	b.setPurpose("vm-2", "bogus")
+	b.SetPurpose("vm-2", "bogus")
 	if code, _ := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe"); code != 500 {
 		t.Errorf("unknown purpose: %d, want 500", code)
 	}
@@ -114,7 +117,7 @@ func TestScriptPerPurpose(t *testing.T) {
 		t.Errorf("bad MAC: %d, want 400", code)
 	}
 
-	ev := strings.Join(b.eventList(), "\n")
+	ev := strings.Join(b.Events(), "\n")
 	for _, want := range []string{"vm-2 http-script commission uuid=1234", "vm-2 http-script deploy", "vm-2 http-script local", "vm-2 http-script off", "vm-2 agent-task erase", "vm-2 http-metadata meta-data"} {
 		if !strings.Contains(ev, want) {
 			t.Errorf("timeline lacks %q:\n%s", want, ev)
@@ -133,7 +136,7 @@ func hasLine(lines []string, want string) bool {
 
 func TestUnknownMACDiscovers(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
 	// iPXE's ${mac:hexhyp} form is accepted too.
 	code, script := curl(t, ts.URL+"/boot/AA-BB-CC-00-11-22/script.ipxe")
@@ -145,8 +148,8 @@ func TestUnknownMACDiscovers(t *testing.T) {
 	}
 	tok := tokenOf(t, script)
 	code, body := curl(t, "-H", "Authorization: Bearer "+tok, ts.URL+"/agent/discovered-aa-bb-cc-00-11-22/task")
-	var task Task
-	if code != 200 || json.Unmarshal([]byte(body), &task) != nil || task.Purpose != PurposeDiscover || task.BootID == "" {
+	var task agentapi.Task
+	if code != 200 || json.Unmarshal([]byte(body), &task) != nil || task.Purpose != agentapi.PurposeDiscover || task.BootID == "" {
 		t.Errorf("discover task: %d %s", code, body)
 	}
 	code, _ = curl(t, "-H", "Authorization: Bearer "+tok, "-H", "Content-Type: application/json",
@@ -162,10 +165,10 @@ func TestUnknownMACDiscovers(t *testing.T) {
 
 func TestTokenRequired(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "t1", PurposeCommission)
-	b.pending(t, "vm-2", "t2", PurposeCommission)
+	b.Pending(t, "vm-1", "t1", agentapi.PurposeCommission)
+	b.Pending(t, "vm-2", "t2", agentapi.PurposeCommission)
 	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	_, s2 := curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	tok1, tok2 := tokenOf(t, s1), tokenOf(t, s2)
@@ -249,28 +252,28 @@ func TestTokenRequired(t *testing.T) {
 func TestAgentAPI(t *testing.T) {
 	t.Parallel()
 	inv := loadInventory(t, "../../examples/lab")
-	b := newMemBackend(inv, nil)
+	b := boottest.New(inv, nil)
 	ts := newTestServer(t, b)
 	host := strings.TrimPrefix(ts.URL, "http://")
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.pending(t, "vm-1", "t1", PurposeDeploy)
+	b.SetPurpose("vm-1", agentapi.PurposeDeploy)
+	b.Pending(t, "vm-1", "t1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth := []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 
 	code, body := curl(t, append(auth, ts.URL+"/agent/vm-1/task")...)
-	var task Task
+	var task agentapi.Task
 	if err := json.Unmarshal([]byte(body), &task); code != 200 || err != nil {
 		t.Fatalf("task: %d %v %s", code, err, body)
 	}
 	disk := inv.Images["debian-12"].Spec.Disk
-	if task.Purpose != PurposeDeploy || task.Image == nil ||
+	if task.Purpose != agentapi.PurposeDeploy || task.Image == nil ||
 		task.Image.URL != "http://"+host+"/images/sha256/"+disk.SHA256+"/debian-12-generic-amd64.raw.gz" ||
 		task.Image.SHA256 != disk.SHA256 || task.Image.Format != "raw.gz" || task.RootDisk == nil || task.RootDisk.Prefer != "first" ||
 		task.MetadataURL != "http://"+host+"/metadata/vm-1/" {
 		t.Errorf("deploy task: %s", body)
 	}
 
-	b.setPurpose("vm-1", PurposeErase)
+	b.SetPurpose("vm-1", agentapi.PurposeErase)
 	_, body = curl(t, append(auth, ts.URL+"/agent/vm-1/task")...)
 	if !strings.Contains(body, `"purpose":"erase"`) || !strings.Contains(body, `"erase":"quick"`) {
 		t.Errorf("erase task: %s", body)
@@ -308,14 +311,12 @@ func TestAgentAPI(t *testing.T) {
 			t.Errorf("%s %.60q: %d %q, want %d %q", c.what, c.data, code, msg, c.code, c.msg)
 		}
 	}
-	b.mu.Lock()
-	got := b.reports["vm-1"]
-	b.mu.Unlock()
+	got := b.Reports("vm-1")
 	if len(got) != 4 || got[0].Progress == nil || got[0].Progress.BytesWritten != 10 || got[1].Result == nil || !got[1].Result.Success ||
 		got[2].Result.Reason != "disk not found" || string(got[3].Facts) != `{"disks":[{"name":"sda","size":1000}]}` {
 		t.Errorf("stored reports: %+v", got)
 	}
-	ev := strings.Join(b.eventList(), "\n")
+	ev := strings.Join(b.Events(), "\n")
 	for _, want := range []string{"vm-1 agent-report progress write 10/100", "vm-1 agent-report result failure: disk not found", "vm-1 agent-report facts"} {
 		if !strings.Contains(ev, want) {
 			t.Errorf("timeline lacks %q:\n%s", want, ev)
@@ -325,10 +326,10 @@ func TestAgentAPI(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "t1", PurposeCommission)
-	b.pending(t, "vm-2", "t2", PurposeCommission)
+	b.Pending(t, "vm-1", "t1", agentapi.PurposeCommission)
+	b.Pending(t, "vm-2", "t2", agentapi.PurposeCommission)
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	curl(t, ts.URL+"/boot/"+vm2MAC+"/script.ipxe")
 	curl(t, ts.URL+"/metadata/vm-1/meta-data")
@@ -338,27 +339,27 @@ func TestMetrics(t *testing.T) {
 		kind, code string
 		want       float64
 	}{{"script", "200", 2}, {"metadata", "403", 1}, {"agent", "403", 1}, {"other", "404", 1}, {"agent", "200", 0}} {
-		got := testutil.ToFloat64(ts.metrics.requests.WithLabelValues(c.kind, c.code))
+		got := testutil.ToFloat64(ts.metrics.Requests(c.kind, c.code))
 		if got != c.want {
 			t.Errorf("kiln_http_boot_requests_total{kind=%q,code=%q} = %v, want %v", c.kind, c.code, got, c.want)
 		}
 	}
-	if n, err := testutil.GatherAndCount(ts.reg, "kiln_http_boot_request_seconds"); err != nil || n != len(metricKinds) {
+	if n, err := testutil.GatherAndCount(ts.reg, "kiln_http_boot_request_seconds"); err != nil || n != len(MetricKinds) {
 		t.Errorf("kiln_http_boot_request_seconds series: %d %v", n, err)
 	}
 }
 
 func TestMetricsExposition(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	ts := newTestServer(t, b)
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	curl(t, ts.URL+"/metadata/vm-1/meta-data")
 	var want strings.Builder
 	want.WriteString("# HELP kiln_http_boot_requests_total HTTP boot server requests by kind (script, metadata, agent, os, other) and status code.\n")
 	want.WriteString("# TYPE kiln_http_boot_requests_total counter\n")
-	for _, k := range metricKinds {
-		for _, c := range metricCodes {
+	for _, k := range MetricKinds {
+		for _, c := range MetricCodes {
 			v := 0
 			if k == "script" && c == 200 || k == "metadata" && c == 403 {
 				v = 1
@@ -373,7 +374,7 @@ func TestMetricsExposition(t *testing.T) {
 
 func TestBaseURLAndHost(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), nil)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for name, c := range map[string]struct {
 		base, host, want string
@@ -383,7 +384,7 @@ func TestBaseURLAndHost(t *testing.T) {
 		"odd host":    {"", "a\"b", "kiln.url=http://localhost "},
 		"ipv6 host":   {"", "[fd00::1]:8080", "kiln.url=http://[fd00::1]:8080 "},
 	} {
-		b.pending(t, "vm-2", "t-"+name, PurposeCommission)
+		b.Pending(t, "vm-2", "t-"+name, agentapi.PurposeCommission)
 		s := New(Options{BaseURL: c.base}, b, nil, log)
 		req := httptest.NewRequest("GET", "/boot/"+vm2MAC+"/script.ipxe", nil)
 		req.Host = c.host
@@ -396,7 +397,7 @@ func TestBaseURLAndHost(t *testing.T) {
 }
 
 // failing is a backend whose status and token store are unavailable.
-type failing struct{ *memBackend }
+type failing struct{ *boottest.Backend }
 
 func (failing) Purpose(context.Context, string) (string, error) {
 	return "", errors.New("etcd unavailable")
@@ -424,7 +425,7 @@ func (failingTokens) Update(context.Context, string, func(*inventory.BootToken) 
 
 func TestBackendUnavailable(t *testing.T) {
 	t.Parallel()
-	b := failing{newMemBackend(loadInventory(t, "../../examples/lab"), nil)}
+	b := failing{boottest.New(loadInventory(t, "../../examples/lab"), nil)}
 	s := New(Options{}, b, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -23,7 +24,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	// The deployed OS fetches its metadata from its own address, not the
 	// ephemeral boot's: a deploy boot's token is also accepted from it.
 	deployAddrs := func(t inventory.BootToken) []netip.Addr {
-		if t.Purpose != PurposeDeploy {
+		if t.Purpose != agentapi.PurposeDeploy {
 			return nil
 		}
 		if m, ok := s.backend.Machine(name); ok {
@@ -139,45 +140,9 @@ type vlan struct {
 // route (one default route per machine).
 func NetworkConfig(m *spec.Machine, subnet func(string) (*spec.Subnet, bool)) ([]byte, error) {
 	nc := netConfig{Network: netV2{Version: 2}}
-	haveGateway := false
-	addr := func(what, subnetName, ip string, mtu int) (addressing, error) {
-		a := addressing{MTU: mtu}
-		if subnetName == "" {
-			return a, nil
-		}
-		sn, ok := subnet(subnetName)
-		if !ok {
-			return a, fmt.Errorf("%s: subnet %q is not in the inventory", what, subnetName)
-		}
-		if a.MTU == 0 && sn.Spec.MTU > 0 && sn.Spec.MTU != 1500 {
-			a.MTU = sn.Spec.MTU
-		}
-		if ip == "" || ip == "auto" {
-			a.DHCP4 = true
-			return a, nil
-		}
-		prefix, err := netip.ParsePrefix(sn.Spec.CIDR)
-		if err != nil {
-			return a, fmt.Errorf("%s: subnet %s: %w", what, subnetName, err)
-		}
-		ipAddr, err := netip.ParseAddr(strings.TrimSpace(ip))
-		if err != nil {
-			return a, fmt.Errorf("%s: ip %q: %w", what, ip, err)
-		}
-		a.Addresses = []string{netip.PrefixFrom(ipAddr, prefix.Bits()).String()}
-		if sn.Spec.Gateway != "" && !haveGateway {
-			a.Gateway4, haveGateway = sn.Spec.Gateway, true
-		}
-		if len(sn.Spec.DNS) > 0 || sn.Spec.Domain != "" {
-			a.Nameservers = &nameservers{Addresses: sn.Spec.DNS}
-			if sn.Spec.Domain != "" {
-				a.Nameservers.Search = []string{sn.Spec.Domain}
-			}
-		}
-		return a, nil
-	}
+	ad := &addresser{subnet: subnet}
 	for _, i := range m.Spec.Interfaces {
-		a, err := addr("interface "+i.Name, i.Subnet, i.IP, i.MTU)
+		a, err := ad.addressing("interface "+i.Name, i.Subnet, i.IP, i.MTU)
 		if err != nil {
 			return nil, err
 		}
@@ -191,7 +156,7 @@ func NetworkConfig(m *spec.Machine, subnet func(string) (*spec.Subnet, bool)) ([
 		}
 	}
 	for _, b := range m.Spec.Bonds {
-		a, err := addr("bond "+b.Name, b.Subnet, b.IP, b.MTU)
+		a, err := ad.addressing("bond "+b.Name, b.Subnet, b.IP, b.MTU)
 		if err != nil {
 			return nil, err
 		}
@@ -209,7 +174,7 @@ func NetworkConfig(m *spec.Machine, subnet func(string) (*spec.Subnet, bool)) ([
 		if name == "" {
 			name = fmt.Sprintf("%s.%d", v.Link, v.ID)
 		}
-		a, err := addr("vlan "+name, v.Subnet, v.IP, 0)
+		a, err := ad.addressing("vlan "+name, v.Subnet, v.IP, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -223,6 +188,53 @@ func NetworkConfig(m *spec.Machine, subnet func(string) (*spec.Subnet, bool)) ([
 		return nil, fmt.Errorf("encode network-config: %w", err)
 	}
 	return b, nil
+}
+
+// addresser addresses one machine's links in order: the first static
+// address on a subnet with a gateway gets the default route.
+type addresser struct {
+	subnet      func(string) (*spec.Subnet, bool)
+	haveGateway bool
+}
+
+// addressing is the addressing of one link (what names it in errors) on
+// the named subnet: none without a subnet, DHCP for an empty or auto IP,
+// else the static address with the subnet's prefix, gateway and DNS.
+func (ad *addresser) addressing(what, subnetName, ip string, mtu int) (addressing, error) {
+	a := addressing{MTU: mtu}
+	if subnetName == "" {
+		return a, nil
+	}
+	sn, ok := ad.subnet(subnetName)
+	if !ok {
+		return a, fmt.Errorf("%s: subnet %q is not in the inventory", what, subnetName)
+	}
+	if a.MTU == 0 && sn.Spec.MTU > 0 && sn.Spec.MTU != 1500 {
+		a.MTU = sn.Spec.MTU
+	}
+	if ip == "" || ip == "auto" {
+		a.DHCP4 = true
+		return a, nil
+	}
+	prefix, err := netip.ParsePrefix(sn.Spec.CIDR)
+	if err != nil {
+		return a, fmt.Errorf("%s: subnet %s: %w", what, subnetName, err)
+	}
+	ipAddr, err := netip.ParseAddr(strings.TrimSpace(ip))
+	if err != nil {
+		return a, fmt.Errorf("%s: ip %q: %w", what, ip, err)
+	}
+	a.Addresses = []string{netip.PrefixFrom(ipAddr, prefix.Bits()).String()}
+	if sn.Spec.Gateway != "" && !ad.haveGateway {
+		a.Gateway4, ad.haveGateway = sn.Spec.Gateway, true
+	}
+	if len(sn.Spec.DNS) > 0 || sn.Spec.Domain != "" {
+		a.Nameservers = &nameservers{Addresses: sn.Spec.DNS}
+		if sn.Spec.Domain != "" {
+			a.Nameservers.Search = []string{sn.Spec.Domain}
+		}
+	}
+	return a, nil
 }
 
 // machineAddrs are the addresses the machine may speak from once

@@ -1,4 +1,4 @@
-package boot
+package boot_test
 
 import (
 	"bufio"
@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 
+	. "github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -30,16 +33,16 @@ func TestCloudInitAccepts(t *testing.T) {
 	dir := t.TempDir()
 	var userData, netConfigs []string
 	for _, src := range []string{"../../examples/lab", "../../examples/datacenter"} {
-		b := newMemBackend(loadInventory(t, src), nil)
+		b := boottest.New(loadInventory(t, src), nil)
 		ts := newTestServer(t, b)
-		names := make([]string, 0, len(b.inv.Machines))
-		for n := range b.inv.Machines {
+		names := make([]string, 0, len(b.Inventory().Machines))
+		for n := range b.Inventory().Machines {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			m := b.inv.Machines[n]
-			b.pending(t, n, "t", PurposeCommission)
+			m := b.Inventory().Machines[n]
+			b.Pending(t, n, "t", agentapi.PurposeCommission)
 			_, script := curl(t, ts.URL+"/boot/"+strings.ToLower(m.Spec.BootInterface().MAC)+"/script.ipxe")
 			tok := tokenOf(t, script)
 			for _, file := range []string{"user-data", "network-config", "meta-data", "vendor-data"} {
@@ -115,7 +118,7 @@ func cloudInitPython(t *testing.T, ci string) string {
 
 func TestNetworkConfig(t *testing.T) {
 	t.Parallel()
-	b := newMemBackend(loadInventory(t, "../../examples/datacenter"), nil)
+	b := boottest.New(loadInventory(t, "../../examples/datacenter"), nil)
 	m, ok := b.Machine("dc1-r2-s01")
 	if !ok {
 		t.Fatal("no dc1-r2-s01 in examples/datacenter")
@@ -171,8 +174,8 @@ func TestNetworkConfig(t *testing.T) {
 	}
 
 	// ip: auto is DHCP.
-	lab := newMemBackend(loadInventory(t, "../../examples/lab"), nil)
-	got, err = NetworkConfig(lab.inv.Machines["vm-2"], lab.Subnet)
+	lab := boottest.New(loadInventory(t, "../../examples/lab"), nil)
+	got, err = NetworkConfig(lab.Inventory().Machines["vm-2"], lab.Subnet)
 	if err != nil || !strings.Contains(string(got), "dhcp4: true") || strings.Contains(string(got), "addresses") {
 		t.Errorf("vm-2 (ip: auto): %v\n%s", err, got)
 	}

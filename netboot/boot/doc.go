@@ -2,7 +2,8 @@
 // machine boots from (by its purpose: discover, commission, deploy, erase,
 // local, off), serves cloud-init NoCloud metadata (meta-data, user-data,
 // vendor-data and network-config version 2), and the API the machine agent
-// in the ephemeral image talks to (task, facts, progress, result). Every
+// in the ephemeral image talks to (task, facts, progress, result; the
+// wire types and purposes are in spec/agentapi). Every
 // machine-specific endpoint needs the machine's current boot token, a
 // random secret issued with each iPXE script and stored only as a SHA-256.
 // The rack agent implements Backend; see docs/boot.md.

@@ -1,8 +1,10 @@
-package boot
+package boot_test
 
 import (
 	"encoding/json"
 	"testing"
+
+	. "github.com/kilnhq/kiln/netboot/boot"
 )
 
 // FuzzReport feeds arbitrary bodies to the agent report decoder: it must

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -40,7 +42,7 @@ func (s *Server) vendorData(ctx context.Context, base string, m *spec.Machine) (
 	}
 	if p, err := s.backend.Purpose(ctx, m.Metadata.Name); err != nil {
 		return nil, fmt.Errorf("boot purpose: %w", err)
-	} else if p != PurposeDeploy {
+	} else if p != agentapi.PurposeDeploy {
 		return empty, nil // only a deployment's seed carries a report-in token
 	}
 	token, sum, err := newSecret()
@@ -86,6 +88,29 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("machine", name, "remote", r.RemoteAddr)
+	stored, ok := s.checkOSToken(w, r, name, log)
+	if !ok || !s.checkOSAddress(w, r, name, log) {
+		return
+	}
+	rep, ok := readOSReport(w, r)
+	if !ok {
+		return
+	}
+	if err := s.backend.Report(r.Context(), name, agentapi.Report{OS: rep, TaskID: stored.TaskID, BootID: stored.BootID}); err != nil {
+		log.Error("store OS report", "err", err)
+		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)
+		return
+	}
+	s.retireOSToken(r.Context(), name, stored, log)
+	s.backend.Record(name, EventOS, rep.Hostname)
+	log.Info("deployed OS reported in", "hostname", rep.Hostname, "boot_id", rep.BootID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkOSToken checks the OS report-in token (in the URL, or a bearer
+// token) against the machine's stored one, and returns that record; false
+// when it answered an error.
+func (s *Server) checkOSToken(w http.ResponseWriter, r *http.Request, name string, log *slog.Logger) (inventory.BootToken, bool) {
 	given := r.URL.Query().Get("token")
 	if h := r.Header.Get("Authorization"); h != "" {
 		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
@@ -97,16 +122,22 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 	case err != nil && !errors.Is(err, inventory.ErrNotFound):
 		log.Error("check OS report-in token", "err", err)
 		http.Error(w, "token store unavailable, try again", http.StatusServiceUnavailable)
-		return
+		return stored, false
 	case err != nil, given == "", stored.OSSHA256 == "", !matches(given, stored.OSSHA256):
 		log.Warn("OS report refused: no valid OS report-in token")
 		http.Error(w, "forbidden: a valid OS report-in token for this machine is required", http.StatusForbidden)
-		return
+		return stored, false
 	case !s.opts.Now().Before(stored.OSExpires):
 		log.Warn("OS report refused: token expired", "expired", stored.OSExpires)
 		http.Error(w, "forbidden: the OS report-in token expired", http.StatusForbidden)
-		return
+		return stored, false
 	}
+	return stored, true
+}
+
+// checkOSAddress accepts a report only from one of the machine's declared
+// or leased addresses; false when it answered 403.
+func (s *Server) checkOSAddress(w http.ResponseWriter, r *http.Request, name string, log *slog.Logger) bool {
 	from := remoteAddr(r)
 	m, known := s.backend.Machine(name)
 	allowed := false
@@ -122,8 +153,13 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 			s.backend.Record(name, EventRefused, why)
 		}
 		http.Error(w, "forbidden: OS reports are accepted only from the machine's own addresses", http.StatusForbidden)
-		return
 	}
+	return allowed
+}
+
+// readOSReport decodes the report (bounded by MaxOSReportBytes) and notes
+// the address it came from; false when it answered 400 or 413.
+func readOSReport(w http.ResponseWriter, r *http.Request) (*agentapi.OSReport, bool) {
 	rep, err := decodeOSReport(r.Header.Get("Content-Type"), http.MaxBytesReader(w, r.Body, MaxOSReportBytes))
 	if err != nil {
 		code := http.StatusBadRequest
@@ -132,19 +168,20 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusRequestEntityTooLarge
 		}
 		http.Error(w, err.Error(), code)
-		return
+		return nil, false
 	}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		rep.Address = host
 	}
-	if err := s.backend.Report(r.Context(), name, Report{OS: rep, TaskID: stored.TaskID, BootID: stored.BootID}); err != nil {
-		log.Error("store OS report", "err", err)
-		http.Error(w, "cannot store the report, try again", http.StatusServiceUnavailable)
-		return
-	}
-	// Used once: a second report with the same token is refused. The
-	// deploy has ended: its boot token (in the CIDATA seed) is revoked too.
-	err = s.backend.Tokens().Update(r.Context(), name, func(t *inventory.BootToken) error {
+	return rep, true
+}
+
+// retireOSToken makes the OS report-in token single-use: a second report
+// with it is refused. The deploy has ended, so its boot token (in the
+// CIDATA seed) is revoked too. A failure is only logged: the report is
+// stored.
+func (s *Server) retireOSToken(ctx context.Context, name string, stored inventory.BootToken, log *slog.Logger) {
+	err := s.backend.Tokens().Update(ctx, name, func(t *inventory.BootToken) error {
 		if t.OSSHA256 == stored.OSSHA256 {
 			t.OSSHA256 = ""
 			if t.BootID == stored.BootID {
@@ -156,9 +193,6 @@ func (s *Server) osReport(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Warn("could not retire the OS report-in token", "err", err)
 	}
-	s.backend.Record(name, EventOS, rep.Hostname)
-	log.Info("deployed OS reported in", "hostname", rep.Hostname, "boot_id", rep.BootID)
-	w.WriteHeader(http.StatusNoContent)
 }
 
 var (
@@ -169,20 +203,20 @@ var (
 
 // decodeOSReport reads a phone_home form or a JSON report and checks
 // every field; unknown form fields (phone_home's public keys) are dropped.
-func decodeOSReport(contentType string, body io.Reader) (*OSReport, error) {
+func decodeOSReport(contentType string, body io.Reader) (*agentapi.OSReport, error) {
 	mt, _, _ := mime.ParseMediaType(contentType)
 	raw, err := io.ReadAll(body)
 	if err != nil {
 		return nil, fmt.Errorf("read body: %w", err)
 	}
-	var rep OSReport
+	var rep agentapi.OSReport
 	switch mt {
 	case "application/x-www-form-urlencoded", "":
 		v, err := url.ParseQuery(string(raw))
 		if err != nil {
 			return nil, fmt.Errorf("form: %w", err)
 		}
-		rep = OSReport{Hostname: v.Get("hostname"), FQDN: v.Get("fqdn"), InstanceID: v.Get("instance_id"), BootID: v.Get("boot_id")}
+		rep = agentapi.OSReport{Hostname: v.Get("hostname"), FQDN: v.Get("fqdn"), InstanceID: v.Get("instance_id"), BootID: v.Get("boot_id")}
 	case "application/json":
 		if err := decodeStrict(raw, &rep); err != nil {
 			return nil, fmt.Errorf("OS report: %w", err)

@@ -1,4 +1,4 @@
-package boot
+package boot_test
 
 import (
 	"net/url"
@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	. "github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"gopkg.in/yaml.v3"
 )
 
@@ -37,11 +40,11 @@ func phoneHomeURL(t *testing.T, vendorData string) string {
 func TestOSReportIn(t *testing.T) {
 	t.Parallel()
 	inv := loadInventory(t, "../../examples/lab")
-	b := newMemBackend(inv, nil)
+	b := boottest.New(inv, nil)
 	ts := newTestServer(t, b)
-	b.setPurpose("vm-1", PurposeDeploy)
-	b.setLease(vm1MAC, "127.0.0.1") // Kiln's DHCP gave vm-1 the test's address
-	b.pending(t, "vm-1", "t1", PurposeDeploy)
+	b.SetPurpose("vm-1", agentapi.PurposeDeploy)
+	b.SetLease(vm1MAC, "127.0.0.1") // Kiln's DHCP gave vm-1 the test's address
+	b.Pending(t, "vm-1", "t1", agentapi.PurposeDeploy)
 	_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	bootToken := tokenOf(t, s)
 	auth := []string{"-H", "Authorization: Bearer " + bootToken}
@@ -84,14 +87,12 @@ func TestOSReportIn(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q", c.name, code, msg, c.code, c.msg)
 		}
 	}
-	b.mu.Lock()
-	got := b.reports["vm-1"]
-	b.mu.Unlock()
+	got := b.Reports("vm-1")
 	if len(got) != 1 || got[0].OS == nil || got[0].OS.Hostname != "vm-1" || got[0].OS.FQDN != "vm-1.lab.example" ||
 		got[0].OS.InstanceID != "kiln-vm-1-0" || got[0].OS.Address != "127.0.0.1" {
 		t.Fatalf("stored reports: %+v", got)
 	}
-	if ev := strings.Join(b.eventList(), "\n"); !strings.Contains(ev, "vm-1 os-report vm-1") {
+	if ev := strings.Join(b.Events(), "\n"); !strings.Contains(ev, "vm-1 os-report vm-1") {
 		t.Errorf("timeline lacks the OS report:\n%s", ev)
 	}
 
@@ -100,16 +101,16 @@ func TestOSReportIn(t *testing.T) {
 	if code, _ := curl(t, append(auth, ts.URL+"/metadata/vm-1/meta-data")...); code != 403 {
 		t.Errorf("the deploy's boot token still works after the OS report: %d", code)
 	}
-	if rec, err := b.tokens.Get(t.Context(), "vm-1"); err != nil || rec.SHA256 != "" || rec.OSSHA256 != "" {
+	if rec, err := b.Tokens().Get(t.Context(), "vm-1"); err != nil || rec.SHA256 != "" || rec.OSSHA256 != "" {
 		t.Errorf("token record after the OS report: %+v %v", rec, err)
 	}
-	if got := b.reports["vm-1"]; got[0].TaskID != "t1" || got[0].BootID == "" {
+	if got := b.Reports("vm-1"); got[0].TaskID != "t1" || got[0].BootID == "" {
 		t.Errorf("OS report not stamped with its boot: %+v", got[0])
 	}
 
 	// JSON with a boot ID works too; a new token dies with the next boot
 	// (the next power task replaces the whole token record) and expires.
-	b.pending(t, "vm-1", "t1b", PurposeDeploy)
+	b.Pending(t, "vm-1", "t1b", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
@@ -118,26 +119,24 @@ func TestOSReportIn(t *testing.T) {
 	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", u2); code != 403 || !strings.Contains(msg, "expired") {
 		t.Errorf("expired report-in token: %d %q", code, msg)
 	}
-	b.pending(t, "vm-1", "t2", PurposeDeploy)
+	b.Pending(t, "vm-1", "t2", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe") // the boot token expired too
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
 	u3 := phoneHomeURL(t, vd)
-	b.pending(t, "vm-1", "t3", PurposeDeploy) // the machine network-boots again
+	b.Pending(t, "vm-1", "t3", agentapi.PurposeDeploy) // the machine network-boots again
 	curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	if code, _ := form(u3, "hostname=vm-1"); code != 403 {
 		t.Errorf("a report-in token outlived the next network boot: %d", code)
 	}
-	b.pending(t, "vm-1", "t4", PurposeDeploy)
+	b.Pending(t, "vm-1", "t4", agentapi.PurposeDeploy)
 	_, s = curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	auth = []string{"-H", "Authorization: Bearer " + tokenOf(t, s)}
 	_, vd = curl(t, append(auth, ts.URL+"/metadata/vm-1/vendor-data")...)
 	if code, msg := curlIn(t, `{"hostname":"vm-1","bootID":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}`, "-H", "Content-Type: application/json", "--data-binary", "@-", phoneHomeURL(t, vd)); code != 204 {
 		t.Errorf("JSON report: %d %q", code, msg)
 	}
-	b.mu.Lock()
-	got = b.reports["vm-1"]
-	b.mu.Unlock()
+	got = b.Reports("vm-1")
 	if last := got[len(got)-1]; last.OS == nil || last.OS.BootID != "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0" {
 		t.Errorf("JSON report stored as %+v", last)
 	}
@@ -147,19 +146,19 @@ func TestOSReportIn(t *testing.T) {
 func TestVendorDataWithoutReportIn(t *testing.T) {
 	t.Parallel()
 	inv := loadInventory(t, "../../examples/lab")
-	b := newMemBackend(inv, nil)
+	b := boottest.New(inv, nil)
 	ts := newTestServer(t, b)
 	vendorData := func() string {
-		b.pending(t, "vm-1", "t", PurposeDeploy)
+		b.Pending(t, "vm-1", "t", agentapi.PurposeDeploy)
 		_, s := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 		_, vd := curl(t, "-H", "Authorization: Bearer "+tokenOf(t, s), ts.URL+"/metadata/vm-1/vendor-data")
 		return vd
 	}
-	b.setPurpose("vm-1", PurposeCommission)
+	b.SetPurpose("vm-1", agentapi.PurposeCommission)
 	if vd := vendorData(); strings.Contains(vd, "phone_home") {
 		t.Errorf("a commissioning boot got a report-in token:\n%s", vd)
 	}
-	b.setPurpose("vm-1", PurposeDeploy)
+	b.SetPurpose("vm-1", agentapi.PurposeDeploy)
 	inv.Images["debian-12"].Spec.Confirm = spec.ConfirmNone
 	if vd := vendorData(); strings.Contains(vd, "phone_home") {
 		t.Errorf("an image with confirm: none got a report-in token:\n%s", vd)
@@ -171,7 +170,7 @@ func FuzzOSReport(f *testing.F) {
 	f.Add("application/json", `{"hostname":"a","bootID":"00ff"}`)
 	f.Add("", "hostname=%ZZ")
 	f.Fuzz(func(t *testing.T, ct, body string) {
-		rep, err := decodeOSReport(ct, strings.NewReader(body))
+		rep, err := DecodeOSReport(ct, strings.NewReader(body))
 		if err != nil {
 			return
 		}

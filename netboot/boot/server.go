@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Server is the HTTP boot server.
@@ -208,7 +209,7 @@ func (s *Server) discoveredToken(ctx context.Context, mac, machine string, addr 
 		return "", inventory.BootToken{}, err
 	}
 	now := s.opts.Now()
-	rec := inventory.BootToken{State: inventory.TokenIssued, Purpose: PurposeDiscover, Address: addr.String(),
+	rec := inventory.BootToken{State: inventory.TokenIssued, Purpose: agentapi.PurposeDiscover, Address: addr.String(),
 		SHA256: sum, BootID: bootID, IssuedAt: now, Expires: now.Add(s.opts.TokenTTL)}
 	if err := s.backend.Tokens().PutLeased(ctx, machine, rec, lease); err != nil {
 		return "", rec, err

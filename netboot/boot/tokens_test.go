@@ -1,4 +1,4 @@
-package boot
+package boot_test
 
 import (
 	"errors"
@@ -10,6 +10,8 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // TestEtcdTokens runs the token model against the etcd-backed store.
@@ -39,15 +41,15 @@ func TestEtcdTokens(t *testing.T) {
 
 	// The server with the etcd store: each boot's token is handed out
 	// once, and a new power task's record replaces the previous boot's.
-	b := newMemBackend(loadInventory(t, "../../examples/lab"), tokens)
+	b := boottest.New(loadInventory(t, "../../examples/lab"), tokens)
 	ts := newTestServer(t, b)
-	b.pending(t, "vm-1", "task-1", PurposeCommission)
+	b.Pending(t, "vm-1", "task-1", agentapi.PurposeCommission)
 	_, s1 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	t1 := tokenOf(t, s1)
 	if _, again := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe"); strings.Contains(again, "kiln.token=") {
 		t.Errorf("a second fetch of the same boot got a token:\n%s", again)
 	}
-	b.pending(t, "vm-1", "task-2", PurposeCommission)
+	b.Pending(t, "vm-1", "task-2", agentapi.PurposeCommission)
 	_, s2 := curl(t, ts.URL+"/boot/"+vm1MAC+"/script.ipxe")
 	t2 := tokenOf(t, s2)
 	if code, _ := curl(t, ts.URL+"/metadata/vm-1/meta-data?token="+t1); code != 403 {

@@ -1,7 +1,7 @@
 // Package racktest is a rack for the machine agent's tests: the real boot
-// server (netboot/boot) over an in-memory backend with one machine, and
-// an image server standing in for the rack cache, on one HTTP server as
-// on a rack.
+// server (netboot/boot) over the in-memory backend of netboot/boot/boottest
+// with one machine, and an image server standing in for the rack cache, on
+// one HTTP server as on a rack.
 package racktest
 
 import (
@@ -10,12 +10,10 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"path"
 	"sync"
 	"testing"
@@ -23,8 +21,9 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/boot"
+	"github.com/kilnhq/kiln/netboot/boot/boottest"
 	"github.com/kilnhq/kiln/spec"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Machine and Token are the machine the rack knows and its boot token.
@@ -36,16 +35,10 @@ const (
 
 // Rack is the boot server's backend and the server.
 type Rack struct {
-	Server *httptest.Server
-	Images *Images
-	log    *slog.Logger
-
-	mu      sync.Mutex
-	machine *spec.Machine
-	image   *spec.Image
-	purpose string
-	tokens  map[string]inventory.BootToken
-	reports []boot.Report
+	backend *boottest.Backend
+	Server  *httptest.Server
+	Images  *Images
+	log     *slog.Logger
 }
 
 // New starts a rack whose machine vm-2 (purpose commission) holds Token.
@@ -78,20 +71,24 @@ func (r *Rack) startTLS(cert tls.Certificate, base string) *Rack {
 }
 
 func newRack(t testing.TB, log *slog.Logger) *Rack {
-	sum := sha256.Sum256([]byte(Token))
-	r := &Rack{
-		machine: &spec.Machine{Header: spec.Header{Metadata: spec.Metadata{Name: Machine}}, Spec: spec.MachineSpec{
+	inv := &spec.Inventory{Machines: map[string]*spec.Machine{Machine: {
+		Header: spec.Header{Metadata: spec.Metadata{Name: Machine}}, Spec: spec.MachineSpec{
 			Image: "debian", UserData: "#cloud-config\nhostname: vm-2\npackages: [htop]\n",
 			Interfaces: []spec.Interface{{Name: "eth0", MAC: "52:54:00:42:00:02"}},
-		}},
-		purpose: boot.PurposeCommission,
-		tokens: map[string]inventory.BootToken{Machine: {
-			SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), BootID: BootID,
-			State: inventory.TokenIssued, Address: "127.0.0.1", // the boot's token, handed out to the test's agent
-		}},
-		Images: &Images{files: map[string][]byte{}, cuts: map[string][]int64{}, gets: map[string]int{}},
+		}}}}
+	r := &Rack{
+		backend: boottest.New(inv, nil),
+		Images:  &Images{files: map[string][]byte{}, cuts: map[string][]int64{}, gets: map[string]int{}},
+		log:     log,
 	}
-	r.log = log
+	sum := sha256.Sum256([]byte(Token))
+	err := r.backend.Tokens().Put(context.Background(), Machine, inventory.BootToken{
+		SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), BootID: BootID,
+		State: inventory.TokenIssued, Address: "127.0.0.1", // the boot's token, handed out to the test's agent
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.Server = httptest.NewUnstartedServer(nil)
 	t.Cleanup(r.Server.Close)
 	return r
@@ -101,7 +98,7 @@ func newRack(t testing.TB, log *slog.Logger) *Rack {
 // Server.TLS is set.
 func (r *Rack) start(o boot.Options) {
 	mux := http.NewServeMux()
-	mux.Handle("/", boot.New(o, r, nil, r.log).Handler())
+	mux.Handle("/", boot.New(o, r.backend, nil, r.log).Handler())
 	mux.Handle("/images/", r.Images)
 	r.Server.Config.Handler = mux
 	r.Server.Config.ErrorLog = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug) // TLS handshake refusals
@@ -120,36 +117,22 @@ func (r *Rack) SetImage(name string, body []byte, sha string) {
 		s := sha256.Sum256(body)
 		sha = hex.EncodeToString(s[:])
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.image = &spec.Image{Header: spec.Header{Metadata: spec.Metadata{Name: "debian"}},
-		Spec: spec.ImageSpec{Purpose: spec.PurposeOS, Disk: &spec.Artifact{URL: url, SHA256: sha}}}
+	r.backend.SetImage(&spec.Image{Header: spec.Header{Metadata: spec.Metadata{Name: "debian"}},
+		Spec: spec.ImageSpec{Purpose: spec.PurposeOS, Disk: &spec.Artifact{URL: url, SHA256: sha}}})
 }
 
 // SetPurpose sets what the machine's next task is.
-func (r *Rack) SetPurpose(p string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.purpose = p
-}
+func (r *Rack) SetPurpose(p string) { r.backend.SetPurpose(Machine, p) }
 
 // SetSpec changes the machine's spec.
-func (r *Rack) SetSpec(f func(*spec.MachineSpec)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	f(&r.machine.Spec)
-}
+func (r *Rack) SetSpec(f func(*spec.MachineSpec)) { r.backend.SetSpec(Machine, f) }
 
 // Reports are what the agent reported, in order.
-func (r *Rack) Reports() []boot.Report {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]boot.Report(nil), r.reports...)
-}
+func (r *Rack) Reports() []agentapi.Report { return r.backend.Reports(Machine) }
 
 // Results are the reported results, in order.
-func (r *Rack) Results() []boot.Result {
-	var rs []boot.Result
+func (r *Rack) Results() []agentapi.Result {
+	var rs []agentapi.Result
 	for _, x := range r.Reports() {
 		if x.Result != nil {
 			rs = append(rs, *x.Result)
@@ -159,71 +142,14 @@ func (r *Rack) Results() []boot.Result {
 }
 
 // Progress are the reported progress reports, in order.
-func (r *Rack) Progress() []boot.Progress {
-	var ps []boot.Progress
+func (r *Rack) Progress() []agentapi.Progress {
+	var ps []agentapi.Progress
 	for _, x := range r.Reports() {
 		if x.Progress != nil {
 			ps = append(ps, *x.Progress)
 		}
 	}
 	return ps
-}
-
-// boot.Backend
-
-func (r *Rack) MachineByMAC(string) (*spec.Machine, bool) { return r.Machine(Machine) }
-func (r *Rack) Machine(n string) (*spec.Machine, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := *r.machine
-	return &m, n == Machine
-}
-func (r *Rack) Subnet(string) (*spec.Subnet, bool) { return nil, false }
-func (r *Rack) Image(n string) (*spec.Image, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.image, r.image != nil && n == r.image.Metadata.Name
-}
-func (r *Rack) EphemeralImage(string) (*spec.Image, bool) { return nil, false }
-func (r *Rack) Purpose(context.Context, string) (string, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.purpose, nil
-}
-func (r *Rack) Tokens() boot.TokenStore { return (*tokens)(r) }
-func (r *Rack) Report(_ context.Context, _ string, rep boot.Report) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reports = append(r.reports, rep)
-	return nil
-}
-func (r *Rack) Record(string, string, string)     {}
-func (r *Rack) LeaseIP(string) (netip.Addr, bool) { return netip.Addr{}, false }
-func (r *Rack) DiscoveredLease(context.Context, string) (clientv3.LeaseID, error) {
-	return clientv3.NoLease, nil
-}
-
-type tokens Rack
-
-func (t *tokens) Put(_ context.Context, m string, tok inventory.BootToken) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.tokens[m] = tok
-	return nil
-}
-
-func (t *tokens) PutLeased(ctx context.Context, m string, tok inventory.BootToken, _ clientv3.LeaseID) error {
-	return t.Put(ctx, m, tok)
-}
-
-func (t *tokens) Get(_ context.Context, m string) (inventory.BootToken, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tok, ok := t.tokens[m]
-	if !ok {
-		return tok, fmt.Errorf("token of %s: %w", m, inventory.ErrNotFound)
-	}
-	return tok, nil
 }
 
 // Images serves files by name (the last element of the path) with Range
@@ -298,18 +224,4 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 		return n, io.ErrClosedPipe
 	}
 	return n, nil
-}
-
-func (t *tokens) Update(_ context.Context, m string, fn func(*inventory.BootToken) error) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tok, ok := t.tokens[m]
-	if !ok {
-		return fmt.Errorf("token of %s: %w", m, inventory.ErrNotFound)
-	}
-	if err := fn(&tok); err != nil {
-		return err
-	}
-	t.tokens[m] = tok
-	return nil
 }

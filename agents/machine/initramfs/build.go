@@ -1,4 +1,4 @@
-package image
+package initramfs
 
 import (
 	"bytes"
@@ -110,51 +110,101 @@ func checkAgent(path, arch string) error {
 // Build writes the ephemeral image to o.Out: the kernel, the initramfs,
 // SHA256SUMS and image.yaml. The same inputs give byte-identical files.
 func Build(o Options) (*Result, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	in, err := readInputs(o)
+	if err != nil {
+		return nil, err
+	}
+	tree, sel, err := selectModules(o)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Release: tree.Release, Modules: sel.Modules, Builtin: sel.Builtin, Missing: sel.Missing}
+	initrd, err := buildInitrd(o, in, tree, sel, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeOutputs(o, in.kernel, initrd, tree.Release, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// setDefaults checks the options and fills in the arch and command line.
+func (o *Options) setDefaults() error {
 	if o.Arch == "" {
 		o.Arch = "amd64"
 	}
 	if _, ok := machines[o.Arch]; !ok {
-		return nil, fmt.Errorf("arch %q: use amd64 or arm64", o.Arch)
+		return fmt.Errorf("arch %q: use amd64 or arm64", o.Arch)
 	}
 	if o.Name == "" {
-		return nil, errors.New("the image needs a name")
+		return errors.New("the image needs a name")
 	}
 	if o.Cmdline == "" {
 		o.Cmdline = DefaultCmdline
 	}
+	return nil
+}
+
+// inputs are the files an image is built from.
+type inputs struct {
+	agent, ca, kernel []byte // ca: nil without Options.CA
+}
+
+// readInputs reads the agent (checked to run as /init), the CA (checked
+// to be one) and the kernel.
+func readInputs(o Options) (inputs, error) {
+	var in inputs
 	if err := checkAgent(o.Agent, o.Arch); err != nil {
-		return nil, err
+		return in, err
 	}
-	agent, err := os.ReadFile(o.Agent)
-	if err != nil {
-		return nil, err
+	var err error
+	if in.agent, err = os.ReadFile(o.Agent); err != nil {
+		return in, err
 	}
-	var ca []byte
 	if o.CA != "" {
-		if ca, err = os.ReadFile(o.CA); err != nil {
-			return nil, fmt.Errorf("CA: %w", err)
-		}
-		certs, err := pki.ParseCerts(ca, o.CA)
-		if err != nil {
-			return nil, fmt.Errorf("CA: %w", err)
-		}
-		for _, c := range certs {
-			if !c.IsCA {
-				return nil, fmt.Errorf("CA %s: %q is not a CA certificate (give the CA's ca.pem, not the rack's certificate)", o.CA, c.Subject.CommonName)
-			}
+		if in.ca, err = readCA(o.CA); err != nil {
+			return in, err
 		}
 	}
-	kernel, err := os.ReadFile(o.Kernel)
+	if in.kernel, err = os.ReadFile(o.Kernel); err != nil {
+		return in, fmt.Errorf("kernel: %w", err)
+	}
+	return in, nil
+}
+
+// readCA reads a PEM file of CA certificates, refusing any that is not a
+// CA (the rack's own certificate given by mistake).
+func readCA(path string) ([]byte, error) {
+	ca, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("kernel: %w", err)
+		return nil, fmt.Errorf("CA: %w", err)
 	}
+	certs, err := pki.ParseCerts(ca, path)
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	for _, c := range certs {
+		if !c.IsCA {
+			return nil, fmt.Errorf("CA %s: %q is not a CA certificate (give the CA's ca.pem, not the rack's certificate)", path, c.Subject.CommonName)
+		}
+	}
+	return ca, nil
+}
+
+// selectModules resolves the required and wanted drivers in the kernel's
+// modules folder; a required driver the kernel lacks is an error.
+func selectModules(o Options) (*Tree, *Selection, error) {
 	tree, err := OpenTree(o.Modules)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sel, err := tree.Resolve(append(append([]string(nil), o.Required...), o.Drivers...))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var missingRequired []string
 	for _, m := range sel.Missing {
@@ -165,18 +215,23 @@ func Build(o Options) (*Result, error) {
 		}
 	}
 	if len(missingRequired) > 0 {
-		return nil, fmt.Errorf("kernel %s has no driver %s, neither as a module nor built in (see %s)",
+		return nil, nil, fmt.Errorf("kernel %s has no driver %s, neither as a module nor built in (see %s)",
 			tree.Release, strings.Join(missingRequired, ", "), tree.Dir)
 	}
+	return tree, sel, nil
+}
 
-	res := &Result{Release: tree.Release, Modules: sel.Modules, Builtin: sel.Builtin, Missing: sel.Missing}
+// buildInitrd lays out the initramfs (the agent as /init, the selected
+// modules decompressed and listed in load order, the CA) and returns it as
+// a gzipped newc cpio. It adds the modules' size to res.ModBytes.
+func buildInitrd(o Options, in inputs, tree *Tree, sel *Selection, res *Result) ([]byte, error) {
 	a := NewArchive()
 	a.Dir("tmp", 0o1777)
 	for _, d := range []string{"dev", "proc", "sys", "run", "etc/kiln"} {
 		a.Dir(d, 0o755)
 	}
 	a.CharDev("dev/console", 0o600, 5, 1) // a console before devtmpfs is mounted
-	a.File("init", 0o755, agent)
+	a.File("init", 0o755, in.agent)
 	modDir := "lib/modules/" + tree.Release
 	a.Dir(modDir, 0o755)
 	var list strings.Builder
@@ -191,8 +246,8 @@ func Build(o Options) (*Result, error) {
 		list.WriteString(rel + "\n")
 	}
 	a.File(ModulesList, 0o644, []byte(list.String()))
-	if ca != nil {
-		a.File(CAFile, 0o644, ca)
+	if in.ca != nil {
+		a.File(CAFile, 0o644, in.ca)
 	}
 
 	var cpio bytes.Buffer
@@ -205,20 +260,20 @@ func Build(o Options) (*Result, error) {
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
+	return initrd.Bytes(), nil
+}
 
+// writeOutputs writes the kernel, the initramfs, SHA256SUMS and the Image
+// document to o.Out, each atomically, and records them in res.
+func writeOutputs(o Options, kernel, initrd []byte, release string, res *Result) error {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, err
+		return err
 	}
-	abs, err := filepath.Abs(o.Out)
+	base, err := urlBase(o)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	base := o.URLBase
-	if base == "" {
-		base = (&url.URL{Scheme: "file", Path: abs}).String()
-	}
-	base = strings.TrimSuffix(base, "/")
-	out := map[string][]byte{KernelFile: kernel, InitrdFile: initrd.Bytes()}
+	out := map[string][]byte{KernelFile: kernel, InitrdFile: initrd}
 	sha := map[string]string{}
 	var sums strings.Builder
 	for _, n := range []string{InitrdFile, KernelFile} { // sorted, as sha256sum lists them
@@ -228,12 +283,41 @@ func Build(o Options) (*Result, error) {
 		fmt.Fprintf(&sums, "%s  %s\n", sha[n], n)
 	}
 	out[SumsFile] = []byte(sums.String())
-	res.Image = &spec.Image{
+	res.Image = imageDoc(o, base, release, len(res.Modules), sha)
+	if out[ImageFile], err = encodeImage(res.Image); err != nil {
+		return err
+	}
+	for _, n := range []string{KernelFile, InitrdFile, SumsFile, ImageFile} {
+		if err := writeAtomic(filepath.Join(o.Out, n), out[n]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// urlBase is where the output folder's files will be fetched from,
+// without a trailing slash: o.URLBase, or file://<absolute o.Out>.
+func urlBase(o Options) (string, error) {
+	base := o.URLBase
+	if base == "" {
+		abs, err := filepath.Abs(o.Out)
+		if err != nil {
+			return "", err
+		}
+		base = (&url.URL{Scheme: "file", Path: abs}).String()
+	}
+	return strings.TrimSuffix(base, "/"), nil
+}
+
+// imageDoc is the Image document of the built files (sha: their SHA-256
+// by file name).
+func imageDoc(o Options, base, release string, modules int, sha map[string]string) *spec.Image {
+	return &spec.Image{
 		Header: spec.Header{APIVersion: spec.APIVersion, Kind: spec.KindImage, Metadata: spec.Metadata{
 			Name: o.Name,
 			Annotations: map[string]string{
-				"kiln.dev/kernel-release": tree.Release,
-				"kiln.dev/modules":        fmt.Sprint(len(sel.Modules)),
+				"kiln.dev/kernel-release": release,
+				"kiln.dev/modules":        fmt.Sprint(modules),
 			},
 		}},
 		Spec: spec.ImageSpec{
@@ -244,21 +328,19 @@ func Build(o Options) (*Result, error) {
 			Cmdline: o.Cmdline,
 		},
 	}
+}
+
+// encodeImage renders image.yaml.
+func encodeImage(img *spec.Image) ([]byte, error) {
 	var doc bytes.Buffer
 	doc.WriteString("# Built by kiln image build-ephemeral; SHA256SUMS lists the same hashes.\n")
 	enc := yaml.NewEncoder(&doc)
 	enc.SetIndent(2)
-	if err := enc.Encode(res.Image); err != nil {
+	if err := enc.Encode(img); err != nil {
 		return nil, err
 	}
 	enc.Close()
-	out[ImageFile] = doc.Bytes()
-	for _, n := range []string{KernelFile, InitrdFile, SumsFile, ImageFile} {
-		if err := writeAtomic(filepath.Join(o.Out, n), out[n]); err != nil {
-			return nil, err
-		}
-	}
-	return res, nil
+	return doc.Bytes(), nil
 }
 
 // plainPath is a module's path without its compression suffix: the image
