@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/reconciler"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -119,30 +120,9 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	var phase string
-	errNotFailed := errors.New("not failed")
-	err = store.Update(ctx, store.MachineStatusKey(name), func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, fmt.Errorf("machine %q has no status: %w", name, inventory.ErrNotFound)
-		}
-		var st inventory.MachineStatus
-		if err := json.Unmarshal(old, &st); err != nil {
-			return nil, err
-		}
-		phase = st.Phase
-		if !strings.HasPrefix(st.Phase, "failed-") {
-			return nil, errNotFailed
-		}
-		// Only the retry flag changes: every other field is the region's.
-		var raw map[string]json.RawMessage
-		if err := json.Unmarshal(old, &raw); err != nil {
-			return nil, err
-		}
-		raw["retry"] = json.RawMessage("true")
-		return json.Marshal(raw)
-	})
+	phase, err := reconciler.Retry(ctx, store, name)
 	switch {
-	case errors.Is(err, errNotFailed):
+	case errors.Is(err, reconciler.ErrNotFailed):
 		fmt.Fprintf(errOut, "kiln retry: %s is %s, not failed: nothing to retry\n", name, dash(phase))
 		return exitFail
 	case err != nil:
@@ -150,6 +130,6 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	fmt.Fprintf(out, "%s: retry of %s requested at %s; follow it with: kiln events --watch %s\n", name,
-		strings.TrimPrefix(phase, "failed-"), time.Now().Format(time.RFC3339), name)
+		strings.TrimPrefix(phase, reconciler.FailedPrefix), time.Now().Format(time.RFC3339), name)
 	return exitOK
 }
