@@ -1,4 +1,4 @@
-package main
+package inventory
 
 import (
 	"errors"
@@ -11,14 +11,13 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
 )
 
 // The exported document of a discovered machine is a valid Machine as it
 // stands, with what its agent reported filled in.
 func TestExportDiscoveredIsValidInventory(t *testing.T) {
-	d := inventory.Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-x86_64", FirstSeen: time.Unix(0, 0).UTC()}
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-x86_64", FirstSeen: time.Unix(0, 0).UTC()}
 	f := &facts.Facts{Arch: "amd64", CPU: facts.CPU{Model: "QEMU Virtual CPU", Count: 2}, Memory: facts.Memory{TotalBytes: 1 << 30},
 		DMI:   facts.DMI{Vendor: "KilnLab", Product: "E2E", Serial: "S-1"},
 		Disks: []facts.Disk{{Name: "sr0", Removable: true, Serial: "CD"}, {Name: "vda", SizeBytes: 64 << 30, Serial: "disk-1"}},
@@ -70,7 +69,7 @@ spec: {cidr: 192.0.2.0/24, rack: r1}
 // quoted scalars.
 func TestExportDiscoveredRefusesInjectedDocuments(t *testing.T) {
 	inject := "x\n---\napiVersion: kiln.dev/v1alpha1\nkind: Machine\nmetadata: {name: evil}\nspec: {rack: r1, state: deployed, interfaces: [{name: eno1, mac: \"52:54:00:00:00:66\"}], bmc: {driver: manual}}\n"
-	d := inventory.Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", FirstSeen: time.Unix(0, 0).UTC(),
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", FirstSeen: time.Unix(0, 0).UTC(),
 		VendorClass: "PXEClient" + inject, CircuitID: "\u2028kind: Machine\u2029state: deployed", Relay: inject}
 	f := &facts.Facts{DMI: facts.DMI{Vendor: inject, Serial: "\r\n---\n"},
 		Disks: []facts.Disk{{Name: inject, Serial: "\"}\nstate: deployed\n#", Model: inject}},
@@ -97,6 +96,15 @@ func TestExportDiscoveredRefusesInjectedDocuments(t *testing.T) {
 	}
 }
 
+// machineDoc is the Machine document of one discovered MAC, as text.
+func machineDoc(d Discovered, f *facts.Facts) string {
+	var b strings.Builder
+	if err := ExportDiscovered(&b, []DiscoveredMachine{{d, f}}); err != nil {
+		return "# " + commentText(err.Error()) + "\n"
+	}
+	return b.String()
+}
+
 const exportInventory = `apiVersion: kiln.dev/v1alpha1
 kind: Rack
 metadata: {name: r1}
@@ -119,16 +127,16 @@ func FuzzExportDiscovered(f *testing.F) {
 		f.Add(s, s, "52:54:00:12:34:56")
 	}
 	f.Fuzz(func(t *testing.T, vendor, fact, nicMAC string) {
-		ms := []discoveredMachine{
-			{inventory.Discovered{MAC: "52:54:00:aa:bb:01", Rack: "r1", Subnet: "net1", VendorClass: vendor, CircuitID: fact, Relay: fact}, nil},
-			{inventory.Discovered{MAC: "52:54:00:aa:bb:02", Rack: "r1", VendorClass: fact}, &facts.Facts{Arch: fact,
+		ms := []DiscoveredMachine{
+			{Discovered{MAC: "52:54:00:aa:bb:01", Rack: "r1", Subnet: "net1", VendorClass: vendor, CircuitID: fact, Relay: fact}, nil},
+			{Discovered{MAC: "52:54:00:aa:bb:02", Rack: "r1", VendorClass: fact}, &facts.Facts{Arch: fact,
 				CPU: facts.CPU{Model: fact}, DMI: facts.DMI{Vendor: vendor, Product: fact, Serial: fact},
 				Disks: []facts.Disk{{Name: fact, Model: vendor, Serial: fact}},
 				NICs:  []facts.NIC{{Name: fact, MAC: nicMAC, Driver: vendor}, {MAC: fact}},
 				LLDP:  []facts.Neighbor{{MAC: fact, SystemName: vendor, PortID: fact}}}},
 		}
 		var b strings.Builder
-		if err := writeMachineDocs(&b, ms); err != nil {
+		if err := ExportDiscovered(&b, ms); err != nil {
 			t.Fatal(err)
 		}
 		checkExported(t, b.String(), []string{"node-525400aabb01", "node-525400aabb02"})
