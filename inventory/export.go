@@ -125,28 +125,8 @@ func machineNode(d Discovered, f *facts.Facts) (*yaml.Node, error) {
 	case strings.Contains(d.Arch, "arm64"):
 		arch = "arm64"
 	}
-	head := []string{fmt.Sprintf("discovered on rack %s, first seen %s", d.Rack, d.FirstSeen.Format("2006-01-02 15:04:05Z07:00"))}
-	if d.VendorClass != "" {
-		head[0] += ", vendor class " + d.VendorClass
-	}
-	if d.CircuitID != "" {
-		head[0] += ", switch port " + d.CircuitID
-	}
-	if f != nil {
-		head = append(head, fmt.Sprintf("hardware: %s %s, serial %s; %d CPUs (%s), %d MiB memory",
-			orDash(f.DMI.Vendor), orDash(f.DMI.Product), orDash(f.DMI.Serial), f.CPU.Count, orDash(f.CPU.Model), f.Memory.TotalBytes>>20))
-		for _, dk := range f.Disks {
-			head = append(head, fmt.Sprintf("disk %s: %d GiB %s, serial %s, rotational %v", dk.Name, dk.SizeBytes>>30, orDash(dk.Model), orDash(dk.Serial), dk.Rotational))
-		}
-		for _, n := range f.LLDP {
-			head = append(head, fmt.Sprintf("%s is cabled to switch %s port %s", n.MAC, orDash(n.SystemName), n.PortID))
-		}
-		if f.Arch == "arm64" || f.Arch == "amd64" {
-			arch = f.Arch
-		}
-	}
-	for i := range head {
-		head[i] = commentText(head[i])
+	if f != nil && (f.Arch == "arm64" || f.Arch == "amd64") {
+		arch = f.Arch
 	}
 
 	name := str("node-" + strings.ReplaceAll(mac, ":", ""))
@@ -164,27 +144,7 @@ func machineNode(d Discovered, f *facts.Facts) (*yaml.Node, error) {
 		pair("interfaces", ifaces),
 	)
 	if f != nil {
-		i := 2
-		for _, n := range f.NICs {
-			hw, err := net.ParseMAC(n.MAC)
-			if err != nil || len(hw) != 6 || hw.String() == mac {
-				continue // the boot interface, or not a MAC: dropped
-			}
-			nic := flow(pair("name", str("eno"+strconv.Itoa(i))), pair("mac", quoted(hw.String())))
-			nic.LineComment = commentText(orDash(n.Driver) + ", not network-booted")
-			ifaces.Content = append(ifaces.Content, nic)
-			i++
-		}
-		// The first fixed disk with a serial: a selector that survives
-		// renamed devices.
-		for _, dk := range f.Disks {
-			if !dk.Removable && dk.Serial != "" {
-				rd := flow(pair("serial", quoted(dk.Serial)))
-				rd.LineComment = commentText(fmt.Sprintf("%s, %d GiB", dk.Name, dk.SizeBytes>>30))
-				specN.Content = append(specN.Content, pair("rootDisk", rd)...)
-				break
-			}
-		}
+		addFacts(ifaces, specN, mac, f)
 	}
 	bmc := flow(pair("driver", str("manual")))
 	bmc.LineComment = "set the BMC"
@@ -196,8 +156,62 @@ func machineNode(d Discovered, f *facts.Facts) (*yaml.Node, error) {
 		pair("metadata", mapping(pair("name", name))),
 		pair("spec", specN),
 	)
-	root.HeadComment = strings.Join(head, "\n")
+	root.HeadComment = exportComment(d, f)
 	return &yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{root}}, nil
+}
+
+// addFacts adds what the agent reported to a discovered machine's spec:
+// its other NICs, and its root disk by serial.
+func addFacts(ifaces, specN *yaml.Node, mac string, f *facts.Facts) {
+	i := 2
+	for _, n := range f.NICs {
+		hw, err := net.ParseMAC(n.MAC)
+		if err != nil || len(hw) != 6 || hw.String() == mac {
+			continue // the boot interface, or not a MAC: dropped
+		}
+		nic := flow(pair("name", str("eno"+strconv.Itoa(i))), pair("mac", quoted(hw.String())))
+		nic.LineComment = commentText(orDash(n.Driver) + ", not network-booted")
+		ifaces.Content = append(ifaces.Content, nic)
+		i++
+	}
+	// The first fixed disk with a serial: a selector that survives
+	// renamed devices.
+	for _, dk := range f.Disks {
+		if !dk.Removable && dk.Serial != "" {
+			rd := flow(pair("serial", quoted(dk.Serial)))
+			rd.LineComment = commentText(fmt.Sprintf("%s, %d GiB", dk.Name, dk.SizeBytes>>30))
+			specN.Content = append(specN.Content, pair("rootDisk", rd)...)
+			break
+		}
+	}
+}
+
+// exportComment is the head comment of a discovered machine's document:
+// where it was seen and, from its facts, its hardware and cabling, every
+// line made safe by commentText.
+func exportComment(d Discovered, f *facts.Facts) string {
+	head := []string{fmt.Sprintf("discovered on rack %s, first seen %s", d.Rack, d.FirstSeen.Format("2006-01-02 15:04:05Z07:00"))}
+	if d.VendorClass != "" {
+		head[0] += ", vendor class " + d.VendorClass
+	}
+	if d.CircuitID != "" {
+		head[0] += ", switch port " + d.CircuitID
+	}
+	if f != nil {
+		head = append(head, fmt.Sprintf("hardware: %s %s, serial %s; %d CPUs (%s), %d MiB memory",
+			orDash(f.DMI.Vendor), orDash(f.DMI.Product), orDash(f.DMI.Serial), f.CPU.Count, orDash(f.CPU.Model), f.Memory.TotalBytes>>20))
+		for _, dk := range f.Disks {
+			head = append(head, fmt.Sprintf("disk %s: %d GiB %s, serial %s, rotational %v", dk.Name, dk.SizeBytes>>30, orDash(dk.Model), orDash(dk.Serial), dk.Rotational))
+		}
+		for _, n := range f.LLDP {
+			head = append(head, fmt.Sprintf("%s is cabled to switch %s port %s", n.MAC, orDash(n.SystemName), n.PortID))
+		}
+	}
+	for i := range head {
+		head[i] = commentText(head[i])
+	}
+
+	return strings.Join(head, "\n")
 }
 
 // str is a plain string scalar; the encoder quotes it when its text needs

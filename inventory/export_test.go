@@ -2,7 +2,10 @@ package inventory
 
 import (
 	"errors"
+	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -220,5 +223,37 @@ func checkExported(t *testing.T, out string, names []string) {
 		if m.Kind != "Machine" || m.Metadata.Name != names[i] || m.Spec.State != "ready" {
 			t.Fatalf("document %d: kind %q name %q state %q, want Machine %s ready:\n%s", i, m.Kind, m.Metadata.Name, m.Spec.State, names[i], out)
 		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// The export's output, byte for byte: without facts, with them, and
+// under attack.
+func TestExportDiscoveredGolden(t *testing.T) {
+	inject := "x\n---\nkind: Machine\n"
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-arm64", FirstSeen: time.Unix(0, 0).UTC(),
+		VendorClass: "PXEClient" + inject, CircuitID: "Ethernet1/1"}
+	f := &facts.Facts{Arch: "amd64", CPU: facts.CPU{Model: "QEMU Virtual CPU", Count: 2}, Memory: facts.Memory{TotalBytes: 1 << 30},
+		DMI:   facts.DMI{Vendor: "KilnLab", Product: inject, Serial: "S-1"},
+		Disks: []facts.Disk{{Name: "sr0", Removable: true, Serial: "CD"}, {Name: "vda", SizeBytes: 64 << 30, Serial: "disk\"1", Model: "virtio"}},
+		NICs:  []facts.NIC{{Name: "eth0", MAC: "52:54:00:aa:bb:cc"}, {Name: "eth1", MAC: "52:54:00:AA:BB:CD", Driver: "virtio_net"}, {MAC: "bogus"}},
+		LLDP:  []facts.Neighbor{{MAC: "52:54:00:aa:bb:cc", SystemName: "tor-1", PortID: "Ethernet12"}}}
+	var b strings.Builder
+	if err := ExportDiscovered(&b, []DiscoveredMachine{{d, nil}, {Discovered{MAC: "52:54:00:aa:bb:dd", Rack: "r2", Arch: "bios"}, f}}); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "export-discovered.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != string(want) {
+		t.Errorf("got\n%s\nwant (%s; -update rewrites it)\n%s", b.String(), golden, want)
 	}
 }
