@@ -41,16 +41,7 @@ func TestExportDiscoveredIsValidInventory(t *testing.T) {
 					t.Errorf("missing %q in\n%s", w, doc)
 				}
 			}
-			inv := `apiVersion: kiln.dev/v1alpha1
-kind: Rack
-metadata: {name: r1}
----
-apiVersion: kiln.dev/v1alpha1
-kind: Subnet
-metadata: {name: net1}
-spec: {cidr: 192.0.2.0/24, rack: r1}
-`
-			r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(inv + doc)}})
+			r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(exportInventory + doc)}})
 			if r.Problems.Errors() > 0 {
 				t.Fatalf("exported document is not valid:\n%s\n%s", r.Problems, doc)
 			}
