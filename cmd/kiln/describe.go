@@ -21,18 +21,15 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 	fs := newFlags("describe", "machine NAME [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, func(pos []string) bool {
+		return len(pos) == 2 && resources[strings.ToLower(pos[0])] == spec.KindMachine
+	})
 	if !ok {
 		return code
 	}
-	if len(pos) != 2 || resources[strings.ToLower(pos[0])] != spec.KindMachine {
-		fs.Usage()
-		return exitUsage
-	}
 	name := pos[1]
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln describe:", err)
+	store, closeFn, ok := cf.connect("describe", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()

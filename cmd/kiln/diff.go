@@ -18,27 +18,17 @@ func runDiff(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("diff", "PATH [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	dir, res, code, ok := loadArg("diff", fs, args, errOut, exitTrouble)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	res, err := loadDir(pos[0])
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln diff:", err)
-		return exitTrouble
-	}
 	if res.Problems.Errors() > 0 {
 		fmt.Fprint(errOut, res.Problems.String())
-		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", pos[0], res.Problems.Errors())
+		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", dir, res.Problems.Errors())
 		return exitTrouble
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln diff:", err)
+	store, closeFn, ok := cf.connect("diff", errOut)
+	if !ok {
 		return exitTrouble
 	}
 	defer closeFn()

@@ -14,17 +14,12 @@ func runExport(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("export", "discovered [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	_, code, ok := parseArgs(fs, args, func(pos []string) bool { return len(pos) == 1 && pos[0] == "discovered" })
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 || pos[0] != "discovered" {
-		fs.Usage()
-		return exitUsage
-	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln export:", err)
+	store, closeFn, ok := cf.connect("export", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()

@@ -37,13 +37,9 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	format := fs.String("o", "", "output: wide, yaml, json or name (default: a table)")
 	watch := fs.Bool("watch", false, "after listing, print changes as they happen")
 	fs.BoolVar(watch, "w", false, "short for --watch")
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, nArgs(1, 2))
 	if !ok {
 		return code
-	}
-	if len(pos) < 1 || len(pos) > 2 {
-		fs.Usage()
-		return exitUsage
 	}
 	kind, ok := resources[strings.ToLower(pos[0])]
 	if !ok {
@@ -60,9 +56,8 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintf(errOut, "kiln get: -o %q: use wide, yaml, json or name\n", *format)
 		return exitUsage
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln get:", err)
+	store, closeFn, ok := cf.connect("get", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
