@@ -262,6 +262,36 @@ func (d *description) writeStatus(p printer) {
 		p.kv("  Paused in", st.Paused)
 	}
 	p.kv("  Boot purpose", dash(st.BootPurpose))
+	d.writePowerTask(p)
+	if len(st.Addresses) > 0 {
+		p.kv("  Addresses", strings.Join(st.Addresses, ", "))
+	}
+	if st.Power != "" {
+		p.kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
+	}
+	if st.DeployedImage != "" {
+		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
+	}
+	d.writeReport(p)
+	if st.SourceRevision != "" {
+		p.kv("  Source revision", short(st.SourceRevision))
+	}
+	p.kv("  Observed generation", st.ObservedGeneration)
+	if !st.UpdatedAt.IsZero() {
+		p.kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
+	}
+	if len(st.Conditions) > 0 {
+		p.section("Conditions")
+		p.row("  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
+		for _, c := range st.Conditions {
+			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
+		}
+	}
+}
+
+// writePowerTask writes the power task the status waits for.
+func (d *description) writePowerTask(p printer) {
+	st := d.status
 	if t := d.task; t != nil {
 		task := fmt.Sprintf("%s on rack %s: %s since %s", t.Action, st.Rack, t.State, t.CreatedAt.Format(time.RFC3339))
 		if t.Finished() {
@@ -272,15 +302,12 @@ func (d *description) writeStatus(p printer) {
 		}
 		p.kv("  Power task", task)
 	}
-	if len(st.Addresses) > 0 {
-		p.kv("  Addresses", strings.Join(st.Addresses, ", "))
-	}
-	if st.Power != "" {
-		p.kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
-	}
-	if st.DeployedImage != "" {
-		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
-	}
+}
+
+// writeReport writes what the rack last stored from the machine's boot:
+// which boot, the agent's progress and result, and the OS's report-in.
+func (d *description) writeReport(p printer) {
+	st := d.status
 	if r := d.report; r != nil {
 		s := dash(r.TaskID)
 		if r.TaskID != "" && r.TaskID != st.BootTaskID {
@@ -313,20 +340,6 @@ func (d *description) writeStatus(p printer) {
 			s += ", from " + r.Address
 		}
 		p.kv("  OS reported in", s+" at "+r.At.Format(time.RFC3339))
-	}
-	if st.SourceRevision != "" {
-		p.kv("  Source revision", short(st.SourceRevision))
-	}
-	p.kv("  Observed generation", st.ObservedGeneration)
-	if !st.UpdatedAt.IsZero() {
-		p.kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
-	}
-	if len(st.Conditions) > 0 {
-		p.section("Conditions")
-		p.row("  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
-		for _, c := range st.Conditions {
-			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
-		}
 	}
 }
 
@@ -393,12 +406,24 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 		}
 		p.kv("  Firmware", fw)
 	}
-	if len(f.Disks) == 0 {
+	writeDisks(p, f.Disks)
+	writeNICs(p, f.NICs)
+	writeLLDP(p, f.LLDP)
+	if len(f.Errors) > 0 {
+		p.section("  Collector errors")
+		for _, e := range f.Errors {
+			p.row("    " + e)
+		}
+	}
+}
+
+func writeDisks(p printer, disks []facts.Disk) {
+	if len(disks) == 0 {
 		p.note("  Disks", "none found")
 	} else {
 		p.section("  Disks")
 		p.row("    NAME", "SIZE", "SERIAL", "MODEL", "BY-PATH", "ROTATIONAL")
-		for _, d := range f.Disks {
+		for _, d := range disks {
 			rot := fmt.Sprint(d.Rotational)
 			if d.Removable {
 				rot += ", removable"
@@ -406,12 +431,15 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 			p.row("    "+dash(d.Name), humanSize(d.SizeBytes), dash(d.Serial), dash(d.Model), dash(d.ByPath), rot)
 		}
 	}
-	if len(f.NICs) == 0 {
+}
+
+func writeNICs(p printer, nics []facts.NIC) {
+	if len(nics) == 0 {
 		p.note("  NICs", "none found")
 	} else {
 		p.section("  NICs")
 		p.row("    NAME", "MAC", "LINK", "SPEED", "DRIVER", "MTU")
-		for _, n := range f.NICs {
+		for _, n := range nics {
 			mtu := "-"
 			if n.MTU > 0 {
 				mtu = fmt.Sprint(n.MTU)
@@ -419,12 +447,15 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 			p.row("    "+dash(n.Name), dash(n.MAC), link(n), speed(n.SpeedMbps), dash(n.Driver), mtu)
 		}
 	}
-	if len(f.LLDP) == 0 {
+}
+
+func writeLLDP(p printer, neighbours []facts.Neighbor) {
+	if len(neighbours) == 0 {
 		p.note("  LLDP neighbours", "none heard")
 	} else {
 		p.section("  LLDP neighbours")
 		p.row("    INTERFACE", "SWITCH", "PORT", "CHASSIS")
-		for _, n := range f.LLDP {
+		for _, n := range neighbours {
 			port := n.PortID
 			if n.PortDescription != "" && n.PortDescription != n.PortID {
 				port += " (" + n.PortDescription + ")"
@@ -434,12 +465,6 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 				chassis += " (" + n.ChassisIDType + ")"
 			}
 			p.row("    "+dash(n.Interface), dash(n.SystemName), dash(port), dash(chassis))
-		}
-	}
-	if len(f.Errors) > 0 {
-		p.section("  Collector errors")
-		for _, e := range f.Errors {
-			p.row("    " + e)
 		}
 	}
 }
