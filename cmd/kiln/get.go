@@ -81,9 +81,13 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if !*watch {
 		return exitOK
 	}
-	// Print what changes: rows that differ from what was printed last.
-	printed := view.byName()
-	for wr := range store.WatchChanges(ctx, rev) {
+	return g.watch(ctx, cf, out, errOut, view.byName(), rev)
+}
+
+// watch prints, after each change from revision rev on, the rows that
+// differ from what was printed last, until ctx ends.
+func (g *getter) watch(ctx context.Context, cf clientFlags, out, errOut io.Writer, printed map[string]string, rev int64) int {
+	for wr := range g.store.WatchChanges(ctx, rev) {
 		if err := wr.Err(); err != nil {
 			fmt.Fprintln(errOut, "kiln get: watch:", err)
 			return exitFail
@@ -95,33 +99,39 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 			fmt.Fprintln(errOut, "kiln get:", explain(cf, err))
 			continue
 		}
-		changed := &table{header: next.header, items: map[string]any{}}
-		now := next.byName()
-		for _, r := range next.rows {
-			if printed[r[0]] != strings.Join(r, "\x00") {
-				changed.rows = append(changed.rows, r)
-				changed.items[r[0]] = next.items[r[0]]
-			}
-		}
-		for n := range printed {
-			if _, ok := now[n]; !ok {
-				gone := make([]string, len(next.header))
-				for i := range gone {
-					gone[i] = "-"
-				}
-				gone[0] = n
-				if len(gone) > 1 {
-					gone[1] = "<deleted>"
-				}
-				changed.rows = append(changed.rows, gone)
-			}
-		}
-		if len(changed.rows) > 0 {
+		if changed := changedRows(printed, next); len(changed.rows) > 0 {
 			g.print(out, changed, false)
 		}
-		printed = now
+		printed = next.byName()
 	}
 	return exitOK
+}
+
+// changedRows is the table of rows of next that differ from the printed
+// ones, and a <deleted> row for each printed one next lacks.
+func changedRows(printed map[string]string, next *table) *table {
+	changed := &table{header: next.header, items: map[string]any{}}
+	now := next.byName()
+	for _, r := range next.rows {
+		if printed[r[0]] != strings.Join(r, "\x00") {
+			changed.rows = append(changed.rows, r)
+			changed.items[r[0]] = next.items[r[0]]
+		}
+	}
+	for n := range printed {
+		if _, ok := now[n]; !ok {
+			gone := make([]string, len(next.header))
+			for i := range gone {
+				gone[i] = "-"
+			}
+			gone[0] = n
+			if len(gone) > 1 {
+				gone[1] = "<deleted>"
+			}
+			changed.rows = append(changed.rows, gone)
+		}
+	}
+	return changed
 }
 
 func explain(cf clientFlags, err error) error {

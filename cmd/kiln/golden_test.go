@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -122,4 +123,16 @@ func TestDescribeGolden(t *testing.T) {
 		writeFacts(printer{&b}, "vm-2", raw)
 	}
 	checkGolden(t, "describe.golden", b.String())
+}
+
+// get --watch prints the rows that changed and marks the ones that went.
+func TestChangedRows(t *testing.T) {
+	before := &table{header: []string{"NAME", "PHASE"}, rows: [][]string{{"a", "ready"}, {"b", "ready"}, {"c", "ready"}}}
+	next := &table{header: before.header, rows: [][]string{{"a", "ready"}, {"c", "deploying"}, {"d", "-"}},
+		items: map[string]any{"a": 1, "c": 3, "d": 4}}
+	got := changedRows(before.byName(), next)
+	want := [][]string{{"c", "deploying"}, {"d", "-"}, {"b", "<deleted>"}}
+	if fmt.Sprint(got.rows) != fmt.Sprint(want) || got.items["c"] != 3 || got.items["a"] != nil {
+		t.Errorf("rows %v items %v, want rows %v", got.rows, got.items, want)
+	}
 }
