@@ -28,9 +28,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/e2e/netlab"
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // The machine agent in a QEMU VM under TCG: the real ephemeral image,
@@ -193,7 +193,7 @@ spec:
 		if !s.Result.Success {
 			t.Fatalf("commission failed: %s", s.Result.Reason)
 		}
-		var f facts.Facts
+		var f agentapi.Facts
 		if err := json.Unmarshal(s.Facts, &f); err != nil {
 			t.Fatalf("facts: %v\n%s", err, s.Facts)
 		}

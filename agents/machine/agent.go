@@ -20,7 +20,7 @@ type Agent struct {
 	Eraser     *Eraser
 	Collectors []facts.Collector
 	// Disks lists the machine's disks (for deploy and erase).
-	Disks func() ([]facts.Disk, error)
+	Disks func() ([]agentapi.Disk, error)
 	Arch  string
 	Log   *slog.Logger
 	// Console gets the plain status lines an operator (or the e2e test)

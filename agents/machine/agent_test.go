@@ -31,7 +31,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newTestAgent(t *testing.T, env *rackEnv, token string, disks ...facts.Disk) (*Agent, *syncBuffer) {
+func newTestAgent(t *testing.T, env *rackEnv, token string, disks ...agentapi.Disk) (*Agent, *syncBuffer) {
 	c := env.client(token)
 	roots := facts.Roots{Sys: "facts/testdata/sys", Proc: "facts/testdata/proc", Dev: "facts/testdata/dev"}
 	var cs []facts.Collector
@@ -46,7 +46,7 @@ func newTestAgent(t *testing.T, env *rackEnv, token string, disks ...facts.Disk)
 		Deployer:   &Deployer{Client: c, HTTP: env.boot.Client(), Log: env.log},
 		Eraser:     &Eraser{Client: c, Log: env.log},
 		Collectors: cs,
-		Disks:      func() ([]facts.Disk, error) { return disks, nil },
+		Disks:      func() ([]agentapi.Disk, error) { return disks, nil },
 		Arch:       "amd64",
 		Log:        env.log,
 		Console:    console,
@@ -64,11 +64,11 @@ func TestAgentCommission(t *testing.T) {
 	if len(reps) != 2 || reps[0].Facts == nil || reps[1].Result == nil || !reps[1].Result.Success {
 		t.Fatalf("reports = %+v", reps)
 	}
-	var f facts.Facts
+	var f agentapi.Facts
 	if err := json.Unmarshal(reps[0].Facts, &f); err != nil {
 		t.Fatal(err)
 	}
-	if f.Version != facts.Version || f.CPU.Count != 3 || len(f.Disks) != 3 || len(f.NICs) != 2 || f.DMI.Serial != "KILN-VM-2" {
+	if f.Version != agentapi.FactsVersion || f.CPU.Count != 3 || len(f.Disks) != 3 || len(f.NICs) != 2 || f.DMI.Serial != "KILN-VM-2" {
 		t.Errorf("facts = %+v", f)
 	}
 	if !strings.Contains(reps[1].Result.Reason, "facts reported: 3 CPUs, 1.9 GiB memory, 3 disks, 2 NICs") {
@@ -96,7 +96,7 @@ func TestAgentDeploy(t *testing.T) {
 			env := newRackEnv(t)
 			env.rack.SetImage("disk.raw.zst", zst(t, img), tc.sha)
 			env.rack.SetPurpose(agentapi.PurposeDeploy)
-			disk := facts.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
+			disk := agentapi.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
 			a, console := newTestAgent(t, env, testToken, disk)
 			err := a.Run(context.Background())
 			if (err == nil) != tc.success {
@@ -153,7 +153,7 @@ func TestAgentErase(t *testing.T) {
 	if len(rs) != 1 || !rs[0].Success || !strings.Contains(rs[0].Reason, "erased "+d1.Path+": 9 MiB of zeros written; "+d2.Path+": 10 MiB") {
 		t.Fatalf("results = %+v", rs)
 	}
-	for _, d := range []facts.Disk{d1, d2} {
+	for _, d := range []agentapi.Disk{d1, d2} {
 		if !wiped(t, d.Path) {
 			t.Errorf("%s not erased", d.Path)
 		}

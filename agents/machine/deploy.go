@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/klauspost/compress/zstd"
 )
@@ -58,7 +57,7 @@ type Deployer struct {
 // streaming, then adds the NoCloud seed partition. On any failure after
 // the first byte was written, the disk's first MiB is zeroed so that a
 // partial or wrong image can never boot.
-func (d *Deployer) Deploy(ctx context.Context, task agentapi.Task, disk facts.Disk) error {
+func (d *Deployer) Deploy(ctx context.Context, task agentapi.Task, disk agentapi.Disk) error {
 	img := task.Image
 	if img == nil || img.URL == "" {
 		return errors.New("deploy task has no image")

@@ -19,7 +19,6 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
 	"github.com/diskfs/go-diskfs/partition/gpt"
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/klauspost/compress/zstd"
 )
@@ -83,7 +82,7 @@ func zst(t *testing.T, b []byte) []byte {
 }
 
 // deployEnv is a rack with the image served as name and a file disk.
-func deployEnv(t *testing.T, name string, served []byte, sha string) (*rackEnv, *Deployer, agentapi.Task, facts.Disk) {
+func deployEnv(t *testing.T, name string, served []byte, sha string) (*rackEnv, *Deployer, agentapi.Task, agentapi.Disk) {
 	t.Helper()
 	env := newRackEnv(t)
 	env.rack.SetImage(name, served, sha)
@@ -94,7 +93,7 @@ func deployEnv(t *testing.T, name string, served []byte, sha string) (*rackEnv, 
 		t.Fatal(err)
 	}
 	d := &Deployer{Client: c, HTTP: env.boot.Client(), Log: env.log}
-	disk := facts.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
+	disk := agentapi.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
 	return env, d, task, disk
 }
 

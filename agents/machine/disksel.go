@@ -8,8 +8,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // ErrNoDisk is returned when no disk matches the root disk selector.
@@ -23,18 +23,18 @@ var ErrNoDisk = errors.New("no disk matches the root disk selector")
 // minSize and maxSize (bytes, inclusive), rotational. Of the matches,
 // prefer picks the first (by kernel name), the smallest or the largest.
 // A nil selector picks the first disk that is not removable.
-func SelectDisk(disks []facts.Disk, sel *spec.DiskSelector) (facts.Disk, error) {
+func SelectDisk(disks []agentapi.Disk, sel *spec.DiskSelector) (agentapi.Disk, error) {
 	if sel == nil {
 		sel = &spec.DiskSelector{}
 	}
-	var match []facts.Disk
+	var match []agentapi.Disk
 	for _, d := range disks {
 		if diskMatches(d, sel) {
 			match = append(match, d)
 		}
 	}
 	if len(match) == 0 {
-		return facts.Disk{}, fmt.Errorf("%w %s; disks found: %s", ErrNoDisk, describeSelector(sel), describeDisks(disks))
+		return agentapi.Disk{}, fmt.Errorf("%w %s; disks found: %s", ErrNoDisk, describeSelector(sel), describeDisks(disks))
 	}
 	sort.SliceStable(match, func(i, j int) bool {
 		a, b := match[i], match[j]
@@ -53,7 +53,7 @@ func SelectDisk(disks []facts.Disk, sel *spec.DiskSelector) (facts.Disk, error) 
 	return match[0], nil
 }
 
-func diskMatches(d facts.Disk, s *spec.DiskSelector) bool {
+func diskMatches(d agentapi.Disk, s *spec.DiskSelector) bool {
 	identified := s.Path != "" || s.Serial != ""
 	switch {
 	case d.Removable && !identified:
@@ -74,7 +74,7 @@ func diskMatches(d facts.Disk, s *spec.DiskSelector) bool {
 	return true
 }
 
-func pathMatches(d facts.Disk, p string) bool {
+func pathMatches(d agentapi.Disk, p string) bool {
 	switch {
 	case p == d.Path, p == "/dev/"+d.Name, d.ByPath != "" && (p == d.ByPath || p == "/dev/disk/by-path/"+d.ByPath):
 		return true
@@ -118,7 +118,7 @@ func describeSelector(s *spec.DiskSelector) string {
 	return "{" + strings.Join(p, ", ") + "}"
 }
 
-func describeDisks(disks []facts.Disk) string {
+func describeDisks(disks []agentapi.Disk) string {
 	if len(disks) == 0 {
 		return "none"
 	}

@@ -5,15 +5,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 func TestSelectDisk(t *testing.T) {
 	t.Parallel()
 	const gib = 1 << 30
 	yes, no := true, false
-	disks := []facts.Disk{
+	disks := []agentapi.Disk{
 		{Name: "nvme0n1", Path: "/dev/nvme0n1", SizeBytes: 960 * gib, Model: "SAMSUNG MZQL2960HCJR", Serial: "S64FNE0R1", ByPath: "pci-0000:3b:00.0-nvme-1"},
 		{Name: "nvme1n1", Path: "/dev/nvme1n1", SizeBytes: 480 * gib, Model: "SAMSUNG MZQL2480HCJR", Serial: "S64FNE0R2", ByPath: "pci-0000:3c:00.0-nvme-1"},
 		{Name: "sda", Path: "/dev/sda", SizeBytes: 4000 * gib, Model: "ST4000NM0035", Serial: "ZC1A2B3C", Rotational: true, ByPath: "pci-0000:00:17.0-ata-1"},

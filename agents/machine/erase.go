@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
@@ -39,7 +38,7 @@ type Eraser struct {
 //   - secure: BLKSECDISCARD over the whole disk, else BLKDISCARD; a device
 //     that supports neither fails with ErrSecureEraseUnsupported (no
 //     silent fallback to zeros).
-func (e *Eraser) Erase(ctx context.Context, disk facts.Disk, mode string) (string, error) {
+func (e *Eraser) Erase(ctx context.Context, disk agentapi.Disk, mode string) (string, error) {
 	f, err := os.OpenFile(disk.Path, os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("open disk %s: %w", disk.Path, err)
@@ -87,7 +86,7 @@ func (e *Eraser) quick(f *os.File, size int64, path string) (string, error) {
 	return fmt.Sprintf("%s: signatures wiped (%d regions of up to 1 MiB)", path, len(regions)), nil
 }
 
-func (e *Eraser) full(ctx context.Context, f *os.File, size int64, disk facts.Disk) (string, error) {
+func (e *Eraser) full(ctx context.Context, f *os.File, size int64, disk agentapi.Disk) (string, error) {
 	var send func(context.Context, agentapi.Progress) error
 	if e.Client != nil {
 		send = e.Client.Progress

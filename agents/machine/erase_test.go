@@ -8,20 +8,19 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // dirtyDisk is a file disk holding the test GPT image followed by 0xa5
 // bytes up to size.
-func dirtyDisk(t *testing.T, img []byte, size int64) facts.Disk {
+func dirtyDisk(t *testing.T, img []byte, size int64) agentapi.Disk {
 	t.Helper()
 	p := tempDisk(t, 0)
 	b := append(bytes.Clone(img), bytes.Repeat([]byte{0xa5}, int(size)-len(img))...)
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return facts.Disk{Name: "vdb", Path: p, SizeBytes: size}
+	return agentapi.Disk{Name: "vdb", Path: p, SizeBytes: size}
 }
 
 func TestEraseQuick(t *testing.T) {

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/initramfs"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
 	"github.com/kilnhq/kiln/inventory/pki"
@@ -164,7 +163,7 @@ func TestAgentRunsOverTLS(t *testing.T) {
 	if !strings.HasPrefix(task.MetadataURL, "https://") || !strings.HasPrefix(task.Image.URL, "https://") {
 		t.Fatalf("task URLs over TLS: %s %s", task.MetadataURL, task.Image.URL)
 	}
-	disk := facts.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
+	disk := agentapi.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
 	if err := a.Deployer.Deploy(context.Background(), task, disk); err != nil {
 		t.Fatal(err)
 	}

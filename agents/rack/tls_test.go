@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +13,9 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/kilnhq/kiln/netboot/httpsrv"
+	"github.com/kilnhq/kiln/spec/agentapi"
 
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
@@ -86,7 +88,7 @@ func TestHTTPSListenerServesAnAgentRun(t *testing.T) {
 	}
 	var console strings.Builder
 	a := &machine.Agent{Client: c, Deployer: &machine.Deployer{Client: c, Log: quiet()}, Eraser: &machine.Eraser{Client: c, Log: quiet()},
-		Collectors: cs, Disks: func() ([]facts.Disk, error) { return nil, nil }, Arch: "amd64", Log: quiet(), Console: &console}
+		Collectors: cs, Disks: func() ([]agentapi.Disk, error) { return nil, nil }, Arch: "amd64", Log: quiet(), Console: &console}
 	if err := a.Run(context.Background()); err != nil {
 		t.Fatalf("agent run over the rack's HTTPS listener: %v\n%s", err, console.String())
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // options are what the agent needs besides the kernel command line.
@@ -96,7 +97,7 @@ func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.
 		Deployer:   deployer,
 		Eraser:     &machine.Eraser{Client: client, Log: log},
 		Collectors: facts.Default(opts.roots, opts.lldpWait, log),
-		Disks:      func() ([]facts.Disk, error) { return facts.Disks(opts.roots) },
+		Disks:      func() ([]agentapi.Disk, error) { return facts.Disks(opts.roots) },
 		Arch:       runtime.GOARCH,
 		Log:        log,
 		Console:    console,

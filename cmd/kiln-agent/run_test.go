@@ -18,6 +18,7 @@ import (
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
 	"github.com/kilnhq/kiln/inventory/pki"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -71,7 +72,7 @@ func TestAgentMainCommission(t *testing.T) {
 	if len(reps) != 2 || reps[0].Facts == nil {
 		t.Fatalf("reports = %+v", reps)
 	}
-	var f facts.Facts
+	var f agentapi.Facts
 	if err := json.Unmarshal(reps[0].Facts, &f); err != nil {
 		t.Fatal(err)
 	}

@@ -12,27 +12,24 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("describe", "machine NAME [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, func(pos []string) bool {
+		return len(pos) == 2 && resources[strings.ToLower(pos[0])] == spec.KindMachine
+	})
 	if !ok {
 		return code
 	}
-	if len(pos) != 2 || resources[strings.ToLower(pos[0])] != spec.KindMachine {
-		fs.Usage()
-		return exitUsage
-	}
 	name := pos[1]
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln describe:", err)
+	store, closeFn, ok := cf.connect("describe", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
@@ -265,6 +262,36 @@ func (d *description) writeStatus(p printer) {
 		p.kv("  Paused in", st.Paused)
 	}
 	p.kv("  Boot purpose", dash(st.BootPurpose))
+	d.writePowerTask(p)
+	if len(st.Addresses) > 0 {
+		p.kv("  Addresses", strings.Join(st.Addresses, ", "))
+	}
+	if st.Power != "" {
+		p.kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
+	}
+	if st.DeployedImage != "" {
+		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
+	}
+	d.writeReport(p)
+	if st.SourceRevision != "" {
+		p.kv("  Source revision", short(st.SourceRevision))
+	}
+	p.kv("  Observed generation", st.ObservedGeneration)
+	if !st.UpdatedAt.IsZero() {
+		p.kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
+	}
+	if len(st.Conditions) > 0 {
+		p.section("Conditions")
+		p.row("  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
+		for _, c := range st.Conditions {
+			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
+		}
+	}
+}
+
+// writePowerTask writes the power task the status waits for.
+func (d *description) writePowerTask(p printer) {
+	st := d.status
 	if t := d.task; t != nil {
 		task := fmt.Sprintf("%s on rack %s: %s since %s", t.Action, st.Rack, t.State, t.CreatedAt.Format(time.RFC3339))
 		if t.Finished() {
@@ -275,15 +302,12 @@ func (d *description) writeStatus(p printer) {
 		}
 		p.kv("  Power task", task)
 	}
-	if len(st.Addresses) > 0 {
-		p.kv("  Addresses", strings.Join(st.Addresses, ", "))
-	}
-	if st.Power != "" {
-		p.kv("  Power", fmt.Sprintf("%s (seen %s)", st.Power, st.PowerAt.Format(time.RFC3339)))
-	}
-	if st.DeployedImage != "" {
-		p.kv("  Deployed", fmt.Sprintf("%s at %s", st.DeployedImage, st.DeployedAt.Format(time.RFC3339)))
-	}
+}
+
+// writeReport writes what the rack last stored from the machine's boot:
+// which boot, the agent's progress and result, and the OS's report-in.
+func (d *description) writeReport(p printer) {
+	st := d.status
 	if r := d.report; r != nil {
 		s := dash(r.TaskID)
 		if r.TaskID != "" && r.TaskID != st.BootTaskID {
@@ -317,20 +341,6 @@ func (d *description) writeStatus(p printer) {
 		}
 		p.kv("  OS reported in", s+" at "+r.At.Format(time.RFC3339))
 	}
-	if st.SourceRevision != "" {
-		p.kv("  Source revision", short(st.SourceRevision))
-	}
-	p.kv("  Observed generation", st.ObservedGeneration)
-	if !st.UpdatedAt.IsZero() {
-		p.kv("  Updated", st.UpdatedAt.Format(time.RFC3339))
-	}
-	if len(st.Conditions) > 0 {
-		p.section("Conditions")
-		p.row("  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
-		for _, c := range st.Conditions {
-			p.row("  "+c.Type, c.Status, dash(c.Reason), c.Since.Format(time.RFC3339), c.Message)
-		}
-	}
 }
 
 func (d *description) reportProgress() *inventory.AgentProgress {
@@ -361,14 +371,14 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 		p.note("Facts", "none reported yet (the machine agent reports them when it commissions the machine)")
 		return
 	}
-	var f facts.Facts
+	var f agentapi.Facts
 	if err := json.Unmarshal(raw, &f); err != nil {
 		p.note("Facts", fmt.Sprintf("%d bytes the agent reported do not decode (%v): `kiln get machine %s -o json` shows them as they are", len(raw), err, name))
 		return
 	}
 	p.section("Facts")
-	if f.Version > facts.Version {
-		p.kv("  Version", fmt.Sprintf("%d, newer than this kiln reads (%d): `kiln get machine %s -o yaml` shows every field", f.Version, facts.Version, name))
+	if f.Version > agentapi.FactsVersion {
+		p.kv("  Version", fmt.Sprintf("%d, newer than this kiln reads (%d): `kiln get machine %s -o yaml` shows every field", f.Version, agentapi.FactsVersion, name))
 	}
 	p.kv("  Arch", dash(f.Arch))
 	cpu := dash(f.CPU.Model)
@@ -396,12 +406,24 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 		}
 		p.kv("  Firmware", fw)
 	}
-	if len(f.Disks) == 0 {
+	writeDisks(p, f.Disks)
+	writeNICs(p, f.NICs)
+	writeLLDP(p, f.LLDP)
+	if len(f.Errors) > 0 {
+		p.section("  Collector errors")
+		for _, e := range f.Errors {
+			p.row("    " + e)
+		}
+	}
+}
+
+func writeDisks(p printer, disks []agentapi.Disk) {
+	if len(disks) == 0 {
 		p.note("  Disks", "none found")
 	} else {
 		p.section("  Disks")
 		p.row("    NAME", "SIZE", "SERIAL", "MODEL", "BY-PATH", "ROTATIONAL")
-		for _, d := range f.Disks {
+		for _, d := range disks {
 			rot := fmt.Sprint(d.Rotational)
 			if d.Removable {
 				rot += ", removable"
@@ -409,12 +431,15 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 			p.row("    "+dash(d.Name), humanSize(d.SizeBytes), dash(d.Serial), dash(d.Model), dash(d.ByPath), rot)
 		}
 	}
-	if len(f.NICs) == 0 {
+}
+
+func writeNICs(p printer, nics []agentapi.NIC) {
+	if len(nics) == 0 {
 		p.note("  NICs", "none found")
 	} else {
 		p.section("  NICs")
 		p.row("    NAME", "MAC", "LINK", "SPEED", "DRIVER", "MTU")
-		for _, n := range f.NICs {
+		for _, n := range nics {
 			mtu := "-"
 			if n.MTU > 0 {
 				mtu = fmt.Sprint(n.MTU)
@@ -422,12 +447,15 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 			p.row("    "+dash(n.Name), dash(n.MAC), link(n), speed(n.SpeedMbps), dash(n.Driver), mtu)
 		}
 	}
-	if len(f.LLDP) == 0 {
+}
+
+func writeLLDP(p printer, neighbours []agentapi.Neighbor) {
+	if len(neighbours) == 0 {
 		p.note("  LLDP neighbours", "none heard")
 	} else {
 		p.section("  LLDP neighbours")
 		p.row("    INTERFACE", "SWITCH", "PORT", "CHASSIS")
-		for _, n := range f.LLDP {
+		for _, n := range neighbours {
 			port := n.PortID
 			if n.PortDescription != "" && n.PortDescription != n.PortID {
 				port += " (" + n.PortDescription + ")"
@@ -439,16 +467,10 @@ func writeFacts(p printer, name string, raw json.RawMessage) {
 			p.row("    "+dash(n.Interface), dash(n.SystemName), dash(port), dash(chassis))
 		}
 	}
-	if len(f.Errors) > 0 {
-		p.section("  Collector errors")
-		for _, e := range f.Errors {
-			p.row("    " + e)
-		}
-	}
 }
 
 // link is a NIC's link state as the kernel saw it.
-func link(n facts.NIC) string {
+func link(n agentapi.NIC) string {
 	switch {
 	case n.OperState == "" && n.Carrier:
 		return "carrier"

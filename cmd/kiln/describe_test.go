@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 var at = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -57,11 +57,11 @@ func hasLine(ls []string, want string) bool {
 
 func TestDescribeFacts(t *testing.T) {
 	golden := goldenFacts(t)
-	var f facts.Facts
+	var f agentapi.Facts
 	if err := json.Unmarshal(golden, &f); err != nil {
 		t.Fatal(err)
 	}
-	f.LLDP = []facts.Neighbor{{Interface: "eno1", MAC: "3c:ec:ef:00:11:22", ChassisID: "52:54:00:ff:00:01", ChassisIDType: "mac",
+	f.LLDP = []agentapi.Neighbor{{Interface: "eno1", MAC: "3c:ec:ef:00:11:22", ChassisID: "52:54:00:ff:00:01", ChassisIDType: "mac",
 		PortID: "swp2", PortIDType: "interface-name", PortDescription: "vm-2 eno1", SystemName: "lab-tor", TTLSeconds: 120}}
 	withLLDP, err := json.Marshal(f)
 	if err != nil {
@@ -174,16 +174,16 @@ func TestDescribeFactsThatDoNotDecode(t *testing.T) {
 
 // A machine's strings cannot move the cursor, set the title or fake a line.
 func TestDescribeHostileFacts(t *testing.T) {
-	var f facts.Facts
+	var f agentapi.Facts
 	if err := json.Unmarshal(goldenFacts(t), &f); err != nil {
 		t.Fatal(err)
 	}
 	render := func(serial, model, nic, reason string) string {
 		g := f
-		g.Disks = append([]facts.Disk(nil), f.Disks...)
-		g.NICs = append([]facts.NIC(nil), f.NICs...)
+		g.Disks = append([]agentapi.Disk(nil), f.Disks...)
+		g.NICs = append([]agentapi.NIC(nil), f.NICs...)
 		g.Disks[0].Serial, g.Disks[1].Model, g.NICs[0].Name = serial, model, nic
-		g.LLDP = []facts.Neighbor{{Interface: "eno1", SystemName: nic, PortID: reason}}
+		g.LLDP = []agentapi.Neighbor{{Interface: "eno1", SystemName: nic, PortID: reason}}
 		raw, err := json.Marshal(g)
 		if err != nil {
 			t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 )
 
@@ -17,27 +18,17 @@ func runDiff(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("diff", "PATH [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	dir, res, code, ok := loadArg("diff", fs, args, errOut, exitTrouble)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	res, err := loadDir(pos[0])
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln diff:", err)
-		return exitTrouble
-	}
 	if res.Problems.Errors() > 0 {
 		fmt.Fprint(errOut, res.Problems.String())
-		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", pos[0], res.Problems.Errors())
+		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", dir, res.Problems.Errors())
 		return exitTrouble
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln diff:", err)
+	store, closeFn, ok := cf.connect("diff", errOut)
+	if !ok {
 		return exitTrouble
 	}
 	defer closeFn()
@@ -77,17 +68,12 @@ type change struct {
 	name   string
 	origin string
 	fields []string
-	notes  []note
-}
-
-type note struct {
-	destructive bool
-	text        string
+	notes  []reconciler.Note
 }
 
 func (c change) destructive() bool {
 	for _, n := range c.notes {
-		if n.destructive {
+		if n.Destructive {
 			return true
 		}
 	}
@@ -105,10 +91,10 @@ func (c change) String() string {
 	}
 	for _, n := range c.notes {
 		mark := " "
-		if n.destructive {
+		if n.Destructive {
 			mark = "!"
 		}
-		fmt.Fprintf(&b, "\n  %s %s", mark, n.text)
+		fmt.Fprintf(&b, "\n  %s %s", mark, n.Text)
 	}
 	return b.String()
 }
@@ -129,14 +115,14 @@ func diffInventories(old, cur *spec.Inventory) []change {
 			switch {
 			case a == nil:
 				c := change{op: '+', kind: kind, name: n, origin: b.GetHeader().Origin.String()}
-				if m, ok := b.(*spec.Machine); ok && m.Spec.State == spec.StateDeployed {
-					c.notes = append(c.notes, note{true, "will be commissioned and deployed: its root disk will be written"})
+				if m, ok := b.(*spec.Machine); ok {
+					c.notes = reconciler.Plan(nil, m)
 				}
 				out = append(out, c)
 			case b == nil:
 				c := change{op: '-', kind: kind, name: n}
-				if kind == spec.KindMachine {
-					c.notes = append(c.notes, note{false, "becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"})
+				if m, ok := a.(*spec.Machine); ok {
+					c.notes = reconciler.Plan(m, nil)
 				}
 				out = append(out, c)
 			default:
@@ -146,49 +132,16 @@ func diffInventories(old, cur *spec.Inventory) []change {
 				}
 				c := change{op: '~', kind: kind, name: n, origin: b.GetHeader().Origin.String(), fields: fields}
 				if kind == spec.KindMachine {
-					c.notes = machineNotes(a.(*spec.Machine), b.(*spec.Machine))
+					c.notes = reconciler.Plan(a.(*spec.Machine), b.(*spec.Machine))
 				}
 				if kind == spec.KindSubnet && a.(*spec.Subnet).Spec.CIDR != b.(*spec.Subnet).Spec.CIDR {
-					c.notes = append(c.notes, note{false, "the subnet's addresses change: machines on it get new leases"})
+					c.notes = append(c.notes, reconciler.Note{Text: "the subnet's addresses change: machines on it get new leases"})
 				}
 				out = append(out, c)
 			}
 		}
 	}
 	return out
-}
-
-// machineNotes explains what a machine change will make Kiln do.
-func machineNotes(a, b *spec.Machine) []note {
-	var n []note
-	as, bs := &a.Spec, &b.Spec
-	switch {
-	case as.State == spec.StateReady && bs.State == spec.StateDeployed:
-		n = append(n, note{true, fmt.Sprintf("deploys image %s: the root disk will be written", bs.Image)})
-	case as.State == spec.StateDeployed && bs.State == spec.StateReady:
-		if bs.Erase != "none" {
-			n = append(n, note{true, fmt.Sprintf("releases the machine and erases its disks (erase: %s)", bs.Erase)})
-		} else {
-			n = append(n, note{true, "releases the machine: it is powered off; disks are kept (erase: none)"})
-		}
-	}
-	if bs.State == spec.StateDeployed && as.State == spec.StateDeployed {
-		if bs.DeployGeneration > as.DeployGeneration {
-			n = append(n, note{true, fmt.Sprintf("redeploys (deployGeneration %d → %d): the root disk will be rewritten", as.DeployGeneration, bs.DeployGeneration)})
-		} else if as.Image != bs.Image {
-			n = append(n, note{false, "image changed: applies at the next deploy; raise deployGeneration to redeploy now"})
-		}
-	}
-	if bs.CommissionGeneration > as.CommissionGeneration {
-		n = append(n, note{true, fmt.Sprintf("recommissions (commissionGeneration %d → %d): the machine reboots into the ephemeral image", as.CommissionGeneration, bs.CommissionGeneration)})
-	}
-	if !as.InMaintenance() && bs.InMaintenance() {
-		n = append(n, note{false, "enters maintenance: Kiln pauses every action on it"})
-	}
-	if as.InMaintenance() && !bs.InMaintenance() {
-		n = append(n, note{false, "leaves maintenance: Kiln resumes converging it"})
-	}
-	return n
 }
 
 func byName(objs []spec.Object) map[string]spec.Object {

@@ -34,42 +34,17 @@ func runEtcd(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if _, code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln etcd init-roles:", err)
+	store, closeFn, ok := cf.connect("etcd init-roles", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	all := map[string]bool{}
-	for _, r := range racks {
-		all[r] = true
+	names, code, ok := roleRacks(rctx, store, cf, racks, *fromDesired, out, errOut)
+	if !ok {
+		return code
 	}
-	if *fromDesired {
-		snap, err := store.Snapshot(rctx, spec.KindRack)
-		switch {
-		case errors.Is(err, inventory.ErrNotFound):
-			fmt.Fprintln(out, "no desired state applied yet: only the racks given with --rack get roles")
-		case err != nil:
-			fmt.Fprintln(errOut, "kiln etcd init-roles: read racks:", etcd.Unreachable(cf.config().Endpoints, err))
-			return exitFail
-		default:
-			for name := range snap.Inventory.Racks {
-				all[name] = true
-			}
-		}
-	}
-	names := make([]string, 0, len(all))
-	for r := range all {
-		// A '/' would let one rack's prefix cover another's keys.
-		if r == "" || strings.ContainsAny(r, "/ \t\n") {
-			fmt.Fprintf(errOut, "kiln etcd init-roles: rack %q: not a rack name\n", r)
-			return exitUsage
-		}
-		names = append(names, r)
-	}
-	sort.Strings(names)
 	pw, err := readPasswords(*pwDir)
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln etcd init-roles:", err)
@@ -87,15 +62,54 @@ func runEtcd(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "kiln etcd init-roles:", err)
 		return exitFail
 	}
+	reportRoles(out, names, *enableAuth)
+	return exitOK
+}
+
+// roleRacks are the racks to create roles for: those given with --rack
+// and, with --from-desired, every Rack of the applied desired state.
+func roleRacks(ctx context.Context, store *inventory.Store, cf clientFlags, racks []string, fromDesired bool, out, errOut io.Writer) ([]string, int, bool) {
+	all := map[string]bool{}
+	for _, r := range racks {
+		all[r] = true
+	}
+	if fromDesired {
+		snap, err := store.Snapshot(ctx, spec.KindRack)
+		switch {
+		case errors.Is(err, inventory.ErrNotFound):
+			fmt.Fprintln(out, "no desired state applied yet: only the racks given with --rack get roles")
+		case err != nil:
+			fmt.Fprintln(errOut, "kiln etcd init-roles: read racks:", etcd.Unreachable(cf.config().Endpoints, err))
+			return nil, exitFail, false
+		default:
+			for name := range snap.Inventory.Racks {
+				all[name] = true
+			}
+		}
+	}
+	names := make([]string, 0, len(all))
+	for r := range all {
+		// A '/' would let one rack's prefix cover another's keys.
+		if r == "" || strings.ContainsAny(r, "/ \t\n") {
+			fmt.Fprintf(errOut, "kiln etcd init-roles: rack %q: not a rack name\n", r)
+			return nil, exitUsage, false
+		}
+		names = append(names, r)
+	}
+	sort.Strings(names)
+	return names, 0, true
+}
+
+// reportRoles says what init-roles left in place.
+func reportRoles(out io.Writer, names []string, enableAuth bool) {
 	fmt.Fprintf(out, "roles up to date: %s, %s, %d rack(s)", etcd.RegionUser, etcd.ViewerUser, len(names))
 	if len(names) > 0 {
 		fmt.Fprintf(out, " (%s)", strings.Join(names, ", "))
 	}
 	fmt.Fprintln(out)
-	if !*enableAuth {
+	if !enableAuth {
 		fmt.Fprintln(out, "authentication not enabled: pass --enable-auth when every component has its credentials")
 	}
-	return exitOK
 }
 
 // readPasswords reads DIR/<user> for every file in dir; a trailing

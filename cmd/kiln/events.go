@@ -24,21 +24,18 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 	watch := fs.Bool("watch", false, "after listing, print new events as they happen")
 	fs.BoolVar(watch, "w", false, "short for --watch")
 	format := fs.String("o", "text", "output: text or json (one object per line)")
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, func(pos []string) bool {
+		return len(pos) <= 1 && (*format == "text" || *format == "json")
+	})
 	if !ok {
 		return code
-	}
-	if len(pos) > 1 || (*format != "text" && *format != "json") {
-		fs.Usage()
-		return exitUsage
 	}
 	machine := ""
 	if len(pos) == 1 {
 		machine = pos[0]
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln events:", err)
+	store, closeFn, ok := cf.connect("events", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
@@ -103,47 +100,21 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("retry", "MACHINE [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, nArgs(1, 1))
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
 	name := pos[0]
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln retry:", err)
+	store, closeFn, ok := cf.connect("retry", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	var phase string
-	errNotFailed := errors.New("not failed")
-	err = store.Update(ctx, store.Keys().MachineStatus(name), func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, fmt.Errorf("machine %q has no status: %w", name, inventory.ErrNotFound)
-		}
-		var st inventory.MachineStatus
-		if err := json.Unmarshal(old, &st); err != nil {
-			return nil, err
-		}
-		phase = st.Phase
-		if !strings.HasPrefix(st.Phase, reconciler.FailedPrefix) {
-			return nil, errNotFailed
-		}
-		// Only the retry flag changes: every other field is the region's.
-		var raw map[string]json.RawMessage
-		if err := json.Unmarshal(old, &raw); err != nil {
-			return nil, err
-		}
-		raw["retry"] = json.RawMessage("true")
-		return json.Marshal(raw)
-	})
+	phase, err := reconciler.Retry(ctx, store, name)
 	switch {
-	case errors.Is(err, errNotFailed):
+	case errors.Is(err, reconciler.ErrNotFailed):
 		fmt.Fprintf(errOut, "kiln retry: %s is %s, not failed: nothing to retry\n", name, dash(phase))
 		return exitFail
 	case err != nil:

@@ -2,20 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"sort"
-	"strconv"
-	"strings"
-	"unicode"
 
-	"gopkg.in/yaml.v3"
-
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
-	"github.com/kilnhq/kiln/spec"
 )
 
 // runExport prints discovered machines as Machine documents, ready to be
@@ -24,260 +14,29 @@ func runExport(ctx context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("export", "discovered [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
-	pos, code, ok := parse(fs, args)
+	_, code, ok := parseArgs(fs, args, func(pos []string) bool { return len(pos) == 1 && pos[0] == "discovered" })
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 || pos[0] != "discovered" {
-		fs.Usage()
-		return exitUsage
-	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln export:", err)
+	store, closeFn, ok := cf.connect("export", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	ds, err := store.ListDiscovered(ctx)
+	found, err := store.DiscoveredMachines(ctx)
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln export:", explain(cf, err))
 		return exitFail
-	}
-	snap, err := store.Snapshot(ctx, "Machine")
-	known := map[string]bool{}
-	if err == nil {
-		for _, m := range snap.Inventory.Machines {
-			for _, i := range m.Spec.Interfaces {
-				known[i.MAC] = true
-			}
-		}
-	}
-	sort.Slice(ds, func(i, j int) bool { return ds[i].FirstSeen.Before(ds[j].FirstSeen) })
-	var found []discoveredMachine
-	for _, d := range ds {
-		if known[d.MAC] {
-			continue // already in the inventory
-		}
-		found = append(found, discoveredMachine{d, discoveredFacts(ctx, store, d)})
 	}
 	if len(found) == 0 {
 		fmt.Fprintln(errOut, "kiln export: no discovered machines that the inventory lacks")
 		return exitOK
 	}
-	if err := writeMachineDocs(out, found); err != nil {
+	if err := inventory.ExportDiscovered(out, found); err != nil {
 		fmt.Fprintln(errOut, "kiln export:", err)
 		return exitFail
 	}
 	return exitOK
-}
-
-// discoveredMachine is one discovered MAC and the facts its agent
-// reported (nil when none).
-type discoveredMachine struct {
-	d inventory.Discovered
-	f *facts.Facts
-}
-
-// discoveredReport is the one field of a discovered machine's report
-// that export reads.
-type discoveredReport struct {
-	Facts json.RawMessage `json:"facts"`
-}
-
-// discoveredFacts reads what the agent of a discovered MAC reported: its
-// report, or (stores written before reports had their own keys) its
-// status. nil when there are none or they do not decode.
-func discoveredFacts(ctx context.Context, store *inventory.Store, d inventory.Discovered) *facts.Facts {
-	name := spec.DiscoveredName(d.MAC)
-	raw := json.RawMessage(nil)
-	if r, err := inventory.GetJSON[discoveredReport](ctx, store, store.Keys().Report(d.Rack, name)); err == nil {
-		raw = r.Facts
-	} else if st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.Keys().MachineStatus(name)); err == nil {
-		raw = st.Facts
-	}
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
-	}
-	f := new(facts.Facts)
-	if json.Unmarshal(raw, f) != nil {
-		return nil // facts of an older agent: export without them
-	}
-	return f
-}
-
-// writeMachineDocs encodes one Machine document per discovered machine.
-// Everything is built as YAML nodes and written by the encoder: strings
-// that came from the network (vendor class, circuit ID, facts) are either
-// dropped, emitted as quoted scalars, or put in comments stripped of
-// anything that could end a comment line.
-func writeMachineDocs(out io.Writer, ms []discoveredMachine) error {
-	for _, m := range ms {
-		doc, err := machineNode(m.d, m.f)
-		if err != nil {
-			return err
-		}
-		// Each document starts with its own marker, so that the output
-		// can be appended to any inventory file.
-		if _, err := io.WriteString(out, "---\n"); err != nil {
-			return err
-		}
-		enc := yaml.NewEncoder(out)
-		enc.SetIndent(2)
-		if err := enc.Encode(doc); err != nil {
-			return fmt.Errorf("encode the document of %s: %w", m.d.MAC, err)
-		}
-		if err := enc.Close(); err != nil {
-			return fmt.Errorf("encode the document of %s: %w", m.d.MAC, err)
-		}
-	}
-	return nil
-}
-
-// machineDoc is the Machine document of one discovered MAC, as text.
-func machineDoc(d inventory.Discovered, f *facts.Facts) string {
-	var b strings.Builder
-	if err := writeMachineDocs(&b, []discoveredMachine{{d, f}}); err != nil {
-		return "# " + commentText(err.Error()) + "\n"
-	}
-	return b.String()
-}
-
-// machineNode builds a Machine document for a discovered MAC; the facts its
-// agent reported, when there are any, fill in the hardware.
-func machineNode(d inventory.Discovered, f *facts.Facts) (*yaml.Node, error) {
-	hw, err := net.ParseMAC(d.MAC)
-	if err != nil || len(hw) != 6 {
-		return nil, fmt.Errorf("discovered record with MAC %q: not an Ethernet MAC address", d.MAC)
-	}
-	mac := hw.String()
-	arch, firmware := "amd64", "uefi"
-	switch {
-	case d.Arch == "bios":
-		firmware = "bios"
-	case strings.Contains(d.Arch, "arm64"):
-		arch = "arm64"
-	}
-	head := []string{fmt.Sprintf("discovered on rack %s, first seen %s", d.Rack, d.FirstSeen.Format("2006-01-02 15:04:05Z07:00"))}
-	if d.VendorClass != "" {
-		head[0] += ", vendor class " + d.VendorClass
-	}
-	if d.CircuitID != "" {
-		head[0] += ", switch port " + d.CircuitID
-	}
-	if f != nil {
-		head = append(head, fmt.Sprintf("hardware: %s %s, serial %s; %d CPUs (%s), %d MiB memory",
-			dash(f.DMI.Vendor), dash(f.DMI.Product), dash(f.DMI.Serial), f.CPU.Count, dash(f.CPU.Model), f.Memory.TotalBytes>>20))
-		for _, dk := range f.Disks {
-			head = append(head, fmt.Sprintf("disk %s: %d GiB %s, serial %s, rotational %v", dk.Name, dk.SizeBytes>>30, dash(dk.Model), dash(dk.Serial), dk.Rotational))
-		}
-		for _, n := range f.LLDP {
-			head = append(head, fmt.Sprintf("%s is cabled to switch %s port %s", n.MAC, dash(n.SystemName), n.PortID))
-		}
-		if f.Arch == "arm64" || f.Arch == "amd64" {
-			arch = f.Arch
-		}
-	}
-	for i := range head {
-		head[i] = commentText(head[i])
-	}
-
-	name := str("node-" + strings.ReplaceAll(mac, ":", ""))
-	name.LineComment = "name it"
-	boot := flow(pair("name", str("eno1")), pair("mac", quoted(mac)))
-	if d.Subnet != "" {
-		boot.Content = append(boot.Content, pair("subnet", str(d.Subnet))...)
-	}
-	ifaces := &yaml.Node{Kind: yaml.SequenceNode, Content: []*yaml.Node{boot}}
-	specN := mapping(
-		pair("rack", str(d.Rack)),
-		pair("arch", str(arch)),
-		pair("firmware", str(firmware)),
-		pair("state", str("ready")),
-		pair("interfaces", ifaces),
-	)
-	if f != nil {
-		i := 2
-		for _, n := range f.NICs {
-			hw, err := net.ParseMAC(n.MAC)
-			if err != nil || len(hw) != 6 || hw.String() == mac {
-				continue // the boot interface, or not a MAC: dropped
-			}
-			nic := flow(pair("name", str("eno"+strconv.Itoa(i))), pair("mac", quoted(hw.String())))
-			nic.LineComment = commentText(dash(n.Driver) + ", not network-booted")
-			ifaces.Content = append(ifaces.Content, nic)
-			i++
-		}
-		// The first fixed disk with a serial: a selector that survives
-		// renamed devices.
-		for _, dk := range f.Disks {
-			if !dk.Removable && dk.Serial != "" {
-				rd := flow(pair("serial", quoted(dk.Serial)))
-				rd.LineComment = commentText(fmt.Sprintf("%s, %d GiB", dk.Name, dk.SizeBytes>>30))
-				specN.Content = append(specN.Content, pair("rootDisk", rd)...)
-				break
-			}
-		}
-	}
-	bmc := flow(pair("driver", str("manual")))
-	bmc.LineComment = "set the BMC"
-	specN.Content = append(specN.Content, pair("bmc", bmc)...)
-
-	root := mapping(
-		pair("apiVersion", str("kiln.dev/v1alpha1")),
-		pair("kind", str("Machine")),
-		pair("metadata", mapping(pair("name", name))),
-		pair("spec", specN),
-	)
-	root.HeadComment = strings.Join(head, "\n")
-	return &yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{root}}, nil
-}
-
-// str is a plain string scalar; the encoder quotes it when its text needs
-// quoting. Bytes that are not UTF-8 (which YAML cannot carry) become U+FFFD.
-func str(s string) *yaml.Node {
-	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: strings.ToValidUTF8(s, "\uFFFD")}
-}
-
-// quoted is a double-quoted string scalar: every character escaped as YAML
-// requires.
-func quoted(s string) *yaml.Node {
-	n := str(s)
-	n.Style = yaml.DoubleQuotedStyle
-	return n
-}
-
-func pair(k string, v *yaml.Node) []*yaml.Node { return []*yaml.Node{str(k), v} }
-
-func mapping(pairs ...[]*yaml.Node) *yaml.Node {
-	n := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
-	for _, p := range pairs {
-		n.Content = append(n.Content, p...)
-	}
-	return n
-}
-
-func flow(pairs ...[]*yaml.Node) *yaml.Node {
-	n := mapping(pairs...)
-	n.Style = yaml.FlowStyle
-	return n
-}
-
-// commentText makes text from the network safe for a comment line: every
-// control or non-printing character (newlines, NUL, Unicode line and
-// paragraph separators, NEL, bidi controls) becomes a space, and long
-// text is cut.
-func commentText(s string) string {
-	const max = 200
-	s = strings.Map(func(r rune) rune {
-		if r == unicode.ReplacementChar || !unicode.IsPrint(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	if r := []rune(s); len(r) > max {
-		s = string(r[:max]) + "…"
-	}
-	return strings.TrimSpace(s)
 }

@@ -37,13 +37,9 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	format := fs.String("o", "", "output: wide, yaml, json or name (default: a table)")
 	watch := fs.Bool("watch", false, "after listing, print changes as they happen")
 	fs.BoolVar(watch, "w", false, "short for --watch")
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, nArgs(1, 2))
 	if !ok {
 		return code
-	}
-	if len(pos) < 1 || len(pos) > 2 {
-		fs.Usage()
-		return exitUsage
 	}
 	kind, ok := resources[strings.ToLower(pos[0])]
 	if !ok {
@@ -60,9 +56,8 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintf(errOut, "kiln get: -o %q: use wide, yaml, json or name\n", *format)
 		return exitUsage
 	}
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln get:", err)
+	store, closeFn, ok := cf.connect("get", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()
@@ -86,9 +81,13 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if !*watch {
 		return exitOK
 	}
-	// Print what changes: rows that differ from what was printed last.
-	printed := view.byName()
-	for wr := range store.WatchChanges(ctx, rev) {
+	return g.watch(ctx, cf, out, errOut, view.byName(), rev)
+}
+
+// watch prints, after each change from revision rev on, the rows that
+// differ from what was printed last, until ctx ends.
+func (g *getter) watch(ctx context.Context, cf clientFlags, out, errOut io.Writer, printed map[string]string, rev int64) int {
+	for wr := range g.store.WatchChanges(ctx, rev) {
 		if err := wr.Err(); err != nil {
 			fmt.Fprintln(errOut, "kiln get: watch:", err)
 			return exitFail
@@ -100,33 +99,39 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 			fmt.Fprintln(errOut, "kiln get:", explain(cf, err))
 			continue
 		}
-		changed := &table{header: next.header, items: map[string]any{}}
-		now := next.byName()
-		for _, r := range next.rows {
-			if printed[r[0]] != strings.Join(r, "\x00") {
-				changed.rows = append(changed.rows, r)
-				changed.items[r[0]] = next.items[r[0]]
-			}
-		}
-		for n := range printed {
-			if _, ok := now[n]; !ok {
-				gone := make([]string, len(next.header))
-				for i := range gone {
-					gone[i] = "-"
-				}
-				gone[0] = n
-				if len(gone) > 1 {
-					gone[1] = "<deleted>"
-				}
-				changed.rows = append(changed.rows, gone)
-			}
-		}
-		if len(changed.rows) > 0 {
+		if changed := changedRows(printed, next); len(changed.rows) > 0 {
 			g.print(out, changed, false)
 		}
-		printed = now
+		printed = next.byName()
 	}
 	return exitOK
+}
+
+// changedRows is the table of rows of next that differ from the printed
+// ones, and a <deleted> row for each printed one next lacks.
+func changedRows(printed map[string]string, next *table) *table {
+	changed := &table{header: next.header, items: map[string]any{}}
+	now := next.byName()
+	for _, r := range next.rows {
+		if printed[r[0]] != strings.Join(r, "\x00") {
+			changed.rows = append(changed.rows, r)
+			changed.items[r[0]] = next.items[r[0]]
+		}
+	}
+	for n := range printed {
+		if _, ok := now[n]; !ok {
+			gone := make([]string, len(next.header))
+			for i := range gone {
+				gone[i] = "-"
+			}
+			gone[0] = n
+			if len(gone) > 1 {
+				gone[1] = "<deleted>"
+			}
+			changed.rows = append(changed.rows, gone)
+		}
+	}
+	return changed
 }
 
 func explain(cf clientFlags, err error) error {
@@ -306,147 +311,179 @@ func imageRacks(sts []inventory.ImageStatus) string {
 func buildTable(snap *inventory.Snapshot, kind string, wide bool, statuses map[string]inventory.MachineStatus, images map[string][]inventory.ImageStatus) *table {
 	inv := snap.Inventory
 	t := &table{items: map[string]any{}}
-	add := func(name string, item any, cols ...string) {
-		t.rows = append(t.rows, append([]string{name}, cols...))
-		t.items[name] = item
-	}
 	switch kind {
 	case spec.KindMachine:
-		t.header = []string{"NAME", "RACK", "STATE", "PHASE", "IP", "MAC", "IMAGE", "BMC"}
-		if wide {
-			t.header = append(t.header, "STEP", "IN PHASE", "REASON", "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
-		}
-		names := spec.SortedNames(inv.Machines)
-		for n := range snap.Unmanaged {
-			if inv.Machines[n] == nil {
-				names = append(names, n)
-			}
-		}
-		sort.Strings(names)
-		for _, n := range names {
-			m := inv.Machines[n]
-			if m == nil {
-				u := snap.Unmanaged[n]
-				cols := []string{"-", "unmanaged", dash(statuses[n].Phase), "-", "-", "-", "-"}
-				if wide {
-					cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
-				}
-				add(n, unmanagedObject{Unmanaged: u, Status: status(statuses, n)}, cols...)
-				continue
-			}
-			sp := &m.Spec
-			ip, mac := "-", "-"
-			if b := sp.BootInterface(); b != nil {
-				mac = b.MAC
-				if b.IP != "" {
-					ip = b.IP
-				}
-			}
-			bmc := "-"
-			if sp.BMC != nil {
-				bmc = sp.BMC.Driver
-			}
-			cols := []string{dash(sp.Rack), sp.State, dash(statuses[n].Phase), ip, mac, dash(sp.Image), bmc}
-			if wide {
-				st := statuses[n]
-				inPhase := "-"
-				if !st.PhaseStartedAt.IsZero() {
-					inPhase = time.Since(st.PhaseStartedAt).Round(time.Second).String()
-				}
-				reason := st.Reason
-				if utf8.RuneCountInString(reason) > 60 {
-					reason = string([]rune(reason)[:57]) + "..."
-				}
-				cols = append(cols, dash(st.Step), inPhase, dash(reason))
-				cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
-					fmt.Sprint(sp.InMaintenance()), m.Origin.String())
-			}
-			add(n, machineObject{Machine: redact(m), Status: status(statuses, n)}, cols...)
-		}
+		t.machines(snap, wide, statuses)
 	case spec.KindRack:
-		t.header = []string{"NAME", "ZONE", "SUBNETS", "MACHINES", "SWITCHES"}
-		for _, n := range spec.SortedNames(inv.Racks) {
-			r := inv.Racks[n]
-			var subnets []string
-			for _, sn := range spec.SortedNames(inv.Subnets) {
-				if inv.Subnets[sn].Spec.Rack == n {
-					subnets = append(subnets, sn)
-				}
-			}
-			machines := 0
-			for _, m := range inv.Machines {
-				if m.Spec.Rack == n {
-					machines++
-				}
-			}
-			add(n, r, dash(r.Spec.Zone), dash(strings.Join(subnets, ",")), fmt.Sprint(machines), fmt.Sprint(len(r.Spec.Switches)))
-		}
+		t.racks(inv)
 	case spec.KindSubnet:
-		t.header = []string{"NAME", "CIDR", "RACK", "MODE", "GATEWAY", "DYNAMIC", "VLAN"}
-		if wide {
-			t.header = append(t.header, "DNS", "DOMAIN", "MTU", "LEASE")
-		}
-		for _, n := range spec.SortedNames(inv.Subnets) {
-			s := inv.Subnets[n]
-			dyn := "-"
-			if s.Spec.DynamicRange != nil {
-				dyn = s.Spec.DynamicRange.String()
-			}
-			cols := []string{s.Spec.CIDR, s.Spec.Rack, s.Spec.Mode, dash(s.Spec.Gateway), dyn, fmt.Sprint(s.Spec.VLAN)}
-			if wide {
-				cols = append(cols, dash(strings.Join(s.Spec.DNS, ",")), dash(s.Spec.Domain), fmt.Sprint(s.Spec.MTU), s.Spec.LeaseTime.String())
-			}
-			add(n, s, cols...)
-		}
+		t.subnets(inv, wide)
 	case spec.KindImage:
-		t.header = []string{"NAME", "PURPOSE", "ARCH", "FORMAT", "RACKS", "URL"}
-		if wide {
-			t.header = append(t.header, "PROBLEM")
-		}
-		for _, n := range spec.SortedNames(inv.Images) {
-			im := inv.Images[n]
-			url := "-"
-			switch {
-			case im.Spec.Disk != nil:
-				url = im.Spec.Disk.URL
-			case im.Spec.Kernel != nil:
-				url = im.Spec.Kernel.URL
-			}
-			cols := []string{im.Spec.Purpose, im.Spec.Arch, dash(im.Spec.Format), imageRacks(images[n]), url}
-			if wide {
-				problem := "-"
-				for _, st := range images[n] {
-					if st.Message != "" {
-						problem = st.Rack + ": " + st.Message
-						break
-					}
-				}
-				cols = append(cols, problem)
-			}
-			add(n, im, cols...)
-		}
+		t.images(inv, wide, images)
 	case spec.KindProfile:
-		t.header = []string{"NAME", "SELECTOR", "MACHINES"}
-		for _, n := range spec.SortedNames(inv.Profiles) {
-			p := inv.Profiles[n]
-			sel := "-"
-			if p.Spec.Selector != nil {
-				var parts []string
-				for _, k := range spec.SortedNames(p.Spec.Selector.MatchLabels) {
-					parts = append(parts, k+"="+p.Spec.Selector.MatchLabels[k])
-				}
-				sel = strings.Join(parts, ",")
-			}
-			machines := 0
-			for _, m := range inv.Machines {
-				if m.Spec.Profile == n {
-					machines++
-				}
-			}
-			add(n, p, sel, fmt.Sprint(machines))
-		}
+		t.profiles(inv)
 	}
 	return t
+}
+
+// add adds a row and the object behind it.
+func (t *table) add(name string, item any, cols ...string) {
+	t.rows = append(t.rows, append([]string{name}, cols...))
+	t.items[name] = item
+}
+
+// machines lists managed machines and, still visible, unmanaged ones.
+func (t *table) machines(snap *inventory.Snapshot, wide bool, statuses map[string]inventory.MachineStatus) {
+	inv := snap.Inventory
+	t.header = []string{"NAME", "RACK", "STATE", "PHASE", "IP", "MAC", "IMAGE", "BMC"}
+	if wide {
+		t.header = append(t.header, "STEP", "IN PHASE", "REASON", "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
+	}
+	names := spec.SortedNames(inv.Machines)
+	for n := range snap.Unmanaged {
+		if inv.Machines[n] == nil {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		m := inv.Machines[n]
+		if m == nil {
+			u := snap.Unmanaged[n]
+			cols := []string{"-", "unmanaged", dash(statuses[n].Phase), "-", "-", "-", "-"}
+			if wide {
+				cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
+			}
+			t.add(n, unmanagedObject{Unmanaged: u, Status: status(statuses, n)}, cols...)
+			continue
+		}
+		t.add(n, machineObject{Machine: redact(m), Status: status(statuses, n)}, machineCols(m, statuses[n], wide)...)
+	}
+}
+
+// machineCols are a managed machine's columns after its name.
+func machineCols(m *spec.Machine, st inventory.MachineStatus, wide bool) []string {
+	sp := &m.Spec
+	ip, mac := "-", "-"
+	if b := sp.BootInterface(); b != nil {
+		mac = b.MAC
+		if b.IP != "" {
+			ip = b.IP
+		}
+	}
+	bmc := "-"
+	if sp.BMC != nil {
+		bmc = sp.BMC.Driver
+	}
+	cols := []string{dash(sp.Rack), sp.State, dash(st.Phase), ip, mac, dash(sp.Image), bmc}
+	if wide {
+		inPhase := "-"
+		if !st.PhaseStartedAt.IsZero() {
+			inPhase = time.Since(st.PhaseStartedAt).Round(time.Second).String()
+		}
+		reason := st.Reason
+		if utf8.RuneCountInString(reason) > 60 {
+			reason = string([]rune(reason)[:57]) + "..."
+		}
+		cols = append(cols, dash(st.Step), inPhase, dash(reason))
+		cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
+			fmt.Sprint(sp.InMaintenance()), m.Origin.String())
+	}
+	return cols
+}
+
+// racks lists racks with their subnets and machine counts.
+func (t *table) racks(inv *spec.Inventory) {
+	t.header = []string{"NAME", "ZONE", "SUBNETS", "MACHINES", "SWITCHES"}
+	for _, n := range spec.SortedNames(inv.Racks) {
+		r := inv.Racks[n]
+		var subnets []string
+		for _, sn := range spec.SortedNames(inv.Subnets) {
+			if inv.Subnets[sn].Spec.Rack == n {
+				subnets = append(subnets, sn)
+			}
+		}
+		machines := 0
+		for _, m := range inv.Machines {
+			if m.Spec.Rack == n {
+				machines++
+			}
+		}
+		t.add(n, r, dash(r.Spec.Zone), dash(strings.Join(subnets, ",")), fmt.Sprint(machines), fmt.Sprint(len(r.Spec.Switches)))
+	}
+}
+
+// subnets lists subnets.
+func (t *table) subnets(inv *spec.Inventory, wide bool) {
+	t.header = []string{"NAME", "CIDR", "RACK", "MODE", "GATEWAY", "DYNAMIC", "VLAN"}
+	if wide {
+		t.header = append(t.header, "DNS", "DOMAIN", "MTU", "LEASE")
+	}
+	for _, n := range spec.SortedNames(inv.Subnets) {
+		s := inv.Subnets[n]
+		dyn := "-"
+		if s.Spec.DynamicRange != nil {
+			dyn = s.Spec.DynamicRange.String()
+		}
+		cols := []string{s.Spec.CIDR, s.Spec.Rack, s.Spec.Mode, dash(s.Spec.Gateway), dyn, fmt.Sprint(s.Spec.VLAN)}
+		if wide {
+			cols = append(cols, dash(strings.Join(s.Spec.DNS, ",")), dash(s.Spec.Domain), fmt.Sprint(s.Spec.MTU), s.Spec.LeaseTime.String())
+		}
+		t.add(n, s, cols...)
+	}
+}
+
+// images lists images with what each rack's cache says of them.
+func (t *table) images(inv *spec.Inventory, wide bool, images map[string][]inventory.ImageStatus) {
+	t.header = []string{"NAME", "PURPOSE", "ARCH", "FORMAT", "RACKS", "URL"}
+	if wide {
+		t.header = append(t.header, "PROBLEM")
+	}
+	for _, n := range spec.SortedNames(inv.Images) {
+		im := inv.Images[n]
+		url := "-"
+		switch {
+		case im.Spec.Disk != nil:
+			url = im.Spec.Disk.URL
+		case im.Spec.Kernel != nil:
+			url = im.Spec.Kernel.URL
+		}
+		cols := []string{im.Spec.Purpose, im.Spec.Arch, dash(im.Spec.Format), imageRacks(images[n]), url}
+		if wide {
+			problem := "-"
+			for _, st := range images[n] {
+				if st.Message != "" {
+					problem = st.Rack + ": " + st.Message
+					break
+				}
+			}
+			cols = append(cols, problem)
+		}
+		t.add(n, im, cols...)
+	}
+}
+
+// profiles lists profiles with their selectors and machine counts.
+func (t *table) profiles(inv *spec.Inventory) {
+	t.header = []string{"NAME", "SELECTOR", "MACHINES"}
+	for _, n := range spec.SortedNames(inv.Profiles) {
+		p := inv.Profiles[n]
+		sel := "-"
+		if p.Spec.Selector != nil {
+			var parts []string
+			for _, k := range spec.SortedNames(p.Spec.Selector.MatchLabels) {
+				parts = append(parts, k+"="+p.Spec.Selector.MatchLabels[k])
+			}
+			sel = strings.Join(parts, ",")
+		}
+		machines := 0
+		for _, m := range inv.Machines {
+			if m.Spec.Profile == n {
+				machines++
+			}
+		}
+		t.add(n, p, sel, fmt.Sprint(machines))
+	}
 }
 
 // machineObject is a machine as -o yaml|json prints it, like kubectl:

@@ -21,18 +21,13 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 	persistent := fs.Bool("persistent", false, "boot-*: every boot from now on, not only the next")
 	uefi := fs.Bool("uefi", false, "boot-*: ask for the UEFI flavour (default: from the machine's firmware)")
 	opTimeout := fs.Duration("op-timeout", 30*time.Second, "timeout of one attempt against the BMC")
-	pos, code, ok := parse(fs, args)
+	pos, code, ok := parseArgs(fs, args, nArgs(2, 2))
 	if !ok {
 		return code
 	}
-	if len(pos) != 2 {
-		fs.Usage()
-		return exitUsage
-	}
 	action, name := pos[0], pos[1]
-	store, closeFn, err := cf.store()
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln power:", err)
+	store, closeFn, ok := cf.connect("power", errOut)
+	if !ok {
 		return exitFail
 	}
 	defer closeFn()

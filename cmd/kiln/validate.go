@@ -26,18 +26,9 @@ func runValidate(_ context.Context, args []string, out, errOut io.Writer) int {
 	fs := newFlags("validate", "PATH [flags]", errOut)
 	format := fs.String("o", "text", "output: text, json, or github (workflow annotations)")
 	quiet := fs.Bool("q", false, "print errors only, no warnings or summary")
-	pos, code, ok := parse(fs, args)
+	dir, res, code, ok := loadArg("validate", fs, args, errOut, exitFail)
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	res, err := loadDir(pos[0])
-	if err != nil {
-		fmt.Fprintln(errOut, "kiln validate:", err)
-		return exitFail
 	}
 	problems := res.Problems
 	if *quiet {
@@ -52,7 +43,7 @@ func runValidate(_ context.Context, args []string, out, errOut io.Writer) int {
 	case "text":
 		fmt.Fprint(out, problems.String())
 		if !*quiet {
-			fmt.Fprintf(out, "%s: %d objects in %d files: %d errors, %d warnings\n", pos[0], res.Inventory.Len(),
+			fmt.Fprintf(out, "%s: %d objects in %d files: %d errors, %d warnings\n", dir, res.Inventory.Len(),
 				res.Files, res.Problems.Errors(), len(res.Problems)-res.Problems.Errors())
 		}
 	case "json":

@@ -18,8 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // Looking at the lab as an operator would: the CLI, /metrics, the
@@ -198,7 +198,7 @@ func (v *VMLab) Status(machine string) (inventory.MachineStatus, error) {
 }
 
 // Facts returns the hardware facts the machine agent reported.
-func (v *VMLab) Facts(machine string) (*facts.Facts, error) {
+func (v *VMLab) Facts(machine string) (*agentapi.Facts, error) {
 	st, err := v.Status(machine)
 	if err != nil {
 		return nil, err
@@ -206,7 +206,7 @@ func (v *VMLab) Facts(machine string) (*facts.Facts, error) {
 	if len(st.Facts) == 0 {
 		return nil, fmt.Errorf("%s has no facts (phase %s)", machine, st.Phase)
 	}
-	f := new(facts.Facts)
+	f := new(agentapi.Facts)
 	if err := json.Unmarshal(st.Facts, f); err != nil {
 		return nil, fmt.Errorf("facts of %s: %w", machine, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"runtime"
 	"time"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 var errOS = fmt.Errorf("hardware facts on %s: %w", runtime.GOOS, errors.ErrUnsupported)
@@ -16,7 +18,7 @@ var errOS = fmt.Errorf("hardware facts on %s: %w", runtime.GOOS, errors.ErrUnsup
 func Default(Roots, time.Duration, *slog.Logger) []Collector { return nil }
 
 // Disks is Linux only.
-func Disks(Roots) ([]Disk, error) { return nil, errOS }
+func Disks(Roots) ([]agentapi.Disk, error) { return nil, errOS }
 
 // NICs is Linux only.
-func NICs(string) ([]NIC, error) { return nil, errOS }
+func NICs(string) ([]agentapi.NIC, error) { return nil, errOS }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // CPUCollector reads /proc/cpuinfo.
@@ -16,7 +18,7 @@ type CPUCollector struct{ Proc string }
 func (CPUCollector) Name() string { return "cpu" }
 
 // Collect implements Collector.
-func (c CPUCollector) Collect(_ context.Context, f *Facts) error {
+func (c CPUCollector) Collect(_ context.Context, f *agentapi.Facts) error {
 	p := filepath.Join(c.Proc, "cpuinfo")
 	fh, err := os.Open(p)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // DiskCollector lists whole disks from /sys/block.
@@ -17,7 +19,7 @@ type DiskCollector struct{ Roots Roots }
 func (DiskCollector) Name() string { return "disks" }
 
 // Collect implements Collector.
-func (c DiskCollector) Collect(_ context.Context, f *Facts) error {
+func (c DiskCollector) Collect(_ context.Context, f *agentapi.Facts) error {
 	disks, err := Disks(c.Roots)
 	if err != nil {
 		return err
@@ -31,14 +33,14 @@ func (c DiskCollector) Collect(_ context.Context, f *Facts) error {
 var skipDisk = []string{"loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"}
 
 // Disks lists the whole disks under roots.Sys/block, sorted by name.
-func Disks(roots Roots) ([]Disk, error) {
+func Disks(roots Roots) ([]agentapi.Disk, error) {
 	dir := filepath.Join(roots.Sys, "block")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list disks: %w", err)
 	}
 	byPath := udevByPath(roots.Dev)
-	disks := []Disk{}
+	disks := []agentapi.Disk{}
 	for _, e := range ents {
 		name := e.Name()
 		if skipName(name) {
@@ -49,7 +51,7 @@ func Disks(roots Roots) ([]Disk, error) {
 		if !ok || sectors == 0 {
 			continue // empty card readers and the like
 		}
-		d := Disk{
+		d := agentapi.Disk{
 			Name:       name,
 			Path:       filepath.Join(roots.Dev, name),
 			SizeBytes:  sectors * 512, // sysfs counts 512-byte sectors whatever the device's block size

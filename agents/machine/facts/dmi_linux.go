@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // DMICollector reads /sys/class/dmi/id. Machines without DMI (some arm64
@@ -15,7 +17,7 @@ type DMICollector struct{ Sys string }
 func (DMICollector) Name() string { return "dmi" }
 
 // Collect implements Collector.
-func (c DMICollector) Collect(_ context.Context, f *Facts) error {
+func (c DMICollector) Collect(_ context.Context, f *agentapi.Facts) error {
 	dir := filepath.Join(c.Sys, "class", "dmi", "id")
 	if _, err := os.Stat(dir); err != nil {
 		if os.IsNotExist(err) {
@@ -24,7 +26,7 @@ func (c DMICollector) Collect(_ context.Context, f *Facts) error {
 		return fmt.Errorf("dmi: %w", err)
 	}
 	r := func(name string) string { return readTrim(filepath.Join(dir, name)) }
-	f.DMI = DMI{
+	f.DMI = agentapi.DMI{
 		Vendor:       r("sys_vendor"),
 		Product:      r("product_name"),
 		Version:      r("product_version"),

@@ -2,6 +2,7 @@
 // disks, NICs, LLDP neighbours) for the machine agent. Collectors follow
 // node_exporter's layout: one per area, in per-OS files, each reading from
 // configurable roots (sysfs, procfs, /dev) so that fixture trees under
-// testdata/ drive the tests. The Facts JSON shape is documented in
-// docs/agent.md and only grows.
+// testdata/ drive the tests. They fill in agentapi.Facts, the shape the
+// agent reports (spec/agentapi, documented in docs/agent.md), which only
+// grows.
 package facts

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -59,7 +61,7 @@ func TestCollectFixture(t *testing.T) {
 	if f.DMI.Vendor != "QEMU" || f.DMI.Serial != "KILN-VM-2" || f.DMI.UUID != "6a1f9c2e-58d1-4b5e-9d1c-2f0e4a7b9c11" {
 		t.Errorf("dmi = %+v", f.DMI)
 	}
-	wantDisks := map[string]Disk{
+	wantDisks := map[string]agentapi.Disk{
 		"nvme0n1": {Name: "nvme0n1", Path: "testdata/dev/nvme0n1", SizeBytes: 3907029168 * 512, Model: "Samsung SSD 980 PRO 2TB",
 			Serial: "S6B0NL0T123456X", WWID: "eui.0025388b91b0e1a2", ByPath: "pci-0000:00:05.0-nvme-1", LogicalBlockSize: 4096},
 		"sda": {Name: "sda", Path: "testdata/dev/sda", SizeBytes: 976773168 * 512, Model: "WDC WD5000AAKX-0", Vendor: "ATA",
@@ -75,7 +77,7 @@ func TestCollectFixture(t *testing.T) {
 			t.Errorf("disk %s:\n got %+v\nwant %+v", d.Name, d, wantDisks[d.Name])
 		}
 	}
-	wantNICs := []NIC{
+	wantNICs := []agentapi.NIC{
 		{Name: "eno1", MAC: "3c:ec:ef:00:11:22", Driver: "e1000e", PCI: "0000:00:06.0", SpeedMbps: 1000, MTU: 9000, OperState: "down"},
 		{Name: "eth0", MAC: "52:54:00:42:00:02", Driver: "virtio_net", PCI: "0000:00:03.0", MTU: 1500, OperState: "up", Carrier: true},
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // DefaultLLDPWait is how long the LLDP collector listens: switches send
@@ -44,8 +46,8 @@ var portTypes = map[byte]string{
 // after the Ethernet header). It needs the mandatory chassis ID, port ID
 // and TTL TLVs; the port description and system name are kept when
 // present, other TLVs are skipped. Interface and MAC are left empty.
-func ParseLLDP(pdu []byte) (Neighbor, error) {
-	var n Neighbor
+func ParseLLDP(pdu []byte) (agentapi.Neighbor, error) {
+	var n agentapi.Neighbor
 	var seen [3]bool
 	for len(pdu) > 0 {
 		if len(pdu) < 2 {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +31,7 @@ func (LLDPCollector) Name() string { return "lldp" }
 
 // Collect implements Collector. An interface that cannot be listened on
 // is logged and skipped; only when none can be is it an error.
-func (c LLDPCollector) Collect(ctx context.Context, f *Facts) error {
+func (c LLDPCollector) Collect(ctx context.Context, f *agentapi.Facts) error {
 	ifaces := c.Interfaces
 	if ifaces == nil {
 		for _, n := range f.NICs {
@@ -51,7 +52,7 @@ func (c LLDPCollector) Collect(ctx context.Context, f *Facts) error {
 		errs []error
 		wg   sync.WaitGroup
 	)
-	found := make([]*Neighbor, len(ifaces))
+	found := make([]*agentapi.Neighbor, len(ifaces))
 	for i, name := range ifaces {
 		wg.Go(func() {
 			n, err := ListenLLDP(ctx, name)
@@ -81,7 +82,7 @@ func (c LLDPCollector) Collect(ctx context.Context, f *Facts) error {
 
 // ListenLLDP waits on one interface for the first valid LLDP frame until
 // ctx ends; it returns nil and no error when none came.
-func ListenLLDP(ctx context.Context, ifname string) (*Neighbor, error) {
+func ListenLLDP(ctx context.Context, ifname string) (*agentapi.Neighbor, error) {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("lldp on %s: %w", ifname, err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/internal/netnstest"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -36,12 +37,12 @@ func TestLLDPListener(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	type res struct {
-		f   Facts
+		f   agentapi.Facts
 		err error
 	}
 	done := make(chan res, 1)
 	go func() {
-		var f Facts
+		var f agentapi.Facts
 		err := LLDPCollector{Wait: 15 * time.Second, Interfaces: []string{"host0"}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}.Collect(ctx, &f)
 		done <- res{f, err}
 	}()
@@ -75,7 +76,7 @@ func TestLLDPListener(t *testing.T) {
 				t.Fatal(r.err)
 			}
 			host, _ := net.InterfaceByName("host0")
-			want := Neighbor{Interface: "host0", MAC: host.HardwareAddr.String(), ChassisID: sw.HardwareAddr.String(), ChassisIDType: "mac",
+			want := agentapi.Neighbor{Interface: "host0", MAC: host.HardwareAddr.String(), ChassisID: sw.HardwareAddr.String(), ChassisIDType: "mac",
 				PortID: "Ethernet7", PortIDType: "interface-name", SystemName: "leaf-1", TTLSeconds: 120}
 			if len(r.f.LLDP) != 1 || r.f.LLDP[0] != want {
 				t.Fatalf("lldp = %+v, want [%+v]", r.f.LLDP, want)
@@ -92,7 +93,7 @@ func TestLLDPListener(t *testing.T) {
 // be listened on.
 func TestLLDPCollectorNoInterface(t *testing.T) {
 	t.Parallel()
-	var f Facts
+	var f agentapi.Facts
 	err := LLDPCollector{Wait: time.Millisecond, Interfaces: []string{"no-such-if0"}}.Collect(context.Background(), &f)
 	if err == nil {
 		t.Fatal("want an error for a missing interface")

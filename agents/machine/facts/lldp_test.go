@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // buildLLDP encodes an LLDPDU: chassis ID as a MAC, port ID as an
@@ -29,12 +31,12 @@ func TestParseLLDP(t *testing.T) {
 	sw := net.HardwareAddr{0x00, 0x1c, 0x73, 0xaa, 0xbb, 0xcc}
 	for name, tc := range map[string]struct {
 		pdu     []byte
-		want    Neighbor
+		want    agentapi.Neighbor
 		wantErr string
 	}{
 		"mac and interface name": {
 			pdu: buildLLDP(sw, "Ethernet12", 120, tlv(nil, tlvPortDesc, []byte("to vm-2 eth0")), tlv(nil, tlvSystemName, []byte("leaf-1.rack-a"))),
-			want: Neighbor{ChassisID: "00:1c:73:aa:bb:cc", ChassisIDType: "mac", PortID: "Ethernet12", PortIDType: "interface-name",
+			want: agentapi.Neighbor{ChassisID: "00:1c:73:aa:bb:cc", ChassisIDType: "mac", PortID: "Ethernet12", PortIDType: "interface-name",
 				PortDescription: "to vm-2 eth0", SystemName: "leaf-1.rack-a", TTLSeconds: 120},
 		},
 		"network address chassis, mac port, unknown TLVs skipped": {
@@ -45,7 +47,7 @@ func TestParseLLDP(t *testing.T) {
 				b = tlv(b, 127, []byte{0x00, 0x80, 0xc2, 1, 0, 1}) // organisationally specific: port VLAN
 				return b                                           // no End TLV: tolerated
 			}(),
-			want: Neighbor{ChassisID: "10.42.0.254", ChassisIDType: "network-address", PortID: "00:1c:73:aa:bb:cc", PortIDType: "mac", TTLSeconds: 20},
+			want: agentapi.Neighbor{ChassisID: "10.42.0.254", ChassisIDType: "network-address", PortID: "00:1c:73:aa:bb:cc", PortIDType: "mac", TTLSeconds: 20},
 		},
 		"binary local id as hex": {
 			pdu: func() []byte {
@@ -53,7 +55,7 @@ func TestParseLLDP(t *testing.T) {
 				b = tlv(b, tlvPortID, []byte{7, 'p', '1'})
 				return tlv(b, tlvTTL, []byte{0, 1})
 			}(),
-			want: Neighbor{ChassisID: "01ff", ChassisIDType: "local", PortID: "p1", PortIDType: "local", TTLSeconds: 1},
+			want: agentapi.Neighbor{ChassisID: "01ff", ChassisIDType: "local", PortID: "p1", PortIDType: "local", TTLSeconds: 1},
 		},
 		"empty":          {pdu: nil, wantErr: "no chassis ID"},
 		"no port":        {pdu: tlv(tlv(nil, tlvChassisID, []byte{4, 1, 2, 3, 4, 5, 6}), tlvTTL, []byte{0, 1}), wantErr: "no port ID"},

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // MemoryCollector reads MemTotal from /proc/meminfo.
@@ -17,7 +19,7 @@ type MemoryCollector struct{ Proc string }
 func (MemoryCollector) Name() string { return "memory" }
 
 // Collect implements Collector.
-func (c MemoryCollector) Collect(_ context.Context, f *Facts) error {
+func (c MemoryCollector) Collect(_ context.Context, f *agentapi.Facts) error {
 	p := filepath.Join(c.Proc, "meminfo")
 	fh, err := os.Open(p)
 	if err != nil {

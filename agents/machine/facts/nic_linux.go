@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // NICCollector lists the physical network interfaces under
@@ -17,7 +19,7 @@ type NICCollector struct{ Sys string }
 func (NICCollector) Name() string { return "nics" }
 
 // Collect implements Collector.
-func (c NICCollector) Collect(_ context.Context, f *Facts) error {
+func (c NICCollector) Collect(_ context.Context, f *agentapi.Facts) error {
 	nics, err := NICs(c.Sys)
 	if err != nil {
 		return err
@@ -27,20 +29,20 @@ func (c NICCollector) Collect(_ context.Context, f *Facts) error {
 }
 
 // NICs lists the physical interfaces, sorted by name.
-func NICs(sys string) ([]NIC, error) {
+func NICs(sys string) ([]agentapi.NIC, error) {
 	dir := filepath.Join(sys, "class", "net")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list network interfaces: %w", err)
 	}
-	nics := []NIC{}
+	nics := []agentapi.NIC{}
 	for _, e := range ents {
 		n := filepath.Join(dir, e.Name())
 		dev, err := os.Readlink(filepath.Join(n, "device"))
 		if err != nil {
 			continue // virtual
 		}
-		nic := NIC{
+		nic := agentapi.NIC{
 			Name:      e.Name(),
 			MAC:       strings.ToLower(readTrim(filepath.Join(n, "address"))),
 			OperState: readTrim(filepath.Join(n, "operstate")),

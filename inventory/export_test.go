@@ -1,8 +1,11 @@
-package main
+package inventory
 
 import (
 	"errors"
+	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -10,23 +13,22 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/kilnhq/kiln/agents/machine/facts"
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
 // The exported document of a discovered machine is a valid Machine as it
 // stands, with what its agent reported filled in.
 func TestExportDiscoveredIsValidInventory(t *testing.T) {
-	d := inventory.Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-x86_64", FirstSeen: time.Unix(0, 0).UTC()}
-	f := &facts.Facts{Arch: "amd64", CPU: facts.CPU{Model: "QEMU Virtual CPU", Count: 2}, Memory: facts.Memory{TotalBytes: 1 << 30},
-		DMI:   facts.DMI{Vendor: "KilnLab", Product: "E2E", Serial: "S-1"},
-		Disks: []facts.Disk{{Name: "sr0", Removable: true, Serial: "CD"}, {Name: "vda", SizeBytes: 64 << 30, Serial: "disk-1"}},
-		NICs:  []facts.NIC{{Name: "eth0", MAC: "52:54:00:aa:bb:cc"}, {Name: "eth1", MAC: "52:54:00:aa:bb:cd", Driver: "virtio_net"}},
-		LLDP:  []facts.Neighbor{{MAC: "52:54:00:aa:bb:cc", SystemName: "tor-1", PortID: "Ethernet12"}}}
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-x86_64", FirstSeen: time.Unix(0, 0).UTC()}
+	f := &agentapi.Facts{Arch: "amd64", CPU: agentapi.CPU{Model: "QEMU Virtual CPU", Count: 2}, Memory: agentapi.Memory{TotalBytes: 1 << 30},
+		DMI:   agentapi.DMI{Vendor: "KilnLab", Product: "E2E", Serial: "S-1"},
+		Disks: []agentapi.Disk{{Name: "sr0", Removable: true, Serial: "CD"}, {Name: "vda", SizeBytes: 64 << 30, Serial: "disk-1"}},
+		NICs:  []agentapi.NIC{{Name: "eth0", MAC: "52:54:00:aa:bb:cc"}, {Name: "eth1", MAC: "52:54:00:aa:bb:cd", Driver: "virtio_net"}},
+		LLDP:  []agentapi.Neighbor{{MAC: "52:54:00:aa:bb:cc", SystemName: "tor-1", PortID: "Ethernet12"}}}
 	for _, c := range []struct {
 		name  string
-		facts *facts.Facts
+		facts *agentapi.Facts
 		want  []string
 	}{
 		{"without-facts", nil, []string{`mac: "52:54:00:aa:bb:cc", subnet: net1`, "driver: manual"}},
@@ -39,16 +41,7 @@ func TestExportDiscoveredIsValidInventory(t *testing.T) {
 					t.Errorf("missing %q in\n%s", w, doc)
 				}
 			}
-			inv := `apiVersion: kiln.dev/v1alpha1
-kind: Rack
-metadata: {name: r1}
----
-apiVersion: kiln.dev/v1alpha1
-kind: Subnet
-metadata: {name: net1}
-spec: {cidr: 192.0.2.0/24, rack: r1}
-`
-			r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(inv + doc)}})
+			r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(exportInventory + doc)}})
 			if r.Problems.Errors() > 0 {
 				t.Fatalf("exported document is not valid:\n%s\n%s", r.Problems, doc)
 			}
@@ -70,12 +63,12 @@ spec: {cidr: 192.0.2.0/24, rack: r1}
 // quoted scalars.
 func TestExportDiscoveredRefusesInjectedDocuments(t *testing.T) {
 	inject := "x\n---\napiVersion: kiln.dev/v1alpha1\nkind: Machine\nmetadata: {name: evil}\nspec: {rack: r1, state: deployed, interfaces: [{name: eno1, mac: \"52:54:00:00:00:66\"}], bmc: {driver: manual}}\n"
-	d := inventory.Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", FirstSeen: time.Unix(0, 0).UTC(),
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", FirstSeen: time.Unix(0, 0).UTC(),
 		VendorClass: "PXEClient" + inject, CircuitID: "\u2028kind: Machine\u2029state: deployed", Relay: inject}
-	f := &facts.Facts{DMI: facts.DMI{Vendor: inject, Serial: "\r\n---\n"},
-		Disks: []facts.Disk{{Name: inject, Serial: "\"}\nstate: deployed\n#", Model: inject}},
-		NICs:  []facts.NIC{{MAC: "52:54:00:aa:bb:cd\nstate: deployed"}, {MAC: "52:54:00:aa:bb:ce", Driver: inject}},
-		LLDP:  []facts.Neighbor{{MAC: inject, SystemName: inject, PortID: inject}}}
+	f := &agentapi.Facts{DMI: agentapi.DMI{Vendor: inject, Serial: "\r\n---\n"},
+		Disks: []agentapi.Disk{{Name: inject, Serial: "\"}\nstate: deployed\n#", Model: inject}},
+		NICs:  []agentapi.NIC{{MAC: "52:54:00:aa:bb:cd\nstate: deployed"}, {MAC: "52:54:00:aa:bb:ce", Driver: inject}},
+		LLDP:  []agentapi.Neighbor{{MAC: inject, SystemName: inject, PortID: inject}}}
 	out := machineDoc(d, f)
 	checkExported(t, out, []string{"node-525400aabbcc"})
 	if strings.Contains(out, "\nstate: deployed") || strings.Contains(out, "\n  state: deployed") || strings.Contains(out, "\nkind: Machine\nmetadata: {name: evil}") {
@@ -95,6 +88,15 @@ func TestExportDiscoveredRefusesInjectedDocuments(t *testing.T) {
 	if len(m.Spec.Interfaces) != 2 || m.Spec.Interfaces[1].MAC != "52:54:00:aa:bb:ce" {
 		t.Errorf("a NIC whose MAC does not parse must be dropped, the other kept: %+v", m.Spec.Interfaces)
 	}
+}
+
+// machineDoc is the Machine document of one discovered MAC, as text.
+func machineDoc(d Discovered, f *agentapi.Facts) string {
+	var b strings.Builder
+	if err := ExportDiscovered(&b, []DiscoveredMachine{{d, f}}); err != nil {
+		return "# " + commentText(err.Error()) + "\n"
+	}
+	return b.String()
 }
 
 const exportInventory = `apiVersion: kiln.dev/v1alpha1
@@ -119,16 +121,16 @@ func FuzzExportDiscovered(f *testing.F) {
 		f.Add(s, s, "52:54:00:12:34:56")
 	}
 	f.Fuzz(func(t *testing.T, vendor, fact, nicMAC string) {
-		ms := []discoveredMachine{
-			{inventory.Discovered{MAC: "52:54:00:aa:bb:01", Rack: "r1", Subnet: "net1", VendorClass: vendor, CircuitID: fact, Relay: fact}, nil},
-			{inventory.Discovered{MAC: "52:54:00:aa:bb:02", Rack: "r1", VendorClass: fact}, &facts.Facts{Arch: fact,
-				CPU: facts.CPU{Model: fact}, DMI: facts.DMI{Vendor: vendor, Product: fact, Serial: fact},
-				Disks: []facts.Disk{{Name: fact, Model: vendor, Serial: fact}},
-				NICs:  []facts.NIC{{Name: fact, MAC: nicMAC, Driver: vendor}, {MAC: fact}},
-				LLDP:  []facts.Neighbor{{MAC: fact, SystemName: vendor, PortID: fact}}}},
+		ms := []DiscoveredMachine{
+			{Discovered{MAC: "52:54:00:aa:bb:01", Rack: "r1", Subnet: "net1", VendorClass: vendor, CircuitID: fact, Relay: fact}, nil},
+			{Discovered{MAC: "52:54:00:aa:bb:02", Rack: "r1", VendorClass: fact}, &agentapi.Facts{Arch: fact,
+				CPU: agentapi.CPU{Model: fact}, DMI: agentapi.DMI{Vendor: vendor, Product: fact, Serial: fact},
+				Disks: []agentapi.Disk{{Name: fact, Model: vendor, Serial: fact}},
+				NICs:  []agentapi.NIC{{Name: fact, MAC: nicMAC, Driver: vendor}, {MAC: fact}},
+				LLDP:  []agentapi.Neighbor{{MAC: fact, SystemName: vendor, PortID: fact}}}},
 		}
 		var b strings.Builder
-		if err := writeMachineDocs(&b, ms); err != nil {
+		if err := ExportDiscovered(&b, ms); err != nil {
 			t.Fatal(err)
 		}
 		checkExported(t, b.String(), []string{"node-525400aabb01", "node-525400aabb02"})
@@ -212,5 +214,37 @@ func checkExported(t *testing.T, out string, names []string) {
 		if m.Kind != "Machine" || m.Metadata.Name != names[i] || m.Spec.State != "ready" {
 			t.Fatalf("document %d: kind %q name %q state %q, want Machine %s ready:\n%s", i, m.Kind, m.Metadata.Name, m.Spec.State, names[i], out)
 		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// The export's output, byte for byte: without facts, with them, and
+// under attack.
+func TestExportDiscoveredGolden(t *testing.T) {
+	inject := "x\n---\nkind: Machine\n"
+	d := Discovered{MAC: "52:54:00:aa:bb:cc", Rack: "r1", Subnet: "net1", Arch: "efi-arm64", FirstSeen: time.Unix(0, 0).UTC(),
+		VendorClass: "PXEClient" + inject, CircuitID: "Ethernet1/1"}
+	f := &agentapi.Facts{Arch: "amd64", CPU: agentapi.CPU{Model: "QEMU Virtual CPU", Count: 2}, Memory: agentapi.Memory{TotalBytes: 1 << 30},
+		DMI:   agentapi.DMI{Vendor: "KilnLab", Product: inject, Serial: "S-1"},
+		Disks: []agentapi.Disk{{Name: "sr0", Removable: true, Serial: "CD"}, {Name: "vda", SizeBytes: 64 << 30, Serial: "disk\"1", Model: "virtio"}},
+		NICs:  []agentapi.NIC{{Name: "eth0", MAC: "52:54:00:aa:bb:cc"}, {Name: "eth1", MAC: "52:54:00:AA:BB:CD", Driver: "virtio_net"}, {MAC: "bogus"}},
+		LLDP:  []agentapi.Neighbor{{MAC: "52:54:00:aa:bb:cc", SystemName: "tor-1", PortID: "Ethernet12"}}}
+	var b strings.Builder
+	if err := ExportDiscovered(&b, []DiscoveredMachine{{d, nil}, {Discovered{MAC: "52:54:00:aa:bb:dd", Rack: "r2", Arch: "bios"}, f}}); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "export-discovered.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != string(want) {
+		t.Errorf("got\n%s\nwant (%s; -update rewrites it)\n%s", b.String(), golden, want)
 	}
 }
