@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
@@ -78,7 +79,7 @@ func (v *VMLab) WaitPhase(machine, phase string, timeout time.Duration) (time.Du
 				v.T.Logf("netlab: %s: phase %s (%s)", machine, got, time.Since(start).Round(time.Second))
 				last = got
 			}
-			if strings.HasPrefix(got, "failed-") && !strings.HasPrefix(phase, "failed-") {
+			if strings.HasPrefix(got, reconciler.FailedPrefix) && !strings.HasPrefix(phase, reconciler.FailedPrefix) {
 				d, _ := v.Kiln("describe", "machine", machine)
 				return time.Since(start), fmt.Errorf("%s is %s while waiting for %s:\n%s", machine, got, phase, d)
 			}
