@@ -5,8 +5,9 @@
 // Everything a rack agent writes lives under a prefix that names its
 // rack, so that etcd's role-based access control (which grants single
 // keys and prefixes only) can confine a rack's credentials to its own
-// keys (RackGrants). Machine and rack names are validated DNS labels, so
-// no name contains '/' and no prefix of one rack is a prefix of another's.
+// keys (RackGrants). Machine and rack names are validated (lower-case
+// letters, digits, '-' and '.'), so no name contains '/' and no prefix of
+// one rack is a prefix of another's.
 //
 // docs/keys.md lists every key family with its writer, readers, lifetime
 // and the roles that may touch it.

@@ -12,7 +12,7 @@ import (
 const (
 	maxBatch    = 100              // leases per Save when they come faster than BatchDelay
 	saveTimeout = 10 * time.Second // one Save
-	drainTime   = 2 * time.Second  // saving what is queued when the server stops
+	drainTime   = time.Second      // saving what is queued when the server stops (within the 2 s shutdown)
 )
 
 // errStopped is what waiters get when the server stops before their save.
