@@ -88,6 +88,9 @@ type validator struct {
 
 func (v *validator) report(sev Severity, o Object, path, format string, args ...any) {
 	h := o.GetHeader()
+	if !h.decoded(path) {
+		return // decoding reported this value already
+	}
 	p := Problem{Severity: sev, Field: path, Message: fmt.Sprintf(format, args...), doc: h.ref, path: path}
 	if h.ref == nil { // built in code, not read from a file
 		p.Pos = Pos{File: h.Origin.File, Line: h.Origin.Line}
@@ -193,7 +196,7 @@ func (v *validator) rack(r *Rack) {
 				v.errorf(r, pp+".machine", "machine %q not found", port.Machine)
 			case m.Spec.Rack != r.Metadata.Name:
 				v.errorf(r, pp+".machine", "machine %q is in rack %q, not %q", port.Machine, m.Spec.Rack, r.Metadata.Name)
-			case !hasInterface(m, port.Interface):
+			case !hasInterface(m, port.Interface) && m.decoded("spec.interfaces"):
 				v.errorf(r, pp+".interface", "machine %q has no interface %q", port.Machine, port.Interface)
 			}
 		}
@@ -689,7 +692,7 @@ func (v *validator) bmc(m *Machine) {
 	}
 	pw := b.Password
 	switch {
-	case pw == nil && (b.Driver == "ipmi" || b.Driver == "redfish"):
+	case pw == nil && (b.Driver == "ipmi" || b.Driver == "redfish") && m.decoded("spec.bmc.password"):
 		v.warnf(m, "spec.bmc", "no password: the BMC must accept an empty one")
 	case pw == nil:
 	case pw.Plaintext() && pw.FromEnv == "" && pw.FromFile == "":
