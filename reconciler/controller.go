@@ -550,73 +550,26 @@ func (c *controller) work(ctx context.Context) error {
 func (c *controller) reconcile(ctx context.Context, name string) error {
 	start := time.Now()
 	m := c.r.metrics
-	c.mu.Lock()
-	machine := c.desired[name]
-	se, hasStatus := c.status[name]
-	te, hasTask := c.tasks[name]
-	in := Input{Now: c.r.cfg.Now().UTC(), Machine: machine, Status: se.st, Revision: c.revision, Observed: c.observed}
-	if machine != nil && machine.Spec.Image != "" {
-		in.Image = c.images[machine.Spec.Image]
-		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {
-			in.ImageOnRack = &st
-		}
-	}
-	if re, ok := c.reports[name]; ok && machine != nil && re.rack == machine.Spec.Rack {
-		r := re.rep
-		in.Report = &r
-	}
-	lease := c.lease
-	c.mu.Unlock()
-	if machine == nil {
+	snap := c.snapshot(name)
+	if snap.in.Machine == nil {
 		return nil // not in the inventory: nothing to do, nothing touched
 	}
-	if se.bad != nil {
+	if snap.status.bad != nil {
 		m.reconciles.WithLabelValues("error").Inc()
 		c.r.log.Error("machine status cannot be decoded; leaving the machine alone until the key is fixed or deleted",
-			"machine", name, "key", c.store.Keys().MachineStatus(name), "err", se.bad)
+			"machine", name, "key", c.store.Keys().MachineStatus(name), "err", snap.status.bad)
 		return nil
 	}
-	if hasTask {
-		t := te.task
-		in.Task = &t
+	dec := Decide(snap.in, c.r.cfg.Policy)
+	txn, err := c.txn(name, snap, &dec)
+	if err != nil {
+		return err
 	}
-	dec := Decide(in, c.r.cfg.Policy)
-
-	statusKey := c.store.Keys().MachineStatus(name)
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(statusKey), "=", se.modRev)}
-	var ops []clientv3.Op
-	changed := statusChanged(se.st, dec.Status) || !hasStatus
-	if changed {
-		dec.Status.UpdatedAt = in.Now
-		b, err := json.Marshal(dec.Status)
-		if err != nil {
-			return fmt.Errorf("encode status of %s: %w", name, err)
-		}
-		ops = append(ops, clientv3.OpPut(statusKey, string(b)))
-	}
-	var newTaskKey string
-	if dec.Task != nil {
-		newTaskKey = c.store.Keys().Task(dec.Status.Rack, name)
-		b, err := json.Marshal(dec.Task)
-		if err != nil {
-			return fmt.Errorf("encode task of %s: %w", name, err)
-		}
-		ops = append(ops, clientv3.OpPut(newTaskKey, string(b)))
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(newTaskKey), "=", modRevIf(hasTask && te.key == newTaskKey, te.modRev)))
-	}
-	if hasTask && (dec.DeleteTask || (dec.Task != nil && te.key != newTaskKey)) {
-		ops = append(ops, clientv3.OpDelete(te.key))
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(te.key), "=", te.modRev))
-	}
-	for i, ev := range dec.Events {
-		b, _ := json.Marshal(ev)
-		ops = append(ops, clientv3.OpPut(c.store.Keys().Event(ev.Machine, ev.Time, i), string(b), clientv3.WithLease(lease)))
-	}
-	if len(ops) == 0 {
+	if len(txn.ops) == 0 {
 		c.settle(name, dec, start, "unchanged")
 		return nil
 	}
-	res := c.commit(ctx, cmps, ops)
+	res := c.commit(ctx, txn.cmps, txn.ops)
 	switch {
 	case res.notLeader:
 		m.reconciles.WithLabelValues("error").Inc()
@@ -636,40 +589,143 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 		c.q.AddRateLimited(name)
 		return nil
 	}
-	rev := res.rev
+	compact := c.written(name, dec, txn, res.rev)
+	c.observe(name, snap.status.st, dec, snap.in.Now)
+	if compact {
+		c.compactEvents(ctx, name)
+	}
+	c.settle(name, dec, start, "success")
+	return nil
+}
+
+// snapshot is what one reconcile decides on: the cached state of one
+// machine, taken under the lock.
+type snapshot struct {
+	in        Input // Machine is nil when the machine is not in the inventory
+	status    statusEntry
+	hasStatus bool
+	task      taskEntry
+	hasTask   bool
+	lease     clientv3.LeaseID // events are written with it
+}
+
+func (c *controller) snapshot(name string) snapshot {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	machine := c.desired[name]
+	s := snapshot{lease: c.lease}
+	s.status, s.hasStatus = c.status[name]
+	s.task, s.hasTask = c.tasks[name]
+	s.in = Input{Now: c.r.cfg.Now().UTC(), Machine: machine, Status: s.status.st, Revision: c.revision, Observed: c.observed}
+	if machine == nil {
+		return s
+	}
+	if machine.Spec.Image != "" {
+		s.in.Image = c.images[machine.Spec.Image]
+		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {
+			s.in.ImageOnRack = &st
+		}
+	}
+	if re, ok := c.reports[name]; ok && re.rack == machine.Spec.Rack {
+		r := re.rep
+		s.in.Report = &r
+	}
+	if s.hasTask {
+		t := s.task.task
+		s.in.Task = &t
+	}
+	return s
+}
+
+// machineTxn is the fenced transaction that writes one decision.
+type machineTxn struct {
+	cmps          []clientv3.Cmp
+	ops           []clientv3.Op
+	statusChanged bool
+	taskKey       string // where dec.Task is written, if any
+}
+
+// txn builds the transaction that writes dec: the status if it changed
+// (stamping dec.Status.UpdatedAt), the new task, the old task's deletion,
+// the events; each guarded by the revision it was decided on.
+func (c *controller) txn(name string, snap snapshot, dec *Decision) (machineTxn, error) {
+	keys := c.store.Keys()
+	se, te := snap.status, snap.task
+	statusKey := keys.MachineStatus(name)
+	t := machineTxn{cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(statusKey), "=", se.modRev)}}
+	t.statusChanged = statusChanged(se.st, dec.Status) || !snap.hasStatus
+	if t.statusChanged {
+		dec.Status.UpdatedAt = snap.in.Now
+		b, err := json.Marshal(dec.Status)
+		if err != nil {
+			return t, fmt.Errorf("encode status of %s: %w", name, err)
+		}
+		t.ops = append(t.ops, clientv3.OpPut(statusKey, string(b)))
+	}
+	if dec.Task != nil {
+		t.taskKey = keys.Task(dec.Status.Rack, name)
+		b, err := json.Marshal(dec.Task)
+		if err != nil {
+			return t, fmt.Errorf("encode task of %s: %w", name, err)
+		}
+		t.ops = append(t.ops, clientv3.OpPut(t.taskKey, string(b)))
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(t.taskKey), "=", modRevIf(snap.hasTask && te.key == t.taskKey, te.modRev)))
+	}
+	if snap.hasTask && (dec.DeleteTask || (dec.Task != nil && te.key != t.taskKey)) {
+		t.ops = append(t.ops, clientv3.OpDelete(te.key))
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(te.key), "=", te.modRev))
+	}
+	for i, ev := range dec.Events {
+		b, _ := json.Marshal(ev)
+		t.ops = append(t.ops, clientv3.OpPut(keys.Event(ev.Machine, ev.Time, i), string(b), clientv3.WithLease(snap.lease)))
+	}
+	return t, nil
+}
+
+// written updates the caches with what the transaction wrote at rev and
+// counts the events; it reports whether the machine's events are due for
+// compaction.
+func (c *controller) written(name string, dec Decision, t machineTxn, rev int64) (compact bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	// The watch may have brought something newer already: keep it.
-	if changed && c.status[name].modRev < rev {
+	if t.statusChanged && c.status[name].modRev < rev {
 		c.status[name] = statusEntry{st: dec.Status, modRev: rev}
 	}
 	if cur, ok := c.tasks[name]; dec.Task != nil && (!ok || cur.modRev < rev) {
-		c.tasks[name] = taskEntry{task: *dec.Task, key: newTaskKey, modRev: rev}
+		c.tasks[name] = taskEntry{task: *dec.Task, key: t.taskKey, modRev: rev}
 	} else if dec.DeleteTask && ok && cur.modRev < rev {
 		delete(c.tasks, name)
 	}
 	c.events[name] += len(dec.Events)
-	compact := c.events[name] > c.r.cfg.EventsPerMachine/2
+	compact = c.events[name] > c.r.cfg.EventsPerMachine/2
 	if compact {
 		c.events[name] = 0
 	}
-	c.mu.Unlock()
-	if se.st.Phase != dec.Status.Phase {
-		if !se.st.PhaseStartedAt.IsZero() && se.st.Phase != "" {
-			m.phaseDuration.WithLabelValues(se.st.Phase).Observe(in.Now.Sub(se.st.PhaseStartedAt).Seconds())
-		}
-		for _, ev := range dec.Events {
-			if ev.From != ev.To {
-				c.r.log.Info("machine "+ev.To, "machine", name, "from", ev.From, "reason", ev.Reason, "message", ev.Message)
-			}
+	return compact
+}
+
+// observe times the phase the machine left and logs its transitions.
+func (c *controller) observe(name string, was inventory.MachineStatus, dec Decision, now time.Time) {
+	if was.Phase == dec.Status.Phase {
+		return
+	}
+	if !was.PhaseStartedAt.IsZero() && was.Phase != "" {
+		c.r.metrics.phaseDuration.WithLabelValues(was.Phase).Observe(now.Sub(was.PhaseStartedAt).Seconds())
+	}
+	for _, ev := range dec.Events {
+		if ev.From != ev.To {
+			c.r.log.Info("machine "+ev.To, "machine", name, "from", ev.From, "reason", ev.Reason, "message", ev.Message)
 		}
 	}
-	if compact {
-		if _, err := c.store.CompactEvents(ctx, name, c.r.cfg.EventsPerMachine); err != nil && ctx.Err() == nil {
-			c.r.log.Debug("compact events", "machine", name, "err", err)
-		}
+}
+
+// compactEvents keeps the machine's newest events; failing is harmless
+// (the next compaction catches up), so it is only logged.
+func (c *controller) compactEvents(ctx context.Context, name string) {
+	if _, err := c.store.CompactEvents(ctx, name, c.r.cfg.EventsPerMachine); err != nil && ctx.Err() == nil {
+		c.r.log.Debug("compact events", "machine", name, "err", err)
 	}
-	c.settle(name, dec, start, "success")
-	return nil
 }
 
 func modRevIf(ok bool, rev int64) int64 {

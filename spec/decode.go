@@ -19,11 +19,15 @@ const nodeBudget = 200_000
 type scalarParser interface{ parseScalar(string) error }
 
 // decoder decodes one yaml.Node tree into Go values strictly: unknown
-// fields, duplicate keys and wrong types are Problems with positions.
+// fields, duplicate keys and wrong types are Problems with positions. It
+// decodes what it can around a problem, and records in undecoded the paths
+// whose values it could not take, so that checks of the object stay quiet
+// about them (see Header.decoded).
 type decoder struct {
-	file     string
-	budget   int
-	problems []Problem
+	file      string
+	budget    int
+	problems  []Problem
+	undecoded []string
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
@@ -35,6 +39,16 @@ func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
 	})
 }
 
+// wrongf reports a value that could not be decoded at path.
+func (d *decoder) wrongf(n *yaml.Node, path, format string, args ...any) {
+	d.errorf(n, path, format, args...)
+	d.undecoded = append(d.undecoded, path)
+}
+
+// exhausted reports whether the document ran over its node budget, in
+// which case what was decoded is only a part of it.
+func (d *decoder) exhausted() bool { return d.budget <= 0 }
+
 func join(path, key string) string {
 	if path == "" {
 		return key
@@ -42,34 +56,39 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
+// decode decodes n into v. A null leaves v's zero value, as if absent.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	d.budget--
 	if d.budget == 0 {
 		d.errorf(n, path, "document too complex (more than %d nodes after expanding aliases)", nodeBudget)
 	}
-	if d.budget <= 0 {
-		return
-	}
-	if n.Kind == yaml.AliasNode {
+	switch {
+	case d.budget <= 0:
+	case n.Kind == yaml.AliasNode:
 		d.decode(n.Alias, v, path)
-		return
-	}
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return // leave the zero value: same as absent
-	}
-	if v.Type() == reflect.TypeFor[Duration]() && n.Kind != yaml.ScalarNode {
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!null":
+	case v.Type() == reflect.TypeFor[Duration]() && n.Kind != yaml.ScalarNode:
 		// Duration is a struct underneath: don't decode it as a mapping.
-		d.errorf(n, path, "expected a duration such as 1h, got %s", describe(n))
-		return
-	}
-	if n.Kind == yaml.ScalarNode && v.CanAddr() {
-		if sp, ok := v.Addr().Interface().(scalarParser); ok {
-			if err := sp.parseScalar(n.Value); err != nil {
-				d.errorf(n, path, "%v", err)
-			}
-			return
+		d.wrongf(n, path, "expected a duration such as 1h, got %s", describe(n))
+	case n.Kind == yaml.ScalarNode && isScalarParser(v):
+		if err := v.Addr().Interface().(scalarParser).parseScalar(n.Value); err != nil {
+			d.wrongf(n, path, "%v", err)
 		}
+	default:
+		d.decodeKind(n, v, path)
 	}
+}
+
+func isScalarParser(v reflect.Value) bool {
+	if !v.CanAddr() {
+		return false
+	}
+	_, ok := v.Addr().Interface().(scalarParser)
+	return ok
+}
+
+// decodeKind decodes n by the kind of v.
+func (d *decoder) decodeKind(n *yaml.Node, v reflect.Value, path string) {
 	switch v.Kind() {
 	case reflect.Pointer:
 		if v.IsNil() {
@@ -79,88 +98,108 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	case reflect.Struct:
 		d.decodeStruct(n, v, path)
 	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			d.errorf(n, path, "expected a mapping of names to values, got %s", describe(n))
-			return
-		}
-		if v.IsNil() {
-			v.Set(reflect.MakeMap(v.Type()))
-		}
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			if k.Kind != yaml.ScalarNode {
-				d.errorf(k, path, "keys must be plain strings")
-				continue
-			}
-			if seen[k.Value] {
-				d.errorf(k, join(path, k.Value), "key %q repeated", k.Value)
-				continue
-			}
-			seen[k.Value] = true
-			elem := reflect.New(v.Type().Elem()).Elem()
-			d.decode(val, elem, join(path, k.Value))
-			v.SetMapIndex(reflect.ValueOf(k.Value), elem)
-		}
+		d.decodeMap(n, v, path)
 	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n, path, "expected a list, got %s", describe(n))
-			return
-		}
-		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
-		for i, c := range n.Content {
-			d.decode(c, s.Index(i), path+"["+strconv.Itoa(i)+"]")
-		}
-		v.Set(s)
+		d.decodeSlice(n, v, path)
 	default:
-		if n.Kind != yaml.ScalarNode {
-			d.errorf(n, path, "expected %s, got %s", typeName(v.Type()), describe(n))
-			return
-		}
-		if typeName(v.Type()) == "a whole number" && n.ShortTag() != "!!int" {
-			// yaml.v3 would truncate 1.5 to 1.
-			d.errorf(n, path, "expected %s, got %q", typeName(v.Type()), n.Value)
-			return
-		}
-		if err := n.Decode(v.Addr().Interface()); err != nil {
-			d.errorf(n, path, "expected %s, got %q", typeName(v.Type()), n.Value)
+		d.decodeScalar(n, v, path)
+	}
+}
+
+func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.wrongf(n, path, "expected a mapping of names to values, got %s", describe(n))
+		return
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	d.pairs(n, path, "key", nil, func(k, val *yaml.Node) {
+		elem := reflect.New(v.Type().Elem()).Elem()
+		d.decode(val, elem, join(path, k.Value))
+		v.SetMapIndex(reflect.ValueOf(k.Value), elem)
+	})
+}
+
+func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.SequenceNode {
+		d.wrongf(n, path, "expected a list, got %s", describe(n))
+		return
+	}
+	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+	for i, c := range n.Content {
+		d.decode(c, s.Index(i), path+"["+strconv.Itoa(i)+"]")
+	}
+	v.Set(s)
+}
+
+func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
+	switch {
+	case n.Kind != yaml.ScalarNode:
+		d.wrongf(n, path, "expected %s, got %s", typeName(v.Type()), describe(n))
+	case typeName(v.Type()) == "a whole number" && n.ShortTag() != "!!int":
+		// yaml.v3 would truncate 1.5 to 1.
+		d.wrongf(n, path, "expected %s, got %q", typeName(v.Type()), n.Value)
+	case n.Decode(v.Addr().Interface()) != nil:
+		d.wrongf(n, path, "expected %s, got %q", typeName(v.Type()), n.Value)
+	}
+}
+
+// pairs calls fn with each key and value of the mapping n whose key is a
+// plain string met for the first time, and reports the other keys; what
+// names a key in that report ("key", "field"). A key for which refuse
+// returns true (it reported why) is skipped before the repeat check.
+func (d *decoder) pairs(n *yaml.Node, path, what string, refuse func(k *yaml.Node) bool, fn func(k, val *yaml.Node)) {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		switch {
+		case k.Kind != yaml.ScalarNode:
+			d.errorf(k, path, "keys must be plain strings")
+		case refuse != nil && refuse(k):
+		case seen[k.Value]:
+			d.errorf(k, join(path, k.Value), "%s %q repeated", what, k.Value)
+		default:
+			seen[k.Value] = true
+			fn(k, val)
 		}
 	}
 }
 
 func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind != yaml.MappingNode {
-		d.errorf(n, path, "expected a mapping, got %s", describe(n))
+		d.wrongf(n, path, "expected a mapping, got %s", describe(n))
 		return
 	}
 	fields := fieldsOf(v.Type())
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			d.errorf(k, path, "keys must be plain strings")
-			continue
+	mergeKey := func(k *yaml.Node) bool {
+		if k.Value != "<<" {
+			return false
 		}
-		if k.Value == "<<" {
-			d.errorf(k, path, "merge keys (<<) are not supported; use a Profile for shared settings")
-			continue
-		}
-		if seen[k.Value] {
-			d.errorf(k, join(path, k.Value), "field %q repeated", k.Value)
-			continue
-		}
-		seen[k.Value] = true
+		// What the merge would have brought in is missing below path.
+		d.wrongf(k, path, "merge keys (<<) are not supported; use a Profile for shared settings")
+		return true
+	}
+	d.pairs(n, path, "field", mergeKey, func(k, val *yaml.Node) {
 		f, ok := fields.byName[k.Value]
 		if !ok {
-			msg := fmt.Sprintf("unknown field %q", k.Value)
-			if s := suggest(k.Value, fields.names); s != "" {
-				msg += fmt.Sprintf(" (did you mean %q?)", s)
-			}
-			d.errorf(k, path, "%s", msg)
-			continue
+			d.unknownField(k, path, fields.names)
+			return
 		}
 		d.decode(val, v.FieldByIndex(f), join(path, k.Value))
+	})
+}
+
+// unknownField reports a field name that is not one of names. When it is
+// close to one, that field is taken as misspelt: not decoded.
+func (d *decoder) unknownField(k *yaml.Node, path string, names []string) {
+	s := suggest(k.Value, names)
+	if s == "" {
+		d.errorf(k, path, "unknown field %q", k.Value)
+		return
 	}
+	d.errorf(k, path, "unknown field %q (did you mean %q?)", k.Value, s)
+	d.undecoded = append(d.undecoded, join(path, s))
 }
 
 type structFields struct {

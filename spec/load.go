@@ -50,6 +50,9 @@ type docRef struct {
 	file  string
 	index int
 	line  int
+	// undecoded lists the field paths whose values were not decoded
+	// (wrong type, misspelt name): see Header.decoded.
+	undecoded []string
 }
 
 type located struct {
@@ -139,6 +142,22 @@ func (l *Loader) Load(fsys fs.FS) *Result {
 
 func (h *Header) refOf() *docRef { return h.ref }
 
+// decoded reports whether the value at path (or above it) was read from
+// the document. It is false below a value that had the wrong type or a
+// field whose name was misspelt: decoding already reported that, and a
+// check of the object would only add noise ("required") about it.
+func (h *Header) decoded(path string) bool {
+	if h.ref == nil {
+		return true
+	}
+	for _, u := range h.ref.undecoded {
+		if u == "" || path == u || strings.HasPrefix(path, u+".") || strings.HasPrefix(path, u+"[") {
+			return false
+		}
+	}
+	return true
+}
+
 func isYAML(p string) bool {
 	return strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")
 }
@@ -213,7 +232,7 @@ func (l *Loader) parse(name string, data []byte) *parsedFile {
 		if obj != nil {
 			h := obj.GetHeader()
 			h.Origin = Origin{File: name, Line: root.Line}
-			h.ref = &docRef{file: name, index: index, line: root.Line}
+			h.ref = &docRef{file: name, index: index, line: root.Line, undecoded: d.undecoded}
 			pf.objects = append(pf.objects, obj)
 		}
 	}
@@ -282,10 +301,12 @@ func decodeDocument(d *decoder, root *yaml.Node) Object {
 	case apiVersion.Value != APIVersion:
 		d.errorf(apiVersion, "apiVersion", "unsupported %q (want %s)", apiVersion.Value, APIVersion)
 	}
-	n := len(d.problems)
+	// A document with problems is kept, so that every problem of it is
+	// reported (the validator stays quiet about what was not decoded) and
+	// references to it resolve; its problems still reject the inventory.
 	d.decode(root, reflect.ValueOf(obj).Elem(), "")
-	if len(d.problems) > n {
-		return nil // a half-decoded object would only cause follow-on noise
+	if d.exhausted() {
+		return nil // only a part of it was read
 	}
 	return obj
 }

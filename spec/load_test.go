@@ -141,3 +141,52 @@ func TestAllowedRelays(t *testing.T) {
 		}
 	}
 }
+
+// TestDocumentWithProblemsKept: a document with an unknown field and an
+// invalid value (issue 13) is reported in full and kept for the
+// reference checks, and the inventory still has errors (it is rejected
+// whole by whoever applies it).
+func TestDocumentWithProblemsKept(t *testing.T) {
+	r := Load(os.DirFS("testdata/invalid/unknown-field-beside-invalid-value"))
+	var msgs []string
+	for _, p := range r.Problems {
+		msgs = append(msgs, p.String())
+	}
+	got := strings.Join(msgs, "\n")
+	for _, want := range []string{`unknown field "bogus"`, `spec.firmware: "nonsense" is not one of bios, uefi`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no problem with %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "not found") {
+		t.Errorf("a false \"not found\":\n%s", got)
+	}
+	if r.Inventory.Machines["vm-1"] == nil {
+		t.Error("vm-1 was dropped")
+	}
+	if r.Problems.Errors() != 2 {
+		t.Errorf("%d errors, want 2", r.Problems.Errors())
+	}
+}
+
+// TestUndecodedQuiet: the checks say nothing about a value the decoder
+// could not take (a wrong type, a misspelt field), only about the rest.
+func TestUndecodedQuiet(t *testing.T) {
+	doc := `apiVersion: kiln.dev/v1alpha1
+kind: Machine
+metadata: {name: m}
+spec:
+  interfaces: eno1
+  bmc: {driver: ipmi, adress: 10.0.0.5, username: admin, password: {fromEnv: PW}}
+  rootDisk: {minSize: 2000G, maxSize: 1000G}
+`
+	r := Load(fstest.MapFS{"m.yaml": {Data: []byte(doc)}})
+	got := r.Problems.String()
+	want := `m.yaml:5:15: error: spec.interfaces: expected a list, got "eno1"
+m.yaml:6:23: error: spec.bmc: unknown field "adress" (did you mean "address"?)
+m.yaml:7:13: error: spec.rootDisk: minSize is larger than maxSize: no disk can match
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}

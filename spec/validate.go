@@ -88,6 +88,9 @@ type validator struct {
 
 func (v *validator) report(sev Severity, o Object, path, format string, args ...any) {
 	h := o.GetHeader()
+	if !h.decoded(path) {
+		return // decoding reported this value already
+	}
 	p := Problem{Severity: sev, Field: path, Message: fmt.Sprintf(format, args...), doc: h.ref, path: path}
 	if h.ref == nil { // built in code, not read from a file
 		p.Pos = Pos{File: h.Origin.File, Line: h.Origin.Line}
@@ -174,12 +177,7 @@ func (v *validator) rack(r *Rack) {
 	names := map[string]bool{}
 	for i, sw := range r.Spec.Switches {
 		p := fmt.Sprintf("spec.switches[%d]", i)
-		if sw.Name == "" {
-			v.errorf(r, p+".name", "required")
-		} else if names[sw.Name] {
-			v.errorf(r, p+".name", "switch %q listed twice", sw.Name)
-		}
-		names[sw.Name] = true
+		v.nameOnce(r, p+".name", sw.Name, names, "required", "switch %q listed twice")
 		for j, port := range sw.Ports {
 			pp := fmt.Sprintf("%s.ports[%d]", p, j)
 			if port.Name == "" {
@@ -193,7 +191,7 @@ func (v *validator) rack(r *Rack) {
 				v.errorf(r, pp+".machine", "machine %q not found", port.Machine)
 			case m.Spec.Rack != r.Metadata.Name:
 				v.errorf(r, pp+".machine", "machine %q is in rack %q, not %q", port.Machine, m.Spec.Rack, r.Metadata.Name)
-			case !hasInterface(m, port.Interface):
+			case !hasInterface(m, port.Interface) && m.decoded("spec.interfaces"):
 				v.errorf(r, pp+".interface", "machine %q has no interface %q", port.Machine, port.Interface)
 			}
 		}
@@ -234,61 +232,50 @@ func (v *validator) subnet(s *Subnet) {
 	} else if _, ok := v.inv.Racks[sp.Rack]; !ok {
 		v.errorf(s, "spec.rack", "rack %q not found", sp.Rack)
 	}
-	if sp.CIDR == "" {
-		v.errorf(s, "spec.cidr", "required, e.g. 10.0.0.0/24")
+	prefix, ok := v.subnetPrefix(s)
+	if !ok {
 		return
 	}
-	prefix, err := netip.ParsePrefix(sp.CIDR)
-	switch {
-	case err != nil:
-		v.errorf(s, "spec.cidr", "%q is not a CIDR (e.g. 10.0.0.0/24)", sp.CIDR)
-		return
-	case !prefix.Addr().Is4():
-		v.errorf(s, "spec.cidr", "%q: only IPv4 subnets are served so far", sp.CIDR)
-		return
-	case prefix != prefix.Masked():
-		v.errorf(s, "spec.cidr", "%q has host bits set: did you mean %s?", sp.CIDR, prefix.Masked())
-		return
-	case prefix.Bits() > 30:
-		v.errorf(s, "spec.cidr", "%q is too small to hold machines", sp.CIDR)
-		return
-	}
-	info := &subnetInfo{prefix: prefix, broadcast: lastAddr(prefix)}
-	inside := func(path, ip string) (netip.Addr, bool) {
-		a, err := netip.ParseAddr(ip)
-		if err != nil || !a.Is4() {
-			v.errorf(s, path, "%q is not an IPv4 address", ip)
-			return a, false
-		}
-		if !prefix.Contains(a) {
-			v.errorf(s, path, "%s is outside %s", a, prefix)
-			return a, false
-		}
-		if a == prefix.Addr() || a == info.broadcast {
-			v.errorf(s, path, "%s is the network or broadcast address of %s", a, prefix)
-			return a, false
-		}
-		return a, true
-	}
-	parseRange := func(path string, r IPRange) (addrRange, bool) {
-		a, ok1 := inside(path+".start", r.Start)
-		b, ok2 := inside(path+".end", r.End)
-		if !ok1 || !ok2 {
-			return addrRange{}, false
-		}
-		if b.Less(a) {
-			v.errorf(s, path, "range %s ends before it starts", r)
-			return addrRange{}, false
-		}
-		return addrRange{a, b}, true
-	}
+	c := subnetCheck{v: v, s: s, info: &subnetInfo{prefix: prefix, broadcast: lastAddr(prefix)}}
 	if sp.Gateway != "" {
-		if a, ok := inside("spec.gateway", sp.Gateway); ok {
-			info.gateway = a
+		if a, ok := c.inside("spec.gateway", sp.Gateway); ok {
+			c.info.gateway = a
 		}
 	} else if sp.Mode == ModeRelay {
 		v.errorf(s, "spec.gateway", "required for relay subnets: the router that relays DHCP")
 	}
+	v.subnetSettings(s)
+	c.ranges()
+	v.allowedRelays(s)
+	v.subnetInfo[s] = c.info
+}
+
+// subnetPrefix parses the subnet's CIDR, reporting why it can't serve.
+func (v *validator) subnetPrefix(s *Subnet) (netip.Prefix, bool) {
+	cidr := s.Spec.CIDR
+	if cidr == "" {
+		v.errorf(s, "spec.cidr", "required, e.g. 10.0.0.0/24")
+		return netip.Prefix{}, false
+	}
+	prefix, err := netip.ParsePrefix(cidr)
+	switch {
+	case err != nil:
+		v.errorf(s, "spec.cidr", "%q is not a CIDR (e.g. 10.0.0.0/24)", cidr)
+	case !prefix.Addr().Is4():
+		v.errorf(s, "spec.cidr", "%q: only IPv4 subnets are served so far", cidr)
+	case prefix != prefix.Masked():
+		v.errorf(s, "spec.cidr", "%q has host bits set: did you mean %s?", cidr, prefix.Masked())
+	case prefix.Bits() > 30:
+		v.errorf(s, "spec.cidr", "%q is too small to hold machines", cidr)
+	default:
+		return prefix, true
+	}
+	return netip.Prefix{}, false
+}
+
+// subnetSettings checks the DNS servers, MTU, VLAN and lease time.
+func (v *validator) subnetSettings(s *Subnet) {
+	sp := &s.Spec
 	for i, d := range sp.DNS {
 		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
 			v.errorf(s, fmt.Sprintf("spec.dns[%d]", i), "%q is not an IPv4 address", d)
@@ -303,19 +290,12 @@ func (v *validator) subnet(s *Subnet) {
 	if sp.LeaseTime.Minutes() < 1 {
 		v.errorf(s, "spec.leaseTime", "%s is too short (at least 1m)", sp.LeaseTime)
 	}
-	if sp.DynamicRange != nil {
-		if sp.Mode == ModeProxy {
-			v.warnf(s, "spec.dynamicRange", "ignored: in proxy mode the existing DHCP server hands out addresses")
-		}
-		if r, ok := parseRange("spec.dynamicRange", *sp.DynamicRange); ok {
-			info.dynamic = &r
-			if info.gateway.IsValid() && r.contains(info.gateway) {
-				v.errorf(s, "spec.dynamicRange", "range %s contains the gateway %s", r, info.gateway)
-			}
-		}
-	}
-	seenRelays := map[netip.Addr]bool{}
-	for i, r := range sp.AllowedRelays {
+}
+
+// allowedRelays checks the addresses relays may send from.
+func (v *validator) allowedRelays(s *Subnet) {
+	seen := map[netip.Addr]bool{}
+	for i, r := range s.Spec.AllowedRelays {
 		path := fmt.Sprintf("spec.allowedRelays[%d]", i)
 		a, err := netip.ParseAddr(r)
 		switch {
@@ -323,20 +303,75 @@ func (v *validator) subnet(s *Subnet) {
 			v.errorf(s, path, "%q is not an IPv4 address (the address a relay sends from)", r)
 		case a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 			v.errorf(s, path, "%s cannot be a relay's address", a)
-		case seenRelays[a]:
+		case seen[a]:
 			v.errorf(s, path, "%s is listed twice", a)
 		}
-		seenRelays[a] = true
+		seen[a] = true
+	}
+}
+
+// subnetCheck checks addresses of one subnet against its parsed prefix,
+// filling in info.
+type subnetCheck struct {
+	v    *validator
+	s    *Subnet
+	info *subnetInfo
+}
+
+// inside parses a host address of the subnet.
+func (c subnetCheck) inside(path, ip string) (netip.Addr, bool) {
+	prefix := c.info.prefix
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		c.v.errorf(c.s, path, "%q is not an IPv4 address", ip)
+		return a, false
+	}
+	if !prefix.Contains(a) {
+		c.v.errorf(c.s, path, "%s is outside %s", a, prefix)
+		return a, false
+	}
+	if a == prefix.Addr() || a == c.info.broadcast {
+		c.v.errorf(c.s, path, "%s is the network or broadcast address of %s", a, prefix)
+		return a, false
+	}
+	return a, true
+}
+
+func (c subnetCheck) parseRange(path string, r IPRange) (addrRange, bool) {
+	a, ok1 := c.inside(path+".start", r.Start)
+	b, ok2 := c.inside(path+".end", r.End)
+	if !ok1 || !ok2 {
+		return addrRange{}, false
+	}
+	if b.Less(a) {
+		c.v.errorf(c.s, path, "range %s ends before it starts", r)
+		return addrRange{}, false
+	}
+	return addrRange{a, b}, true
+}
+
+// ranges checks the dynamic and reserved ranges (set the gateway first).
+func (c subnetCheck) ranges() {
+	v, s, sp, info := c.v, c.s, &c.s.Spec, c.info
+	if sp.DynamicRange != nil {
+		if sp.Mode == ModeProxy {
+			v.warnf(s, "spec.dynamicRange", "ignored: in proxy mode the existing DHCP server hands out addresses")
+		}
+		if r, ok := c.parseRange("spec.dynamicRange", *sp.DynamicRange); ok {
+			info.dynamic = &r
+			if info.gateway.IsValid() && r.contains(info.gateway) {
+				v.errorf(s, "spec.dynamicRange", "range %s contains the gateway %s", r, info.gateway)
+			}
+		}
 	}
 	for i, rr := range sp.Reserved {
-		if r, ok := parseRange(fmt.Sprintf("spec.reserved[%d]", i), rr); ok {
+		if r, ok := c.parseRange(fmt.Sprintf("spec.reserved[%d]", i), rr); ok {
 			info.reserved = append(info.reserved, r)
 			if info.dynamic != nil && r.start.Compare(info.dynamic.end) <= 0 && info.dynamic.start.Compare(r.end) <= 0 {
 				v.errorf(s, fmt.Sprintf("spec.reserved[%d]", i), "reserved range %s overlaps the dynamic range %s", r, info.dynamic)
 			}
 		}
 	}
-	v.subnetInfo[s] = info
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
@@ -458,12 +493,7 @@ func (v *validator) profile(pr *Profile) {
 // machines resolves profiles and checks machines, including fleet-wide
 // uniqueness of MACs and addresses.
 func (v *validator) machines() {
-	type owner struct {
-		m    *Machine
-		path string
-	}
-	macs := map[string]owner{}
-	ips := map[netip.Addr]owner{}
+	f := &fleet{macs: map[string]owner{}, ips: map[netip.Addr]owner{}}
 	var selectors []*Profile
 	for _, n := range sortedKeys(v.inv.Profiles) {
 		if p := v.inv.Profiles[n]; p.Spec.Selector != nil {
@@ -474,153 +504,223 @@ func (v *validator) machines() {
 		m := v.inv.Machines[name]
 		v.resolveProfile(m, selectors)
 		applyDefaults(reflect.ValueOf(m))
-		sp := &m.Spec
-		if len(sp.Interfaces) == 0 {
-			v.errorf(m, "spec.interfaces", "required: at least one interface with its MAC, to network-boot")
+		v.machine(m, f)
+	}
+}
+
+// fleet records the MACs and static addresses claimed so far, which must
+// be unique across machines.
+type fleet struct {
+	macs map[string]owner
+	ips  map[netip.Addr]owner
+}
+
+// owner is the machine and field that claimed a MAC or an address.
+type owner struct {
+	m    *Machine
+	path string
+}
+
+// machine checks one machine whose profile is resolved.
+func (v *validator) machine(m *Machine, f *fleet) {
+	c := machineCheck{v: v, m: m, fleet: f, links: map[string]bool{}}
+	c.interfaces()
+	c.rack()
+	c.bonds()
+	c.vlans()
+	v.bmc(m)
+	v.desired(m)
+	v.userData(m)
+	sp := &m.Spec
+	if rd := sp.RootDisk; rd != nil && rd.MaxSize != 0 && rd.MinSize > rd.MaxSize {
+		v.errorf(m, "spec.rootDisk", "minSize is larger than maxSize: no disk can match")
+	}
+	if sp.CommissionGeneration < 0 || sp.DeployGeneration < 0 {
+		v.errorf(m, "spec", "generations can't be negative")
+	}
+}
+
+// machineCheck checks the network settings of one machine.
+type machineCheck struct {
+	v *validator
+	m *Machine
+	*fleet
+	// links holds the interface and bond names seen so far, which VLANs
+	// may name as their link.
+	links map[string]bool
+}
+
+// nameOnce reports a name at path that is empty (required is the
+// message) or already in seen (twice is a format taking the name), and
+// adds it to seen.
+func (v *validator) nameOnce(o Object, path, name string, seen map[string]bool, required, twice string) {
+	if name == "" {
+		v.errorf(o, path, "%s", required)
+	} else if seen[name] {
+		v.errorf(o, path, twice, name)
+	}
+	seen[name] = true
+}
+
+func (c machineCheck) interfaces() {
+	v, m := c.v, c.m
+	if len(m.Spec.Interfaces) == 0 {
+		v.errorf(m, "spec.interfaces", "required: at least one interface with its MAC, to network-boot")
+	}
+	boots := 0
+	for i := range m.Spec.Interfaces {
+		ifc := &m.Spec.Interfaces[i]
+		p := fmt.Sprintf("spec.interfaces[%d]", i)
+		v.nameOnce(m, p+".name", ifc.Name, c.links, "required, e.g. eno1", "interface %q listed twice")
+		if ifc.Boot {
+			boots++
 		}
-		ifnames := map[string]bool{}
-		boots := 0
-		claimIP := func(path, subnet, ip string) {
-			if ip == "" || ip == "auto" {
-				return
-			}
-			a, err := netip.ParseAddr(ip)
-			if err != nil || !a.Is4() {
-				v.errorf(m, path, "%q is not an IPv4 address (or auto)", ip)
-				return
-			}
-			if subnet == "" {
-				v.errorf(m, path, "a static address needs a subnet")
-				return
-			}
-			s := v.inv.Subnets[subnet]
-			info := v.subnetInfo[s]
-			if info == nil {
-				return // the subnet is missing or broken: reported elsewhere
-			}
+		c.mac(p+".mac", ifc)
+		c.subnet(p+".subnet", ifc.Subnet)
+		c.claimIP(p+".ip", ifc.Subnet, ifc.IP)
+	}
+	if boots > 1 {
+		v.errorf(m, "spec.interfaces", "%d interfaces marked boot; mark one", boots)
+	}
+}
+
+// mac checks an interface's MAC, writes it in canonical form and claims it.
+func (c machineCheck) mac(path string, ifc *Interface) {
+	v, m := c.v, c.m
+	if ifc.MAC == "" {
+		v.errorf(m, path, "required")
+		return
+	}
+	hw, err := net.ParseMAC(ifc.MAC)
+	if err != nil || len(hw) != 6 {
+		v.errorf(m, path, "%q is not a MAC address (e.g. 52:54:00:12:34:56)", ifc.MAC)
+		return
+	}
+	ifc.MAC = hw.String()
+	if prev, dup := c.macs[ifc.MAC]; dup {
+		v.errorf(m, path, "%s is already used by machine %q (%s at %s)", ifc.MAC, prev.m.Metadata.Name, prev.path, prev.m.Origin)
+	} else {
+		c.macs[ifc.MAC] = owner{m, path}
+	}
+}
+
+// rack takes the machine's rack from its boot subnet when unset, and
+// checks that the two agree.
+func (c machineCheck) rack() {
+	v, m, sp := c.v, c.m, &c.m.Spec
+	if b := sp.BootInterface(); b != nil {
+		if b.Subnet == "" {
+			v.errorf(m, "spec.interfaces", "the boot interface %q needs a subnet, so Kiln knows which rack answers its DHCP", b.Name)
+		} else if s := v.inv.Subnets[b.Subnet]; s != nil {
 			switch {
-			case !info.prefix.Contains(a):
-				v.errorf(m, path, "%s is outside subnet %q (%s)", a, subnet, info.prefix)
-				return
-			case a == info.prefix.Addr() || a == info.broadcast:
-				v.errorf(m, path, "%s is the network or broadcast address of %s", a, info.prefix)
-				return
-			case a == info.gateway:
-				v.errorf(m, path, "%s is the gateway of subnet %q", a, subnet)
-				return
-			case info.dynamic != nil && info.dynamic.contains(a):
-				v.errorf(m, path, "%s is inside the dynamic range %s of subnet %q, which discovery hands out", a, info.dynamic, subnet)
-				return
+			case sp.Rack == "":
+				sp.Rack = s.Spec.Rack
+			case sp.Rack != s.Spec.Rack:
+				v.errorf(m, "spec.rack", "%q, but the boot interface's subnet %q is served by rack %q", sp.Rack, b.Subnet, s.Spec.Rack)
 			}
-			for _, r := range info.reserved {
-				if r.contains(a) {
-					v.errorf(m, path, "%s is inside the reserved range %s of subnet %q", a, r, subnet)
-					return
-				}
-			}
-			if prev, dup := ips[a]; dup {
-				v.errorf(m, path, "%s is already used by machine %q (%s at %s)", a, prev.m.Metadata.Name, prev.path, prev.m.Origin)
-				return
-			}
-			ips[a] = owner{m, path}
-		}
-		checkSubnet := func(path, subnet string) {
-			if subnet != "" && v.inv.Subnets[subnet] == nil {
-				v.errorf(m, path, "subnet %q not found", subnet)
-			}
-		}
-		for i := range sp.Interfaces {
-			ifc := &sp.Interfaces[i]
-			p := fmt.Sprintf("spec.interfaces[%d]", i)
-			if ifc.Name == "" {
-				v.errorf(m, p+".name", "required, e.g. eno1")
-			} else if ifnames[ifc.Name] {
-				v.errorf(m, p+".name", "interface %q listed twice", ifc.Name)
-			}
-			ifnames[ifc.Name] = true
-			if ifc.Boot {
-				boots++
-			}
-			if ifc.MAC == "" {
-				v.errorf(m, p+".mac", "required")
-			} else if hw, err := net.ParseMAC(ifc.MAC); err != nil || len(hw) != 6 {
-				v.errorf(m, p+".mac", "%q is not a MAC address (e.g. 52:54:00:12:34:56)", ifc.MAC)
-			} else {
-				ifc.MAC = hw.String()
-				if prev, dup := macs[ifc.MAC]; dup {
-					v.errorf(m, p+".mac", "%s is already used by machine %q (%s at %s)", ifc.MAC, prev.m.Metadata.Name, prev.path, prev.m.Origin)
-				} else {
-					macs[ifc.MAC] = owner{m, p + ".mac"}
-				}
-			}
-			checkSubnet(p+".subnet", ifc.Subnet)
-			claimIP(p+".ip", ifc.Subnet, ifc.IP)
-		}
-		if boots > 1 {
-			v.errorf(m, "spec.interfaces", "%d interfaces marked boot; mark one", boots)
-		}
-		if b := sp.BootInterface(); b != nil {
-			if b.Subnet == "" {
-				v.errorf(m, "spec.interfaces", "the boot interface %q needs a subnet, so Kiln knows which rack answers its DHCP", b.Name)
-			} else if s := v.inv.Subnets[b.Subnet]; s != nil {
-				switch {
-				case sp.Rack == "":
-					sp.Rack = s.Spec.Rack
-				case sp.Rack != s.Spec.Rack:
-					v.errorf(m, "spec.rack", "%q, but the boot interface's subnet %q is served by rack %q", sp.Rack, b.Subnet, s.Spec.Rack)
-				}
-			}
-		}
-		if sp.Rack != "" && v.inv.Racks[sp.Rack] == nil {
-			v.errorf(m, "spec.rack", "rack %q not found", sp.Rack)
-		}
-		for i, b := range sp.Bonds {
-			p := fmt.Sprintf("spec.bonds[%d]", i)
-			if b.Name == "" {
-				v.errorf(m, p+".name", "required, e.g. bond0")
-			} else if ifnames[b.Name] {
-				v.errorf(m, p+".name", "%q is already an interface or bond name", b.Name)
-			}
-			ifnames[b.Name] = true
-			if len(b.Interfaces) == 0 {
-				v.errorf(m, p+".interfaces", "required: the interfaces to bond")
-			}
-			for j, member := range b.Interfaces {
-				if !hasInterface(m, member) {
-					v.errorf(m, fmt.Sprintf("%s.interfaces[%d]", p, j), "no interface %q", member)
-				}
-			}
-			checkSubnet(p+".subnet", b.Subnet)
-			claimIP(p+".ip", b.Subnet, b.IP)
-		}
-		for i := range sp.VLANs {
-			vl := &sp.VLANs[i]
-			p := fmt.Sprintf("spec.vlans[%d]", i)
-			if vl.ID < 1 || vl.ID > 4094 {
-				v.errorf(m, p+".id", "%d is outside 1-4094", vl.ID)
-			}
-			if !ifnames[vl.Link] {
-				v.errorf(m, p+".link", "no interface or bond %q", vl.Link)
-			}
-			if vl.Name == "" {
-				vl.Name = vl.Link + "." + strconv.Itoa(vl.ID)
-			}
-			checkSubnet(p+".subnet", vl.Subnet)
-			if s := v.inv.Subnets[vl.Subnet]; s != nil && s.Spec.VLAN != 0 && s.Spec.VLAN != vl.ID {
-				v.warnf(m, p+".id", "%d, but subnet %q is on VLAN %d", vl.ID, vl.Subnet, s.Spec.VLAN)
-			}
-			claimIP(p+".ip", vl.Subnet, vl.IP)
-		}
-		v.bmc(m)
-		v.desired(m)
-		v.userData(m)
-		if rd := sp.RootDisk; rd != nil && rd.MaxSize != 0 && rd.MinSize > rd.MaxSize {
-			v.errorf(m, "spec.rootDisk", "minSize is larger than maxSize: no disk can match")
-		}
-		if sp.CommissionGeneration < 0 || sp.DeployGeneration < 0 {
-			v.errorf(m, "spec", "generations can't be negative")
 		}
 	}
+	if sp.Rack != "" && v.inv.Racks[sp.Rack] == nil {
+		v.errorf(m, "spec.rack", "rack %q not found", sp.Rack)
+	}
+}
+
+func (c machineCheck) bonds() {
+	v, m := c.v, c.m
+	for i, b := range m.Spec.Bonds {
+		p := fmt.Sprintf("spec.bonds[%d]", i)
+		v.nameOnce(m, p+".name", b.Name, c.links, "required, e.g. bond0", "%q is already an interface or bond name")
+		if len(b.Interfaces) == 0 {
+			v.errorf(m, p+".interfaces", "required: the interfaces to bond")
+		}
+		for j, member := range b.Interfaces {
+			if !hasInterface(m, member) {
+				v.errorf(m, fmt.Sprintf("%s.interfaces[%d]", p, j), "no interface %q", member)
+			}
+		}
+		c.subnet(p+".subnet", b.Subnet)
+		c.claimIP(p+".ip", b.Subnet, b.IP)
+	}
+}
+
+func (c machineCheck) vlans() {
+	v, m := c.v, c.m
+	for i := range m.Spec.VLANs {
+		vl := &m.Spec.VLANs[i]
+		p := fmt.Sprintf("spec.vlans[%d]", i)
+		if vl.ID < 1 || vl.ID > 4094 {
+			v.errorf(m, p+".id", "%d is outside 1-4094", vl.ID)
+		}
+		if !c.links[vl.Link] {
+			v.errorf(m, p+".link", "no interface or bond %q", vl.Link)
+		}
+		if vl.Name == "" {
+			vl.Name = vl.Link + "." + strconv.Itoa(vl.ID)
+		}
+		c.subnet(p+".subnet", vl.Subnet)
+		if s := v.inv.Subnets[vl.Subnet]; s != nil && s.Spec.VLAN != 0 && s.Spec.VLAN != vl.ID {
+			v.warnf(m, p+".id", "%d, but subnet %q is on VLAN %d", vl.ID, vl.Subnet, s.Spec.VLAN)
+		}
+		c.claimIP(p+".ip", vl.Subnet, vl.IP)
+	}
+}
+
+// subnet reports a subnet name that is set but not defined.
+func (c machineCheck) subnet(path, subnet string) {
+	if subnet != "" && c.v.inv.Subnets[subnet] == nil {
+		c.v.errorf(c.m, path, "subnet %q not found", subnet)
+	}
+}
+
+// claimIP checks a static address against its subnet and claims it.
+func (c machineCheck) claimIP(path, subnet, ip string) {
+	v, m := c.v, c.m
+	if ip == "" || ip == "auto" {
+		return
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		v.errorf(m, path, "%q is not an IPv4 address (or auto)", ip)
+		return
+	}
+	if subnet == "" {
+		v.errorf(m, path, "a static address needs a subnet")
+		return
+	}
+	info := v.subnetInfo[v.inv.Subnets[subnet]]
+	if info == nil {
+		return // the subnet is missing or broken: reported elsewhere
+	}
+	if msg := info.refuse(a, subnet); msg != "" {
+		v.errorf(m, path, "%s", msg)
+		return
+	}
+	if prev, dup := c.ips[a]; dup {
+		v.errorf(m, path, "%s is already used by machine %q (%s at %s)", a, prev.m.Metadata.Name, prev.path, prev.m.Origin)
+		return
+	}
+	c.ips[a] = owner{m, path}
+}
+
+// refuse says why a (of the subnet named subnet) can't be a machine's
+// static address, or returns "".
+func (info *subnetInfo) refuse(a netip.Addr, subnet string) string {
+	switch {
+	case !info.prefix.Contains(a):
+		return fmt.Sprintf("%s is outside subnet %q (%s)", a, subnet, info.prefix)
+	case a == info.prefix.Addr() || a == info.broadcast:
+		return fmt.Sprintf("%s is the network or broadcast address of %s", a, info.prefix)
+	case a == info.gateway:
+		return fmt.Sprintf("%s is the gateway of subnet %q", a, subnet)
+	case info.dynamic != nil && info.dynamic.contains(a):
+		return fmt.Sprintf("%s is inside the dynamic range %s of subnet %q, which discovery hands out", a, info.dynamic, subnet)
+	}
+	for _, r := range info.reserved {
+		if r.contains(a) {
+			return fmt.Sprintf("%s is inside the reserved range %s of subnet %q", a, r, subnet)
+		}
+	}
+	return ""
 }
 
 func (v *validator) resolveProfile(m *Machine, selectors []*Profile) {
@@ -689,7 +789,7 @@ func (v *validator) bmc(m *Machine) {
 	}
 	pw := b.Password
 	switch {
-	case pw == nil && (b.Driver == "ipmi" || b.Driver == "redfish"):
+	case pw == nil && (b.Driver == "ipmi" || b.Driver == "redfish") && m.decoded("spec.bmc.password"):
 		v.warnf(m, "spec.bmc", "no password: the BMC must accept an empty one")
 	case pw == nil:
 	case pw.Plaintext() && pw.FromEnv == "" && pw.FromFile == "":

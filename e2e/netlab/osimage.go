@@ -70,6 +70,33 @@ func DebianImage(t testing.TB) (path, sha256 string) {
 		t.Skip("netlab: building the Debian OS image needs root (mmdebstrap --mode=root); run the e2e suite as root (make e2e)")
 	}
 	requireOSImageTools(t)
+	lock := lockImageBuild(t, dir)
+	defer lock.Close() // releases the lock
+	// It may have been built while we waited.
+	if p, sum, ok := reuseOrClear(t, dir); ok {
+		return p, sum
+	}
+	start := time.Now()
+	tmp, built := buildImage(t, script, dir, lock)
+	if err := os.Rename(tmp, dir); err != nil {
+		removeBuildDir(t, tmp)
+		t.Fatalf("netlab: Debian image: %v", err)
+	}
+	verifiedImages.Delete(tmp)
+	verifiedImages.Store(dir, built)
+	p, sum, err := cachedImage(dir)
+	if err != nil {
+		t.Fatalf("netlab: Debian image: %v", err)
+	}
+	t.Logf("netlab: built the Debian image in %s: %s (sha256 %s)", time.Since(start).Round(time.Second), p, sum)
+	return p, sum
+}
+
+// lockImageBuild takes the lock that keeps two processes from building
+// the image into dir at once, waiting for it if need be; closing the file
+// releases it.
+func lockImageBuild(t testing.TB, dir string) *os.File {
+	t.Helper()
 	if err := os.MkdirAll(OSImageCache, 0o755); err != nil {
 		t.Fatalf("netlab: Debian image: %v", err)
 	}
@@ -77,29 +104,42 @@ func DebianImage(t testing.TB) (path, sha256 string) {
 	if err != nil {
 		t.Fatalf("netlab: Debian image: %v", err)
 	}
-	defer lock.Close() // releases the lock
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Logf("netlab: another process is building the Debian image in %s; waiting", OSImageCache)
 		if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+			lock.Close()
 			t.Fatalf("netlab: Debian image: lock %s: %v", lock.Name(), err)
 		}
 	}
-	// It may have been built while we waited.
+	return lock
+}
+
+// reuseOrClear returns the image in dir if it is usable; otherwise it
+// removes dir and whatever killed builds left behind. The build lock is
+// held, so no build is running.
+func reuseOrClear(t testing.TB, dir string) (path, sha256 string, ok bool) {
+	t.Helper()
 	if p, sum, err := cachedImage(dir); err == nil {
-		return p, sum
+		return p, sum, true
 	} else if !errors.Is(err, os.ErrNotExist) {
 		t.Logf("netlab: rebuilding the Debian image: %v", err)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatalf("netlab: Debian image: %v", err)
 		}
 	}
-	// Whatever a killed build left behind (we hold the lock: no build runs).
 	old, _ := filepath.Glob(dir + ".tmp-*")
 	for _, o := range old {
 		removeBuildDir(t, o)
 	}
+	return "", "", false
+}
 
-	tmp, err := os.MkdirTemp(OSImageCache, "debian-"+hash+".tmp-")
+// buildImage runs the build script into a temporary directory beside dir
+// and returns that directory, holding a checked image, and the image's
+// sha256. The child inherits lock.
+func buildImage(t testing.TB, script, dir string, lock *os.File) (tmp, sha256 string) {
+	t.Helper()
+	tmp, err := os.MkdirTemp(OSImageCache, filepath.Base(dir)+".tmp-")
 	if err == nil {
 		err = os.Chmod(tmp, 0o755) // servers in tests may run as another user
 	}
@@ -135,18 +175,7 @@ func DebianImage(t testing.TB) (path, sha256 string) {
 		removeBuildDir(t, tmp)
 		t.Fatalf("netlab: the Debian image build made no usable image: %v\n%s", err, tailLines(logPath, 40))
 	}
-	if err := os.Rename(tmp, dir); err != nil {
-		removeBuildDir(t, tmp)
-		t.Fatalf("netlab: Debian image: %v", err)
-	}
-	verifiedImages.Delete(tmp)
-	verifiedImages.Store(dir, built)
-	p, sum, err := cachedImage(dir)
-	if err != nil {
-		t.Fatalf("netlab: Debian image: %v", err)
-	}
-	t.Logf("netlab: built the Debian image in %s: %s (sha256 %s)", time.Since(start).Round(time.Second), p, sum)
-	return p, sum
+	return tmp, built
 }
 
 // removeBuildDir removes a build's temporary directory unless something is

@@ -442,6 +442,32 @@ func (b *BMC) usedBoot(boot Boot) {
 	}
 }
 
+// powerOp runs one power operation: under opMu, after abandoning a
+// graceful restart in progress (any newer operation takes precedence),
+// with the machine's current state.
+func (b *BMC) powerOp(ctx context.Context, op func(PowerState) error) error {
+	b.opMu.Lock()
+	defer b.opMu.Unlock()
+	b.cancelRestartLocked()
+	st, err := b.m.State(ctx)
+	if err != nil {
+		return err
+	}
+	return op(st)
+}
+
+// start starts the machine through how (PowerOn or Reset) with the boot
+// override, logs it as what, and spends a one-time override.
+func (b *BMC) start(ctx context.Context, what string, how func(context.Context, Boot) error) error {
+	boot := b.Boot()
+	if err := how(ctx, boot); err != nil {
+		return err
+	}
+	b.log.Info(what, "boot", boot.String())
+	b.usedBoot(boot)
+	return nil
+}
+
 func (b *BMC) powerOnLocked(ctx context.Context) error {
 	st, err := b.m.State(ctx)
 	if err != nil {
@@ -450,13 +476,7 @@ func (b *BMC) powerOnLocked(ctx context.Context) error {
 	if st == On {
 		return nil
 	}
-	boot := b.Boot()
-	if err := b.m.PowerOn(ctx, boot); err != nil {
-		return err
-	}
-	b.log.Info("power on", "boot", boot.String())
-	b.usedBoot(boot)
-	return nil
+	return b.start(ctx, "power on", b.m.PowerOn)
 }
 
 // powerOn starts the machine with the boot override; a no-op when on.
@@ -482,64 +502,50 @@ func (b *BMC) powerOff(ctx context.Context, hard bool) error {
 // reset restarts a running machine at once; ErrPoweredOff when off,
 // unless onWhenOff.
 func (b *BMC) reset(ctx context.Context, onWhenOff bool) error {
-	b.opMu.Lock()
-	defer b.opMu.Unlock()
-	b.cancelRestartLocked()
-	st, err := b.m.State(ctx)
-	if err != nil {
-		return err
-	}
-	if st == Off {
-		if onWhenOff {
-			return b.powerOnLocked(ctx)
+	return b.powerOp(ctx, func(st PowerState) error {
+		if st == Off {
+			if onWhenOff {
+				return b.powerOnLocked(ctx)
+			}
+			return ErrPoweredOff
 		}
-		return ErrPoweredOff
-	}
-	boot := b.Boot()
-	if err := b.m.Reset(ctx, boot); err != nil {
-		return err
-	}
-	b.log.Info("reset", "boot", boot.String())
-	b.usedBoot(boot)
-	return nil
+		return b.start(ctx, "reset", b.m.Reset)
+	})
 }
 
 // cycle turns a running machine off and on again; ErrPoweredOff when
 // off, unless onWhenOff.
 func (b *BMC) cycle(ctx context.Context, onWhenOff bool) error {
-	b.opMu.Lock()
-	defer b.opMu.Unlock()
-	b.cancelRestartLocked()
-	st, err := b.m.State(ctx)
-	if err != nil {
-		return err
-	}
-	if st == Off && !onWhenOff {
-		return ErrPoweredOff
-	}
-	if st == On {
-		if err := b.m.PowerOff(ctx, true); err != nil {
-			return err
+	return b.powerOp(ctx, func(st PowerState) error {
+		if st == Off && !onWhenOff {
+			return ErrPoweredOff
 		}
-		b.log.Info("power cycle: off")
-	}
-	return b.powerOnLocked(ctx)
+		if st == On {
+			if err := b.m.PowerOff(ctx, true); err != nil {
+				return err
+			}
+			b.log.Info("power cycle: off")
+		}
+		return b.powerOnLocked(ctx)
+	})
 }
 
 // gracefulRestart asks the operating system to shut down and starts the
 // machine again once it is off. It returns after the request; the restart
 // happens in the background unless a newer power operation intervenes.
 func (b *BMC) gracefulRestart(ctx context.Context) error {
-	b.opMu.Lock()
-	defer b.opMu.Unlock()
-	b.cancelRestartLocked()
-	st, err := b.m.State(ctx)
-	if err != nil {
-		return err
-	}
-	if st == Off {
-		return b.powerOnLocked(ctx)
-	}
+	return b.powerOp(ctx, func(st PowerState) error {
+		if st == Off {
+			return b.powerOnLocked(ctx)
+		}
+		return b.shutDownAndRestartLocked(ctx)
+	})
+}
+
+// shutDownAndRestartLocked asks a running machine to shut down and
+// starts, in the background, the wait for it to be off and the power on.
+// opMu is held.
+func (b *BMC) shutDownAndRestartLocked(ctx context.Context) error {
 	if b.stopped {
 		return ErrClosed
 	}

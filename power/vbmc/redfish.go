@@ -186,34 +186,9 @@ func (b *BMC) redfishFaults(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (b *BMC) serveRedfish(w http.ResponseWriter, r *http.Request, path string) {
-	// Resources anyone may read, and the login.
-	switch path {
-	case "/redfish":
-		if b.allow(w, r, "GET") {
-			writeJSON(w, http.StatusOK, obj{"v1": rootPath + "/"})
-		}
+	if b.servePublic(w, r, path) {
 		return
-	case rootPath:
-		if b.allow(w, r, "GET") {
-			writeJSON(w, http.StatusOK, b.serviceRoot())
-		}
-		return
-	case rootPath + "/odata":
-		if b.allow(w, r, "GET") {
-			writeJSON(w, http.StatusOK, obj{"@odata.context": rootPath + "/$metadata", "value": []obj{
-				{"name": "Service", "kind": "Singleton", "url": rootPath + "/"},
-				{"name": "Systems", "kind": "Singleton", "url": systemsPath},
-				{"name": "SessionService", "kind": "Singleton", "url": sessionSvcPath},
-			}})
-		}
-		return
-	case sessionsPath:
-		if r.Method == http.MethodPost {
-			b.login(w, r)
-			return
-		}
 	}
-
 	if _, ok := b.authenticate(r); !ok {
 		b.unauthorized(w)
 		return
@@ -222,42 +197,14 @@ func (b *BMC) serveRedfish(w http.ResponseWriter, r *http.Request, path string) 
 	switch {
 	case path == sessionSvcPath:
 		if b.allow(w, r, "GET") {
-			writeJSON(w, http.StatusOK, obj{
-				"@odata.type":    "#SessionService.v1_1_8.SessionService",
-				"@odata.id":      sessionSvcPath,
-				"Id":             "SessionService",
-				"Name":           "Session Service",
-				"ServiceEnabled": true,
-				"SessionTimeout": int(math.Ceil(b.cfg.SessionTimeout.Seconds())),
-				"Sessions":       link(sessionsPath),
-				"Status":         obj{"State": "Enabled", "Health": "OK"},
-			})
+			b.writeSessionService(w)
 		}
 	case path == sessionsPath:
 		if b.allow(w, r, "GET", "POST") {
-			var members []obj
-			for _, id := range b.sessions.ids(b.now(), b.cfg.SessionTimeout) {
-				members = append(members, link(sessionsPath+"/"+id))
-			}
-			writeJSON(w, http.StatusOK, collection("#SessionCollection.SessionCollection", sessionsPath, "Session Collection", members))
+			b.writeSessions(w)
 		}
 	case strings.HasPrefix(path, sessionsPath+"/") && !strings.Contains(path[len(sessionsPath)+1:], "/"):
-		id := path[len(sessionsPath)+1:]
-		s := b.sessions.get(id, b.now(), b.cfg.SessionTimeout)
-		if s == nil {
-			b.notFound(w, r)
-			return
-		}
-		if !b.allow(w, r, "GET", "DELETE") {
-			return
-		}
-		if r.Method == http.MethodDelete {
-			b.sessions.remove(id)
-			b.log.Debug("Redfish logout", "session", id)
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		writeJSON(w, http.StatusOK, sessionResource(s))
+		b.serveSession(w, r, path[len(sessionsPath)+1:])
 	case path == systemsPath:
 		if b.allow(w, r, "GET") {
 			writeJSON(w, http.StatusOK, collection("#ComputerSystemCollection.ComputerSystemCollection", systemsPath, "Computer System Collection", []obj{link(sysPath)}))
@@ -278,6 +225,76 @@ func (b *BMC) serveRedfish(w http.ResponseWriter, r *http.Request, path string) 
 	default:
 		b.notFound(w, r)
 	}
+}
+
+// servePublic serves the resources anyone may read, and the login; it
+// reports whether it answered.
+func (b *BMC) servePublic(w http.ResponseWriter, r *http.Request, path string) bool {
+	var body obj
+	switch path {
+	case "/redfish":
+		body = obj{"v1": rootPath + "/"}
+	case rootPath:
+		body = b.serviceRoot()
+	case rootPath + "/odata":
+		body = obj{"@odata.context": rootPath + "/$metadata", "value": []obj{
+			{"name": "Service", "kind": "Singleton", "url": rootPath + "/"},
+			{"name": "Systems", "kind": "Singleton", "url": systemsPath},
+			{"name": "SessionService", "kind": "Singleton", "url": sessionSvcPath},
+		}}
+	case sessionsPath:
+		if r.Method != http.MethodPost {
+			return false // listing sessions needs a login
+		}
+		b.login(w, r)
+		return true
+	default:
+		return false
+	}
+	if b.allow(w, r, "GET") {
+		writeJSON(w, http.StatusOK, body)
+	}
+	return true
+}
+
+func (b *BMC) writeSessionService(w http.ResponseWriter) {
+	writeJSON(w, http.StatusOK, obj{
+		"@odata.type":    "#SessionService.v1_1_8.SessionService",
+		"@odata.id":      sessionSvcPath,
+		"Id":             "SessionService",
+		"Name":           "Session Service",
+		"ServiceEnabled": true,
+		"SessionTimeout": int(math.Ceil(b.cfg.SessionTimeout.Seconds())),
+		"Sessions":       link(sessionsPath),
+		"Status":         obj{"State": "Enabled", "Health": "OK"},
+	})
+}
+
+func (b *BMC) writeSessions(w http.ResponseWriter) {
+	var members []obj
+	for _, id := range b.sessions.ids(b.now(), b.cfg.SessionTimeout) {
+		members = append(members, link(sessionsPath+"/"+id))
+	}
+	writeJSON(w, http.StatusOK, collection("#SessionCollection.SessionCollection", sessionsPath, "Session Collection", members))
+}
+
+// serveSession reads or deletes (logs out) one session.
+func (b *BMC) serveSession(w http.ResponseWriter, r *http.Request, id string) {
+	s := b.sessions.get(id, b.now(), b.cfg.SessionTimeout)
+	if s == nil {
+		b.notFound(w, r)
+		return
+	}
+	if !b.allow(w, r, "GET", "DELETE") {
+		return
+	}
+	if r.Method == http.MethodDelete {
+		b.sessions.remove(id)
+		b.log.Debug("Redfish logout", "session", id)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, sessionResource(s))
 }
 
 func collection(typ, path, name string, members []obj) obj {
