@@ -73,7 +73,7 @@ type Rack struct {
 // RackSpec describes a rack.
 type RackSpec struct {
 	Zone     string   `yaml:"zone,omitempty" json:"zone,omitempty" doc:"Failure domain or room the rack belongs to."`
-	Switches []Switch `yaml:"switches,omitempty" json:"switches,omitempty" doc:"Top-of-rack switches, used to check cabling against LLDP during commissioning."`
+	Switches []Switch `yaml:"switches,omitempty" json:"switches,omitempty" doc:"Top-of-rack switches and the machine interface cabled to each port. Validated against the Machines; comparing them with the LLDP neighbours the machine agent reports is not built yet."`
 	// AllowPlaintextPasswords lets this rack's machines carry their BMC
 	// password in the source as a bare string (an error otherwise).
 	AllowPlaintextPasswords bool `yaml:"allowPlaintextPasswords,omitempty" json:"allowPlaintextPasswords,omitempty" doc:"Accept BMC passwords written as plain strings in this rack's Machines (for labs). They are moved out of the desired state into keys only the region and this rack can read; fromFile or fromEnv stay the recommended way."`

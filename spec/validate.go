@@ -189,6 +189,9 @@ func (v *validator) rack(r *Rack) {
 				v.errorf(r, pp+".machine", "required")
 			case !ok:
 				v.errorf(r, pp+".machine", "machine %q not found", port.Machine)
+			case !m.decoded("spec.interfaces") || !m.decoded("spec.rack"):
+				// Reported where the machine is written: without its
+				// interfaces its rack cannot be told from its boot subnet.
 			case m.Spec.Rack != r.Metadata.Name:
 				v.errorf(r, pp+".machine", "machine %q is in rack %q, not %q", port.Machine, m.Spec.Rack, r.Metadata.Name)
 			case !hasInterface(m, port.Interface) && m.decoded("spec.interfaces"):
