@@ -23,6 +23,17 @@ func (s *Store) WatchChanges(ctx context.Context, rev int64) clientv3.WatchChan 
 // for every event; a watch error (compaction, etcd lost) ends it,
 // wrapped with what was watched.
 func EachEvent(ctx context.Context, wc clientv3.WatchChan, what string, fn func(*clientv3.Event)) error {
+	return EachResponse(ctx, wc, what, func(events []*clientv3.Event) error {
+		for _, ev := range events {
+			fn(ev)
+		}
+		return nil
+	})
+}
+
+// EachResponse is EachEvent a response at a time: fn gets the events of
+// one watch response, and an error from fn ends the watch with it.
+func EachResponse(ctx context.Context, wc clientv3.WatchChan, what string, fn func([]*clientv3.Event) error) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -34,8 +45,8 @@ func EachEvent(ctx context.Context, wc clientv3.WatchChan, what string, fn func(
 			if err := resp.Err(); err != nil {
 				return fmt.Errorf("watch %s: %w", what, err)
 			}
-			for _, ev := range resp.Events {
-				fn(ev)
+			if err := fn(resp.Events); err != nil {
+				return err
 			}
 		}
 	}

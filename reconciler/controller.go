@@ -226,36 +226,32 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 
 func (c *controller) watchDesired(ctx context.Context, rev int64) error {
 	wc := c.store.WatchPrefix(ctx, c.store.Keys().Desired(), rev)
-	for {
-		select {
-		case <-ctx.Done():
+	return inventory.EachResponse(ctx, wc, "desired state", func(events []*clientv3.Event) error {
+		if !c.desiredChanged(events) {
 			return nil
-		case resp, ok := <-wc:
-			if !ok {
-				return nil
-			}
-			if err := resp.Err(); err != nil {
-				return fmt.Errorf("watch desired state: %w", err)
-			}
-			changed := false
-			for _, ev := range resp.Events {
-				k := string(ev.Kv.Key)
-				if k == c.store.Keys().DesiredPointer() {
-					changed = true
-				} else if _, seg, _, ok := c.store.Keys().SplitDesired(k); ok && (seg == spec.Plural(spec.KindMachine) || seg == spec.Plural(spec.KindImage)) {
-					changed = true // an in-place edit of the current generation
-				}
-			}
-			if !changed {
-				continue
-			}
-			// Batch a burst of writes into one reload.
-			drain(wc, 20*time.Millisecond)
-			if _, err := c.loadDesired(ctx); err != nil && ctx.Err() == nil {
-				return err
-			}
+		}
+		// Batch a burst of writes into one reload.
+		drain(wc, 20*time.Millisecond)
+		if _, err := c.loadDesired(ctx); err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+}
+
+// desiredChanged: the events move the pointer, or edit a machine or an
+// image of the current generation in place.
+func (c *controller) desiredChanged(events []*clientv3.Event) bool {
+	for _, ev := range events {
+		k := string(ev.Kv.Key)
+		if k == c.store.Keys().DesiredPointer() {
+			return true
+		}
+		if _, seg, _, ok := c.store.Keys().SplitDesired(k); ok && (seg == spec.Plural(spec.KindMachine) || seg == spec.Plural(spec.KindImage)) {
+			return true
 		}
 	}
+	return false
 }
 
 // drain swallows what else arrives on wc within d.
