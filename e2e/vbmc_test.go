@@ -123,22 +123,20 @@ func (p *vbmcProc) stop() {
 // waitLog waits until the process has logged want, returning the log.
 func (p *vbmcProc) waitLog(what, want string, within time.Duration) string {
 	p.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		if l := p.log.String(); strings.Contains(l, want) {
-			return l
+	var l string
+	eventually(p.t, within, what, p.log.String, func() bool {
+		if l = p.log.String(); strings.Contains(l, want) {
+			return true
 		}
 		select {
 		case err := <-p.exited:
 			p.done = true
-			p.t.Fatalf("kiln vbmc exited (%v) while waiting for %s\n%s", err, what, p.log)
+			p.t.Fatalf("kiln vbmc exited (%v) while waiting for %s", err, what)
 		default:
 		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("timed out after %v waiting for %s\n%s", within, what, p.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
+	return l
 }
 
 var qemuPID = regexp.MustCompile(`msg="QEMU started" vm=\S+ pid=(\d+)`)

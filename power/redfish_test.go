@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnhq/kiln/power/vbmc"
 	"github.com/kilnhq/kiln/power/vbmc/vbmctest"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 func redfishTarget(t *testing.T, b *vbmc.BMC) Target {
@@ -90,17 +91,10 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 
 func waitState(t *testing.T, m *vbmc.Memory, want vbmc.PowerState) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	kilntest.Eventually(t, 30*time.Second, "the machine to be "+string(want), func() bool {
 		st, _ := m.State(context.Background())
-		if st == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("machine still %v, want %v", st, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return st == want
+	})
 }
 
 func TestRedfishTLSVerification(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -54,7 +55,7 @@ spec: {purpose: os, disk: {url: "file://%s/bad.raw", sha256: "%s"}}
 	go func() { done <- a.followDesired(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	waitFor(t, "both images' status", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "both images' status", func() bool {
 		sts, err := store.ImageStatuses(ctx)
 		return err == nil && len(sts["good"]) == 1 && len(sts["bad"]) == 1
 	})

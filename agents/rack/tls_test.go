@@ -16,6 +16,7 @@ import (
 
 	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/spec/agentapi"
+	"github.com/kilnhq/kiln/spec/kilntest"
 
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
@@ -141,7 +142,7 @@ func TestRackLeaderServesHTTPS(t *testing.T) {
 	pool.AppendCertsFromPEM(ca)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	var code int
-	waitFor(t, "the HTTPS listener", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "the HTTPS listener", func() bool {
 		resp, err := hc.Get(fmt.Sprintf("https://127.0.0.1:%d/agent/m1/task", httpsPort))
 		if err != nil {
 			return false

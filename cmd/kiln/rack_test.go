@@ -14,6 +14,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 const rackDoc = `
@@ -50,19 +51,15 @@ func startRack(t *testing.T, ctx context.Context, endpoints string, logs io.Writ
 // get returns the status and body of GET url, waiting for the listener.
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			return resp.StatusCode, string(b)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var resp *http.Response
+	kilntest.Eventually(t, 30*time.Second, "GET "+url, func() bool {
+		var err error
+		resp, err = http.Get(url)
+		return err == nil
+	})
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b)
 }
 
 // TestRackHealthReadyAndDrain: kiln rack serves /healthz always and
