@@ -10,15 +10,14 @@ import (
 	"os"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -188,15 +187,8 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Skip("binding DHCP sockets to an interface needs root (CI runs as root)")
 	}
 	cli, cfg := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"inv.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
 	ctx := context.Background()
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, inventoryDoc))
 
 	a := startAgent(t, cfg, "agent-a")
 	kilntest.Eventually(t, 30*time.Second, "agent a to lead", a.leading)

@@ -12,14 +12,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -90,14 +89,7 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 	rootCli, cfg := etcdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	store := inventory.NewStore(rootCli, "", quiet())
-	r := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(tasksInventory + machineDoc(1, "m1", "ipmi") + roleImage)}})
-	if r.Problems.Errors() > 0 {
-		t.Fatal(r.Problems)
-	}
-	if _, err := store.Apply(ctx, r.Inventory, inventory.ApplyMeta{Source: "test", Revision: "r1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, rootCli, invtest.Load(t, tasksInventory+machineDoc(1, "m1", "ipmi")+roleImage))
 	dir := t.TempDir()
 	pw := map[string]string{etcd.RootUser: "root-pw", etcd.RackUser("r1"): "rack-pw"}
 	for u, p := range pw {

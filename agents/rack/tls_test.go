@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/netboot/httpsrv"
@@ -21,12 +20,11 @@ import (
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/inventory/pki"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -115,16 +113,9 @@ func TestHTTPSListenerServesAnAgentRun(t *testing.T) {
 // the agent API over TLS while it leads (startBootServers wires it).
 func TestRackLeaderServesHTTPS(t *testing.T) {
 	cli, _ := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, inventoryDoc))
 	_, ca, certPath, keyPath := labCA(t)
 	httpsPort := freeTCPPort(t)
 	cfg := Config{Rack: "r1", TTL: 2 * time.Second, DHCP: dhcp.Options{Interfaces: []string{"lo"}, Port: freeUDPPort(t), ProxyPort: -1},

@@ -8,12 +8,10 @@ import (
 	"net"
 	"net/http"
 	"testing"
-	"testing/fstest"
 	"time"
 
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
-	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
@@ -67,13 +65,7 @@ func get(t *testing.T, url string) (int, string) {
 // logging it.
 func TestRackHealthReadyAndDrain(t *testing.T) {
 	cli, cfg := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(rackDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	if _, err := inventory.NewStore(cli, "", discardLogger()).Apply(context.Background(), res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	invtest.Apply(t, cli, invtest.Load(t, rackDoc))
 	logs := &logWatch{want: "leading the rack", seen: make(chan struct{})}
 	seen := logs.seen
 	ctx, cancel := context.WithCancel(context.Background())
