@@ -36,12 +36,7 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 	if st, err := e.Status(ctx, tg); err != nil || st != Off {
 		t.Fatalf("status: %v %v", st, err)
 	}
-	if err := e.SetBoot(ctx, tg, Boot{Device: Network, UEFI: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetPxe || got.Enabled != vbmc.BootOnce || !got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Network, UEFI: true}, vbmc.Boot{Target: vbmc.TargetPxe, Enabled: vbmc.BootOnce, UEFI: true})
 	if err := e.PowerOn(ctx, tg); err != nil {
 		t.Fatal(err)
 	}
@@ -58,12 +53,7 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, m, vbmc.Off)
-	if err := e.SetBoot(ctx, tg, Boot{Device: Disk, Persistent: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetHdd || got.Enabled != vbmc.BootContinuous || got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Disk, Persistent: true}, vbmc.Boot{Target: vbmc.TargetHdd, Enabled: vbmc.BootContinuous})
 	if err := e.PowerOn(ctx, tg); err != nil {
 		t.Fatal(err)
 	}
