@@ -1,6 +1,9 @@
 package kilntest_test
 
 import (
+	"fmt"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,5 +29,30 @@ func TestClock(t *testing.T) {
 	c.Set(start)
 	if got := c.Now(); !got.Equal(start) {
 		t.Errorf("after Set: %v", got)
+	}
+}
+
+// fatalTB records Fatalf and ends its goroutine, as testing.T does.
+type fatalTB struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalTB) Helper() {}
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func TestEventuallyFailsNamingWhatAndHowLong(t *testing.T) {
+	f := &fatalTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		kilntest.Eventually(f, 20*time.Millisecond, "the moon", func() bool { return false })
+	}()
+	<-done
+	if !strings.Contains(f.msg, "the moon") || !strings.Contains(f.msg, "ms") {
+		t.Errorf("failure %q names neither what nor how long", f.msg)
 	}
 }
