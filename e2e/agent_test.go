@@ -99,20 +99,7 @@ func TestAgentInAVM(t *testing.T) {
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "ephemeral.yaml"), readFile(t, filepath.Join(eph, "image.yaml")))
 	fleet := func(erase string) []byte {
-		return fmt.Appendf(nil, `apiVersion: kiln.dev/v1alpha1
-kind: Rack
-metadata: {name: r1}
----
-apiVersion: kiln.dev/v1alpha1
-kind: Subnet
-metadata: {name: lab-net}
-spec:
-  cidr: 10.42.0.0/24
-  rack: r1
-  gateway: 10.42.0.1
-  dynamicRange: {start: 10.42.0.200, end: 10.42.0.250}
----
-apiVersion: kiln.dev/v1alpha1
+		return fmt.Appendf(nil, labRackDoc+`apiVersion: kiln.dev/v1alpha1
 kind: Image
 metadata: {name: test-os}
 spec:

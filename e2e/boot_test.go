@@ -17,6 +17,24 @@ import (
 	"github.com/kilnhq/kiln/e2e/netlab"
 )
 
+// labRackDoc is rack r1 and its subnet lab-net, as netlab.Rack wires them
+// (10.42.0.0/24, dynamic range .200-.250): the start of the inventories
+// of the boot and agent tests.
+const labRackDoc = `apiVersion: kiln.dev/v1alpha1
+kind: Rack
+metadata: {name: r1}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: Subnet
+metadata: {name: lab-net}
+spec:
+  cidr: 10.42.0.0/24
+  rack: r1
+  gateway: 10.42.0.1
+  dynamicRange: {start: 10.42.0.200, end: 10.42.0.250}
+---
+`
+
 // Real network boots under QEMU: the firmware and iPXE talk to Kiln's DHCP,
 // TFTP and HTTP boot servers, and a Debian kernel boots a busybox
 // initramfs that Kiln fetched, verified and serves from the rack's cache.
@@ -104,20 +122,7 @@ func TestBootEphemeralOverTheNetwork(t *testing.T) {
 
 	r := netlab.Rack(t)
 	src := t.TempDir()
-	inv := fmt.Sprintf(`apiVersion: kiln.dev/v1alpha1
-kind: Rack
-metadata: {name: r1}
----
-apiVersion: kiln.dev/v1alpha1
-kind: Subnet
-metadata: {name: lab-net}
-spec:
-  cidr: 10.42.0.0/24
-  rack: r1
-  gateway: 10.42.0.1
-  dynamicRange: {start: 10.42.0.200, end: 10.42.0.250}
----
-apiVersion: kiln.dev/v1alpha1
+	inv := fmt.Sprintf(labRackDoc+`apiVersion: kiln.dev/v1alpha1
 kind: Image
 metadata: {name: ephemeral}
 spec:

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 var kilnBin string
@@ -117,18 +119,29 @@ func (s *server) kilnEnv(env []string, args ...string) (string, string, int) {
 // up to a generous deadline. Each check is a full CLI round trip.
 func (s *server) waitFor(what string, cond func() bool) {
 	s.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
+	eventually(s.t, 60*time.Second, what, s.log.String, func() bool {
 		select {
 		case err := <-s.exited:
-			s.t.Fatalf("kiln server exited (%v) while waiting for %s\n%s", err, what, s.log)
+			s.t.Fatalf("kiln server exited (%v) while waiting for %s", err, what)
 		default:
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("timed out waiting for %s\n%s", what, s.log)
+		return cond()
+	})
+}
+
+// eventually is kilntest.Eventually that, when the wait fails, also logs
+// the processes' output.
+func eventually(t testing.TB, within time.Duration, what string, output func() string, cond func() bool) time.Duration {
+	t.Helper()
+	ok := false
+	defer func() {
+		if !ok {
+			t.Logf("output while waiting for %s:\n%s", what, output())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	}()
+	took := kilntest.Eventually(t, within, what, cond)
+	ok = true
+	return took
 }
 
 // watchUntil runs `kiln get machines --watch` and returns how long after

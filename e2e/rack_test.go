@@ -11,12 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kilnhq/kiln/e2e/netlab"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 // Kiln's rack agent in the netlab topologies, with real DHCP clients
@@ -125,18 +127,12 @@ func startKilnRack(t *testing.T, r *netlab.RackNet, mode string, agents int) *ki
 // leader waits until one agent leads and returns it with the others.
 func (k *kilnRack) leader() (*netlab.Proc, []*netlab.Proc) {
 	k.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		for i, a := range k.agents {
-			if strings.Contains(a.Log(), "leading the rack") {
-				others := append(append([]*netlab.Proc(nil), k.agents[:i]...), k.agents[i+1:]...)
-				return a, others
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	k.t.Fatalf("no agent leads after 60 s")
-	return nil, nil
+	lead := -1
+	kilntest.Eventually(k.t, 60*time.Second, "an agent to lead", func() bool {
+		lead = slices.IndexFunc(k.agents, func(a *netlab.Proc) bool { return strings.Contains(a.Log(), "leading the rack") })
+		return lead >= 0
+	})
+	return k.agents[lead], slices.Delete(slices.Clone(k.agents), lead, lead+1)
 }
 
 // startAgent runs `kiln rack` in srv, behind the command prefix wrap
@@ -164,17 +160,12 @@ func (k *kilnRack) kiln(args ...string) string {
 // waitCLI re-runs a CLI command until its output satisfies ok.
 func (k *kilnRack) waitCLI(what string, ok func(string) bool, args ...string) string {
 	k.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _ := k.r.Srv.Exec(append([]string{kilnBin}, args...)...)
-		if ok(out) {
-			return out
-		}
-		if time.Now().After(deadline) {
-			k.t.Fatalf("timed out waiting for %s; last output:\n%s", what, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var out string
+	eventually(k.t, 30*time.Second, what, func() string { return "last output:\n" + out }, func() bool {
+		out, _ = k.r.Srv.Exec(append([]string{kilnBin}, args...)...)
+		return ok(out)
+	})
+	return out
 }
 
 func TestRackDHCPRealClients(t *testing.T) {

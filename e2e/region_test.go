@@ -92,18 +92,13 @@ func TestRegionServersFailover(t *testing.T) {
 	}
 	waitFor := func(what string, within time.Duration, cond func() bool) time.Duration {
 		t.Helper()
-		start := time.Now()
-		for !cond() {
-			if time.Since(start) > within {
-				var logs strings.Builder
-				for _, s := range servers {
-					fmt.Fprintf(&logs, "--- %s\n%s", s.id, s.log)
-				}
-				t.Fatalf("timed out waiting for %s\n%s", what, logs.String())
+		return eventually(t, within, what, func() string {
+			var logs strings.Builder
+			for _, s := range servers {
+				fmt.Fprintf(&logs, "--- %s\n%s", s.id, s.log)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		return time.Since(start)
+			return logs.String()
+		}, cond)
 	}
 	leader := func(alive []*regionServer) *regionServer {
 		var found *regionServer

@@ -123,22 +123,20 @@ func (p *vbmcProc) stop() {
 // waitLog waits until the process has logged want, returning the log.
 func (p *vbmcProc) waitLog(what, want string, within time.Duration) string {
 	p.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		if l := p.log.String(); strings.Contains(l, want) {
-			return l
+	var l string
+	eventually(p.t, within, what, p.log.String, func() bool {
+		if l = p.log.String(); strings.Contains(l, want) {
+			return true
 		}
 		select {
 		case err := <-p.exited:
 			p.done = true
-			p.t.Fatalf("kiln vbmc exited (%v) while waiting for %s\n%s", err, what, p.log)
+			p.t.Fatalf("kiln vbmc exited (%v) while waiting for %s", err, what)
 		default:
 		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("timed out after %v waiting for %s\n%s", within, what, p.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
+	return l
 }
 
 var qemuPID = regexp.MustCompile(`msg="QEMU started" vm=\S+ pid=(\d+)`)
@@ -158,33 +156,25 @@ func (p *vbmcProc) lastQEMUPID() int {
 func waitSerial(t *testing.T, stateDir, want string) {
 	t.Helper()
 	path := filepath.Join(stateDir, "serial.log")
-	deadline := time.Now().Add(vmBoot)
-	for {
+	var console string
+	eventually(t, vmBoot, fmt.Sprintf("%q on the VM's console", want), func() string { return console }, func() bool {
 		b, _ := os.ReadFile(path)
-		if strings.Contains(string(b), want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the VM's console shows no %q after %v:\n%s", want, vmBoot, b)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		console = string(b)
+		return strings.Contains(console, want)
+	})
 }
 
 // waitGone waits until process pid has exited and been reaped.
 func waitGone(t *testing.T, pid int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			stat, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-			t.Fatalf("QEMU process %d still exists after %v: %s", pid, within, stat)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	proc := "/proc/" + strconv.Itoa(pid)
+	eventually(t, within, fmt.Sprintf("QEMU process %d to be gone", pid), func() string {
+		stat, _ := os.ReadFile(proc + "/stat")
+		return string(stat)
+	}, func() bool {
+		_, err := os.Stat(proc)
+		return err != nil
+	})
 }
 
 func ipmitoolE2E(t *testing.T, port string, args ...string) string {

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
+
+	"github.com/kilnhq/kiln/inventory/pki"
 )
 
 // errTLSVerify marks a BMC certificate that did not verify.
@@ -17,50 +18,49 @@ var errTLSVerify = errors.New("TLS verification failed")
 // file trusting them is replaced alongside: the bundle notices, so that a
 // long-running rack agent picks the new file up without a restart.
 type caBundle struct {
-	path  string
-	size  int64
-	mtime time.Time
-	pem   []byte
-	pool  *x509.CertPool
+	path string
+	file *pki.Reloader[caCerts]
+	caCerts
 }
 
-// loadCA reads a CA file. It looks at the file before reading it, so that
-// a change during the read shows as a change next time.
+// caCerts is what the file held when read.
+type caCerts struct {
+	pem  []byte
+	pool *x509.CertPool
+}
+
+// loadCA reads a CA file.
 func loadCA(path string) (*caBundle, error) {
-	fi, err := os.Stat(path)
+	file, err := pki.NewReloader(func() (caCerts, error) {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return caCerts{}, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return caCerts{}, fmt.Errorf("%s holds no PEM certificate", path)
+		}
+		return caCerts{pem: pem, pool: pool}, nil
+	}, path)
 	if err != nil {
 		return nil, fmt.Errorf("caFile: %w", err)
 	}
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("caFile: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("caFile %s holds no PEM certificate", path)
-	}
-	return &caBundle{path: path, size: fi.Size(), mtime: fi.ModTime(), pem: pem, pool: pool}, nil
+	c, _, _ := file.Get()
+	return &caBundle{path: path, file: file, caCerts: c}, nil
 }
 
-// changed reports whether the file's size or modification time differ
-// from when it was read.
-func (c *caBundle) changed() bool {
-	fi, err := os.Stat(c.path)
-	return err == nil && (fi.Size() != c.size || !fi.ModTime().Equal(c.mtime))
-}
+// changed reports whether the file's identity, size or modification time
+// differ from when it was read.
+func (c *caBundle) changed() bool { return c.file.Changed() }
 
 // reload reads the file again. It returns the new bundle when the
 // certificates differ, nil when they are the same or the file can't be
 // read now (it may be in the middle of being replaced: the bundle in use
 // stays).
 func (c *caBundle) reload() *caBundle {
-	n, err := loadCA(c.path)
-	if err != nil {
+	n, err := c.file.Load()
+	if err != nil || bytes.Equal(n.pem, c.pem) {
 		return nil
 	}
-	if bytes.Equal(n.pem, c.pem) {
-		c.size, c.mtime = n.size, n.mtime // touched, not changed
-		return nil
-	}
-	return n
+	return &caBundle{path: c.path, file: c.file, caCerts: n}
 }

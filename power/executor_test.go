@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -345,10 +346,7 @@ func TestSerialPerBMCAndGlobalLimit(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); e.Status(ctx, p.target(fmt.Sprint("g", i))) }()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for inFlight() < 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	kilntest.Eventually(t, 10*time.Second, "two calls in flight", func() bool { return inFlight() >= 2 })
 	if n := inFlight(); n != 2 {
 		t.Fatalf("%d calls in flight, want the limit of 2", n)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bougou/go-ipmi/pkg/types"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 // The integration tests run OpenIPMI's ipmi_sim (Debian package openipmi)
@@ -292,18 +293,6 @@ func ipmiTestCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func ipmiEventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func ipmiWantStatus(t *testing.T, d Driver, want State) {
 	t.Helper()
 	got, err := d.Status(ipmiTestCtx(t, 10*time.Second))
@@ -386,7 +375,7 @@ func TestIPMIPowerRoundTrips(t *testing.T) {
 	if err := d.PowerCycle(ctx); err != nil {
 		t.Fatalf("PowerCycle when on: %v", err)
 	}
-	ipmiEventually(t, 15*time.Second, "power back on after cycle", func() bool {
+	kilntest.Eventually(t, 15*time.Second, "power back on after cycle", func() bool {
 		l := s.read("chassis.log")
 		return strings.Contains(l, "set power 0") && strings.Contains(l, "set power 1") && s.power() == "1"
 	})
@@ -459,7 +448,7 @@ func TestIPMIBootFlagsOnTheWire(t *testing.T) {
 		}
 		s.ipmitool(t, "lan", append([]string{"chassis", "bootdev"}, tc.ipmitool...)...)
 		var sent []string
-		ipmiEventually(t, 5*time.Second, "ipmi_sim logs both requests", func() bool {
+		kilntest.Eventually(t, 5*time.Second, "ipmi_sim logs both requests", func() bool {
 			sent = ipmiBootFlagsSent(s.read("sim.log"))[before:]
 			return len(sent) >= 2
 		})

@@ -19,12 +19,7 @@ func TestIPMIAgainstVirtualBMC(t *testing.T) {
 	ctx := context.Background()
 	tg := Target{Machine: "vm-1", Driver: "ipmi", Address: b.IPMIAddr(), Username: vbmctest.Username, Password: vbmctest.Password}
 
-	if err := e.SetBoot(ctx, tg, Boot{Device: Network, UEFI: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetPxe || got.Enabled != vbmc.BootOnce || !got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Network, UEFI: true}, vbmc.Boot{Target: vbmc.TargetPxe, Enabled: vbmc.BootOnce, UEFI: true})
 	if err := e.PowerOn(ctx, tg); err != nil {
 		t.Fatal(err)
 	}
@@ -35,12 +30,7 @@ func TestIPMIAgainstVirtualBMC(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, m, vbmc.Off)
-	if err := e.SetBoot(ctx, tg, Boot{Device: Disk, Persistent: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetHdd || got.Enabled != vbmc.BootContinuous || got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Disk, Persistent: true}, vbmc.Boot{Target: vbmc.TargetHdd, Enabled: vbmc.BootContinuous})
 	if err := e.PowerCycle(ctx, tg); err != nil { // off: cycle powers up
 		t.Fatal(err)
 	}
@@ -68,5 +58,17 @@ func TestIPMIAgainstVirtualBMC(t *testing.T) {
 	wrong.Password = "wrong-ipmi-pw"
 	if _, err := e.Status(ctx, wrong); !errors.Is(err, ErrAuth) || strings.Contains(err.Error(), "wrong-ipmi-pw") {
 		t.Fatalf("wrong password: %v", err)
+	}
+}
+
+// setBoot sets boot through the executor and checks the BMC now holds
+// want.
+func setBoot(t *testing.T, e *Executor, tg Target, b *vbmc.BMC, boot Boot, want vbmc.Boot) {
+	t.Helper()
+	if err := e.SetBoot(context.Background(), tg, boot); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Boot(); got != want {
+		t.Fatalf("boot override on the BMC: %+v, want %+v", got, want)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnhq/kiln/power/vbmc"
 	"github.com/kilnhq/kiln/power/vbmc/vbmctest"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 func redfishTarget(t *testing.T, b *vbmc.BMC) Target {
@@ -35,12 +36,7 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 	if st, err := e.Status(ctx, tg); err != nil || st != Off {
 		t.Fatalf("status: %v %v", st, err)
 	}
-	if err := e.SetBoot(ctx, tg, Boot{Device: Network, UEFI: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetPxe || got.Enabled != vbmc.BootOnce || !got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Network, UEFI: true}, vbmc.Boot{Target: vbmc.TargetPxe, Enabled: vbmc.BootOnce, UEFI: true})
 	if err := e.PowerOn(ctx, tg); err != nil {
 		t.Fatal(err)
 	}
@@ -57,12 +53,7 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, m, vbmc.Off)
-	if err := e.SetBoot(ctx, tg, Boot{Device: Disk, Persistent: true}); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.Boot(); got.Target != vbmc.TargetHdd || got.Enabled != vbmc.BootContinuous || got.UEFI {
-		t.Fatalf("boot override on the BMC: %+v", got)
-	}
+	setBoot(t, e, tg, b, Boot{Device: Disk, Persistent: true}, vbmc.Boot{Target: vbmc.TargetHdd, Enabled: vbmc.BootContinuous})
 	if err := e.PowerOn(ctx, tg); err != nil {
 		t.Fatal(err)
 	}
@@ -90,17 +81,10 @@ func TestRedfishAgainstVirtualBMC(t *testing.T) {
 
 func waitState(t *testing.T, m *vbmc.Memory, want vbmc.PowerState) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	kilntest.Eventually(t, 30*time.Second, "the machine to be "+string(want), func() bool {
 		st, _ := m.State(context.Background())
-		if st == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("machine still %v, want %v", st, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return st == want
+	})
 }
 
 func TestRedfishTLSVerification(t *testing.T) {

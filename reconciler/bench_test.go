@@ -13,11 +13,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -255,9 +255,5 @@ spec:
   interfaces: [{name: eno1, mac: "02:00:%02x:%02x:%02x:%02x", subnet: net1, ip: 10.%d.%d.%d}]
 `, i, byte(i>>24), byte(i>>16), byte(i>>8), byte(i), 128+(i+2)>>16, byte((i+2)>>8), byte(i+2))
 	}
-	r := spec.Load(fstest.MapFS{"fleet.yaml": {Data: []byte(sb.String())}})
-	if r.Problems.Errors() > 0 {
-		b.Fatalf("bench inventory invalid:\n%s", r.Problems)
-	}
-	return r.Inventory
+	return invtest.Load(b, sb.String())
 }

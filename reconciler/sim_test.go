@@ -9,10 +9,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -311,9 +311,5 @@ spec:
 			}
 		}
 	}
-	r := spec.Load(fstest.MapFS{"lab.yaml": {Data: []byte(b.String())}})
-	if r.Problems.Errors() > 0 {
-		t.Fatalf("test inventory invalid:\n%s\n%s", r.Problems, b.String())
-	}
-	return r.Inventory
+	return invtest.Load(t, b.String())
 }

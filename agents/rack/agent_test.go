@@ -10,15 +10,15 @@ import (
 	"os"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -91,18 +91,6 @@ func (u *agentUnderTest) stop(t *testing.T) {
 }
 
 func (u *agentUnderTest) leading() bool { return testutil.ToFloat64(u.agent.leaderGauge) == 1 }
-
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
-}
 
 func freeUDPPort(t *testing.T) int {
 	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -199,20 +187,13 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		t.Skip("binding DHCP sockets to an interface needs root (CI runs as root)")
 	}
 	cli, cfg := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"inv.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
 	ctx := context.Background()
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, inventoryDoc))
 
 	a := startAgent(t, cfg, "agent-a")
-	waitFor(t, "agent a to lead", 30*time.Second, a.leading)
+	kilntest.Eventually(t, 30*time.Second, "agent a to lead", a.leading)
 	b := startAgent(t, cfg, "agent-b")
-	waitFor(t, "agent b's view", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "agent b's view", func() bool {
 		select {
 		case <-b.agent.ready:
 			return true
@@ -231,7 +212,7 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 	if !netip.MustParsePrefix("127.77.0.0/24").Contains(ip1) {
 		t.Fatalf("m1 got %s", ip1)
 	}
-	waitFor(t, "the standby to cache m1's lease", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the standby to cache m1's lease", func() bool {
 		b.agent.mu.Lock()
 		defer b.agent.mu.Unlock()
 		for _, l := range b.agent.leases {
@@ -247,7 +228,7 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 	if ipU.Compare(netip.MustParseAddr("127.77.0.100")) < 0 {
 		t.Fatalf("unknown MAC got %s, want one from the dynamic range", ipU)
 	}
-	waitFor(t, "discovery and the boot timeline in etcd", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "discovery and the boot timeline in etcd", func() bool {
 		d, err := inventory.GetJSON[inventory.Discovered](ctx, store, store.Keys().Discovered("r1", unknown.String()))
 		tl, err2 := inventory.GetJSON[inventory.Timeline](ctx, store, store.Keys().Timeline("r1", "m1"))
 		return err == nil && d.IP == ipU.String() && d.Rack == "r1" && err2 == nil && len(tl.Events) >= 3
@@ -259,7 +240,7 @@ func TestFailoverKeepsLeasesAndFencesTheOldLeader(t *testing.T) {
 		aKey, aRev = string(resp.Kvs[0].Key), resp.Kvs[0].CreateRevision
 	}
 	a.cli.Close()
-	took := waitFor(t, "agent b to take over", 15*time.Second, b.leading)
+	took := kilntest.Eventually(t, 15*time.Second, "agent b to take over", b.leading)
 	t.Logf("standby took over %s after the leader's connection died (session TTL 2s)", took.Round(time.Millisecond))
 
 	// The new leader gives m1 the same address, from its warm cache.

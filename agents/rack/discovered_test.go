@@ -15,6 +15,7 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -64,12 +65,12 @@ func TestDiscoveryFloodIsBounded(t *testing.T) {
 		a.events.Record(dhcp.Event{Time: time.Now(), Type: dhcp.EventSeen, MAC: mac, Subnet: "lab", VendorClass: strings.Repeat("x", 200)})
 		a.events.RecordTimeline("discovered-"+strings.ReplaceAll(mac, ":", "-"), "http-script", "boot script fetched")
 		if i%500 == 499 { // the event buffers hold 8192 and 1024: let the writer keep up, as a real flood's pace would
-			waitFor(t, "the batch written", 30*time.Second, func() bool {
+			kilntest.Eventually(t, 30*time.Second, "the batch written", func() bool {
 				return testutil.ToFloat64(a.discovered.refused)+testutil.ToFloat64(a.discovered.gauge) >= float64(i+1)
 			})
 		}
 	}
-	waitFor(t, "every MAC recorded or refused", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "every MAC recorded or refused", func() bool {
 		// Each MAC asks twice (record and timeline); refused ones both times.
 		return testutil.ToFloat64(a.discovered.refused) >= 2*(n-50)
 	})
@@ -88,7 +89,7 @@ func TestDiscoveryFloodIsBounded(t *testing.T) {
 	if len(a.events.discovered) > 50 {
 		t.Errorf("the in-memory discovered set holds %d MACs", len(a.events.discovered))
 	}
-	waitFor(t, "the rack's warning on its timeline", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the rack's warning on its timeline", func() bool {
 		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.Keys().Timeline("r1", RackTimeline))
 		return err == nil && len(tl.Events) == 1 && tl.Events[0].Type == EventDiscoveryFull
 	})
@@ -137,7 +138,7 @@ func TestDiscoveredKeysExpire(t *testing.T) {
 	}
 	keys := []string{store.Keys().Discovered("r1", mac), store.Keys().Timeline("r1", name), token}
 	var rev int64
-	waitFor(t, "the record and timeline written", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the record and timeline written", func() bool {
 		for _, k := range keys {
 			resp, err := cli.Get(ctx, k)
 			if err != nil || len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != id {
@@ -184,7 +185,7 @@ func TestDiscoveredLeaseRefreshed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the lease's time to run down", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the lease's time to run down", func() bool {
 		r, err := cli.TimeToLive(ctx, id)
 		return err == nil && r.TTL <= 2
 	})
@@ -212,7 +213,7 @@ func TestDiscoveredLeaseRefusesABadMAC(t *testing.T) {
 func TestPoolWarningOnTheRackTimeline(t *testing.T) {
 	a, store, cli, _, _ := discoveryAgent(t, Config{})
 	a.events.Record(dhcp.Event{Time: time.Now(), Type: dhcp.EventPoolLow, Subnet: "lab"})
-	waitFor(t, "the warning on the rack's timeline", 10*time.Second, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the warning on the rack's timeline", func() bool {
 		tl, err := inventory.GetJSON[inventory.Timeline](context.Background(), store, store.Keys().Timeline("r1", RackTimeline))
 		return err == nil && len(tl.Events) == 1 && tl.Events[0].Type == dhcp.EventPoolLow && strings.Contains(tl.Events[0].Detail, "subnet=lab")
 	})

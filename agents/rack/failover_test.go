@@ -5,15 +5,14 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -87,14 +86,7 @@ func nextRole(t *testing.T, roles <-chan role) role {
 // standby becomes the rack leader.
 func TestLeaderWhoseBootServerDiesHandsOver(t *testing.T) {
 	cli, cfg := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
-	if _, err := store.Apply(context.Background(), res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, inventoryDoc))
 	roles := make(chan role, 16)
 	lns := &listeners{ids: map[string][]net.Listener{}}
 

@@ -12,14 +12,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -89,14 +89,7 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 	rootCli, cfg := etcdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	store := inventory.NewStore(rootCli, "", quiet())
-	r := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(tasksInventory + machineDoc(1, "m1", "ipmi") + roleImage)}})
-	if r.Problems.Errors() > 0 {
-		t.Fatal(r.Problems)
-	}
-	if _, err := store.Apply(ctx, r.Inventory, inventory.ApplyMeta{Source: "test", Revision: "r1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, rootCli, invtest.Load(t, tasksInventory+machineDoc(1, "m1", "ipmi")+roleImage))
 	dir := t.TempDir()
 	pw := map[string]string{etcd.RootUser: "root-pw", etcd.RackUser("r1"): "rack-pw"}
 	for u, p := range pw {
@@ -144,27 +137,21 @@ func TestRackAgentRunsWithItsRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pt inventory.PowerTask
-	for start := time.Now(); ; {
+	kilntest.Eventually(t, 20*time.Second, "the netboot task to finish with the rack's role", func() bool {
 		resp, err := region.Get(ctx, rs.Keys().Task("r1", "m1"))
-		if err == nil && len(resp.Kvs) == 1 {
-			pt = inventory.PowerTask{}
-			json.Unmarshal(resp.Kvs[0].Value, &pt)
-			if pt.Finished() {
-				break
-			}
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
 		}
-		if time.Since(start) > 20*time.Second {
-			t.Errorf("netboot task not finished with the rack's role: %+v", pt)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		pt = inventory.PowerTask{}
+		json.Unmarshal(resp.Kvs[0].Value, &pt)
+		return pt.Finished()
+	})
 	if pt.State != inventory.TaskDone {
 		t.Errorf("netboot task: %+v", pt)
 	}
 
 	var body string
-	waitFor(t, "the boot script", 20*time.Second, func() bool {
+	kilntest.Eventually(t, 20*time.Second, "the boot script", func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/boot/02:00:00:00:00:01/script.ipxe")
 		if err != nil {
 			return false

@@ -14,15 +14,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/cache"
 	"github.com/kilnhq/kiln/netboot/httpsrv"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -55,14 +53,8 @@ func startBootServer(t *testing.T, limits ...httpsrv.Options) *bootServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	res := spec.Load(fstest.MapFS{"inv.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	inv := invtest.Load(t, inventoryDoc)
+	store := invtest.Apply(t, cli, inv)
 	reg := prometheus.NewRegistry()
 	a := New(Config{Rack: "r1", ID: "boot-test", HTTPAddr: "unused", Cache: cache.Options{Dir: t.TempDir()},
 		Powerer: nopPowerer{}, RequestTimeout: 2 * time.Second},
@@ -70,7 +62,7 @@ func startBootServer(t *testing.T, limits ...httpsrv.Options) *bootServer {
 	if a.cache == nil {
 		t.Fatal("no image cache")
 	}
-	a.setView(viewOf("r1", res.Inventory, a.cfg.Boot), res.Inventory)
+	a.setView(viewOf("r1", inv, a.cfg.Boot), inv)
 
 	body := []byte("an image body, not a secret\n")
 	sum := sha256.Sum256(body)

@@ -7,13 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/cache"
-	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -39,22 +38,15 @@ kind: Image
 metadata: {name: bad}
 spec: {purpose: os, disk: {url: "file://%s/bad.raw", sha256: "%s"}}
 `, files, good, files, sha("original image"))
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(doc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, doc))
 	a := New(Config{Rack: "r1", Cache: cache.Options{Dir: t.TempDir()}}, store, prometheus.NewRegistry(), quiet())
 	done := make(chan error, 1)
 	go func() { done <- a.followDesired(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	waitFor(t, "both images' status", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "both images' status", func() bool {
 		sts, err := store.ImageStatuses(ctx)
 		return err == nil && len(sts["good"]) == 1 && len(sts["bad"]) == 1
 	})

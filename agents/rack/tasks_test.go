@@ -8,13 +8,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/power"
-	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -160,17 +159,11 @@ func TestPowerTasks(t *testing.T) {
 		}
 		doc += machineDoc(i, m, drv)
 	}
-	r := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(doc)}})
-	if r.Problems.Errors() > 0 {
-		t.Fatal(r.Problems)
-	}
+	inv := invtest.Load(t, doc)
 	// "late" is in the source, but not yet in this agent's copy when its
 	// task arrives (the region is quicker than the rack's watch).
-	withLate := spec.Load(fstest.MapFS{"i.yaml": {Data: []byte(doc + machineDoc(9, "late", "ipmi"))}})
-	if withLate.Problems.Errors() > 0 {
-		t.Fatal(withLate.Problems)
-	}
-	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: r.Inventory,
+	withLate := invtest.Load(t, doc+machineDoc(9, "late", "ipmi"))
+	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: inv,
 		ready: make(chan struct{}), changed: make(chan struct{})}
 	// The fence: a key standing for this agent's election key.
 	lease, err := cli.Grant(ctx, 60)
@@ -213,7 +206,7 @@ func TestPowerTasks(t *testing.T) {
 	if pt := getTask(t, cli, store.Keys().Task("r1", "late")); pt.State != inventory.TaskPending {
 		t.Fatalf("late: %+v, want it pending until the inventory has the machine", pt)
 	}
-	a.setView(a.view, withLate.Inventory)
+	a.setView(a.view, withLate)
 
 	want := map[string]struct{ state, ops, errHas string }{
 		// The boot override carries the firmware mode: UEFI unless the

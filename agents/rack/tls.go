@@ -5,13 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"sync"
+
+	"github.com/kilnhq/kiln/inventory/pki"
+	"github.com/kilnhq/kiln/netboot/httpsrv"
 )
 
 // The HTTPS listener serves the boot server's routes (the same mux as
@@ -56,62 +56,35 @@ func serveTLS(ctx context.Context, ln net.Listener, h http.Handler, certs *certF
 // without a restart; a pair that does not load (half written, or a key
 // that does not match) is logged and the previous one stays.
 type certFiles struct {
-	certPath, keyPath string
-	log               *slog.Logger
-
-	mu   sync.Mutex
-	cert *tls.Certificate
-	seen [2]os.FileInfo
+	certPath string
+	files    *pki.Reloader[*tls.Certificate]
+	log      *slog.Logger
 }
 
 func loadCertFiles(certPath, keyPath string, log *slog.Logger) (*certFiles, error) {
 	if certPath == "" || keyPath == "" {
 		return nil, errors.New("a TLS certificate and key are required (--tls-cert, --tls-key; kiln certs issue makes them)")
 	}
-	c := &certFiles{certPath: certPath, keyPath: keyPath, log: log}
-	seen, err := c.stat()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	files, err := pki.NewReloader(func() (*tls.Certificate, error) {
+		cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+		return &cert, err
+	}, certPath, keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate %s, key %s: %w", certPath, keyPath, err)
 	}
-	c.cert, c.seen = &cert, seen
-	return c, nil
-}
-
-func (c *certFiles) stat() ([2]os.FileInfo, error) {
-	var fi [2]os.FileInfo
-	for i, p := range []string{c.certPath, c.keyPath} {
-		var err error
-		if fi[i], err = os.Stat(p); err != nil {
-			return fi, fmt.Errorf("TLS: %w", err)
-		}
-	}
-	return fi, nil
-}
-
-func sameFile(a, b os.FileInfo) bool {
-	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+	return &certFiles{certPath: certPath, files: files, log: log}, nil
 }
 
 // get is tls.Config.GetCertificate.
 func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	seen, err := c.stat()
-	if err != nil || (sameFile(seen[0], c.seen[0]) && sameFile(seen[1], c.seen[1])) {
-		return c.cert, nil
+	cert, loaded, err := c.files.Get()
+	switch {
+	case err != nil:
+		c.log.Warn("TLS certificate changed but does not load; serving the previous one", "cert", c.certPath, "err", err)
+	case loaded:
+		c.log.Info("TLS certificate reloaded", "cert", c.certPath)
 	}
-	cert, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
-	if err != nil {
-		c.log.Warn("TLS certificate changed but does not load; serving the previous one", "cert", c.certPath, "key", c.keyPath, "err", err)
-		return c.cert, nil // seen unchanged: tried again next handshake
-	}
-	c.cert, c.seen = &cert, seen
-	c.log.Info("TLS certificate reloaded", "cert", c.certPath)
-	return c.cert, nil
+	return cert, nil
 }
 
 // TLSAgentURL is the URL machines reach the HTTPS listener at: AgentURL

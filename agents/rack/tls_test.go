@@ -11,21 +11,20 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/netboot/httpsrv"
 	"github.com/kilnhq/kiln/spec/agentapi"
+	"github.com/kilnhq/kiln/spec/kilntest"
 
 	"github.com/kilnhq/kiln/agents/machine"
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/agents/machine/racktest"
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/inventory/pki"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
-	"github.com/kilnhq/kiln/spec"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -114,16 +113,9 @@ func TestHTTPSListenerServesAnAgentRun(t *testing.T) {
 // the agent API over TLS while it leads (startBootServers wires it).
 func TestRackLeaderServesHTTPS(t *testing.T) {
 	cli, _ := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(inventoryDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	store := inventory.NewStore(cli, "", quiet())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := store.Apply(ctx, res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, invtest.Load(t, inventoryDoc))
 	_, ca, certPath, keyPath := labCA(t)
 	httpsPort := freeTCPPort(t)
 	cfg := Config{Rack: "r1", TTL: 2 * time.Second, DHCP: dhcp.Options{Interfaces: []string{"lo"}, Port: freeUDPPort(t), ProxyPort: -1},
@@ -141,7 +133,7 @@ func TestRackLeaderServesHTTPS(t *testing.T) {
 	pool.AppendCertsFromPEM(ca)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	var code int
-	waitFor(t, "the HTTPS listener", 30*time.Second, func() bool {
+	kilntest.Eventually(t, 30*time.Second, "the HTTPS listener", func() bool {
 		resp, err := hc.Get(fmt.Sprintf("https://127.0.0.1:%d/agent/m1/task", httpsPort))
 		if err != nil {
 			return false

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"github.com/kilnhq/kiln/agents/rack"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kilnhq/kiln/agents/rack"
 
 	"github.com/kilnhq/kiln/inventory/pki"
 )

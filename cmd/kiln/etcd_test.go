@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 )
 
 // kiln etcd init-roles against a real etcd: racks come from the applied
@@ -18,11 +18,8 @@ import (
 func TestEtcdInitRoles(t *testing.T) {
 	cli, cfg := etcdtest.Start(t)
 	ctx := context.Background()
-	store := inventory.NewStore(cli, "", discardLogger())
 	inv := loadTestInventory(t)
-	if _, err := store.Apply(ctx, inv, inventory.ApplyMeta{Source: "test", Revision: "r1"}); err != nil {
-		t.Fatal(err)
-	}
+	invtest.Apply(t, cli, inv)
 	dir := t.TempDir()
 	const rootPW = "s3cret-root-password"
 	os.WriteFile(filepath.Join(dir, "root"), []byte(rootPW+"\n"), 0o600)

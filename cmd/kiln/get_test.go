@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"io"
 	"strings"
 	"testing"
-	"testing/fstest"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/spec"
 	"gopkg.in/yaml.v3"
 )
@@ -46,11 +47,7 @@ spec:
 
 func loadTestInventory(t *testing.T) *spec.Inventory {
 	t.Helper()
-	r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(testInventory)}})
-	if r.Problems.Errors() > 0 {
-		t.Fatalf("test inventory is not valid:\n%s", r.Problems)
-	}
-	return r.Inventory
+	return invtest.Load(t, testInventory)
 }
 
 // getMachines prints machines as `kiln get machines [NAME] -o FORMAT` would.
@@ -249,10 +246,7 @@ func lookup(n *yaml.Node, keys ...string) *yaml.Node {
 func TestDescribeAndGetFromEtcd(t *testing.T) {
 	cli, cfg := etcdtest.Start(t)
 	ctx := context.Background()
-	store := inventory.NewStore(cli, "", discardLogger())
-	if _, err := store.Apply(ctx, loadTestInventory(t), inventory.ApplyMeta{Source: "test", Revision: "r1"}); err != nil {
-		t.Fatal(err)
-	}
+	store := invtest.Apply(t, cli, loadTestInventory(t))
 	err := inventory.UpdateJSON(ctx, store, store.Keys().MachineStatus("vm-2"), func(st *inventory.MachineStatus) error {
 		st.Phase, st.Facts, st.Rack, st.BootTaskID = "ready", goldenFacts(t), "r1", "T1"
 		return nil

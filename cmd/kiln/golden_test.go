@@ -8,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/spec"
 )
 
@@ -61,12 +61,9 @@ spec: {selector: {matchLabels: {role: web, tier: front}}, machine: {image: debia
 
 // Every kind's table, narrow and wide, byte for byte.
 func TestGetTablesGolden(t *testing.T) {
-	r := spec.Load(fstest.MapFS{"inv.yaml": {Data: []byte(testInventory + goldenExtra)}})
-	if r.Problems.Errors() > 0 {
-		t.Fatalf("inventory is not valid:\n%s", r.Problems)
-	}
+	inv := invtest.Load(t, testInventory+goldenExtra)
 	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	snap := &inventory.Snapshot{Inventory: r.Inventory,
+	snap := &inventory.Snapshot{Inventory: inv,
 		Unmanaged: map[string]inventory.Unmanaged{"vm-0": {Name: "vm-0", RemovedIn: "0123456789abcdef", RemovedAt: at}}}
 	statuses := map[string]inventory.MachineStatus{
 		"vm-0": {Phase: "deployed"},

@@ -8,12 +8,11 @@ import (
 	"net"
 	"net/http"
 	"testing"
-	"testing/fstest"
 	"time"
 
-	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
-	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 const rackDoc = `
@@ -50,19 +49,15 @@ func startRack(t *testing.T, ctx context.Context, endpoints string, logs io.Writ
 // get returns the status and body of GET url, waiting for the listener.
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			return resp.StatusCode, string(b)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var resp *http.Response
+	kilntest.Eventually(t, 30*time.Second, "GET "+url, func() bool {
+		var err error
+		resp, err = http.Get(url)
+		return err == nil
+	})
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b)
 }
 
 // TestRackHealthReadyAndDrain: kiln rack serves /healthz always and
@@ -70,13 +65,7 @@ func get(t *testing.T, url string) (int, string) {
 // logging it.
 func TestRackHealthReadyAndDrain(t *testing.T) {
 	cli, cfg := etcdtest.Start(t)
-	res := spec.Load(fstest.MapFS{"i.yaml": &fstest.MapFile{Data: []byte(rackDoc)}})
-	if res.Problems.Errors() > 0 {
-		t.Fatal(res.Problems)
-	}
-	if _, err := inventory.NewStore(cli, "", discardLogger()).Apply(context.Background(), res.Inventory, inventory.ApplyMeta{Source: "t", Revision: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	invtest.Apply(t, cli, invtest.Load(t, rackDoc))
 	logs := &logWatch{want: "leading the rack", seen: make(chan struct{})}
 	seen := logs.seen
 	ctx, cancel := context.WithCancel(context.Background())

@@ -98,9 +98,20 @@ func recordScriptFor(dir string, assign, route bool) string {
 	return fmt.Sprintf(recordScript, dir, flag(assign), flag(route))
 }
 
-func (n *NS) newClient(kind, iface string, o ClientOpts) *Client {
+// timeout is o.Timeout, 30 s when unset.
+func (o ClientOpts) timeout() time.Duration {
+	if o.Timeout == 0 {
+		return 30 * time.Second
+	}
+	return o.Timeout
+}
+
+// newClient prepares a DHCP client of kind, run by binary (skipping the
+// test when it is not installed), on iface.
+func (n *NS) newClient(kind, binary, iface string, o ClientOpts) *Client {
 	l := n.Lab
 	l.T.Helper()
+	RequireBinary(l.T, binary)
 	if o.MAC != "" {
 		n.SetMAC(iface, o.MAC)
 	}
@@ -120,12 +131,8 @@ func (n *NS) newClient(kind, iface string, o ClientOpts) *Client {
 // never touches resolv.conf or anything outside the namespace).
 func Dhclient(n *NS, iface string, o ClientOpts) *Client {
 	n.Lab.T.Helper()
-	RequireBinary(n.Lab.T, "dhclient")
-	c := n.newClient("dhclient", iface, o)
-	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
+	c := n.newClient("dhclient", "dhclient", iface, o)
+	timeout := o.timeout()
 	conf := []string{
 		fmt.Sprintf("timeout %d;", int(timeout.Seconds())),
 		"initial-interval 1;",
@@ -165,12 +172,8 @@ func Dhclient(n *NS, iface string, o ClientOpts) *Client {
 // the recording script (udhcpc has no default script here).
 func Udhcpc(n *NS, iface string, o ClientOpts) *Client {
 	n.Lab.T.Helper()
-	RequireBinary(n.Lab.T, "busybox")
-	c := n.newClient("udhcpc", iface, o)
-	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
+	c := n.newClient("udhcpc", "busybox", iface, o)
+	timeout := o.timeout()
 	tries := int(timeout.Seconds()) / 2
 	tries = max(tries, 1)
 	args := []string{"busybox", "udhcpc", "-f", "-n", "-t", strconv.Itoa(tries), "-T", "2",

@@ -1,7 +1,8 @@
 // Package pki is the small certificate authority of `kiln certs`: a lab
 // CA (ECDSA P-256) and the server and client certificates it signs, as
 // PEM files in one folder. It is meant for labs and small sites; a site
-// with its own PKI issues the same files from it instead.
+// with its own PKI issues the same files from it instead. Reloader reads
+// such files again when they change, for whoever serves or trusts them.
 package pki
 
 import (

@@ -6,7 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // LimiterSizes are how many MACs and source addresses the script rate
 // limiters hold.
-func (s *Server) LimiterSizes() (macs, addrs int) { return s.perMAC.size(), s.perIP.size() }
+func (s *Server) LimiterSizes() (macs, addrs int) { return s.perMAC.Len(), s.perIP.Len() }
 
 // MetricKinds and MetricCodes are the pre-initialised label values.
 var (

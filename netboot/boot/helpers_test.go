@@ -8,13 +8,13 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	. "github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/boot/boottest"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -27,30 +27,17 @@ func loadInventory(t testing.TB, dir string) *spec.Inventory {
 	return res.Inventory
 }
 
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type testServer struct {
 	*httptest.Server
 	backend *boottest.Backend
-	clock   *clock
+	clock   *kilntest.Clock
 	reg     *prometheus.Registry
 	metrics *Metrics
 }
 
 func newTestServer(t testing.TB, b *boottest.Backend) *testServer {
 	t.Helper()
-	c := &clock{t: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)}
+	c := kilntest.NewClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC))
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	// Rate limits out of the way; TestScriptRateLimits sets its own.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/ratelimit"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
@@ -75,10 +76,10 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 func (s *Server) scriptRateLimited(w http.ResponseWriter, f *scriptFetch) bool {
 	now := time.Now()
 	for _, l := range []struct {
-		lim *limiters
+		lim *ratelimit.Keyed
 		key string
 	}{{s.perIP, f.from.String()}, {s.perMAC, f.mac}} {
-		if ok, wait := l.lim.allow(l.key, now); !ok {
+		if ok, wait := l.lim.Allow(l.key, now); !ok {
 			secs := int(wait/time.Second) + 1
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			f.log.Debug("script request rate-limited", "retry_after", secs)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/ratelimit"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
@@ -27,8 +28,8 @@ type Server struct {
 	metrics *Metrics
 	log     *slog.Logger
 	mux     *http.ServeMux
-	perMAC  *limiters // script fetches per MAC
-	perIP   *limiters // script fetches per source address
+	perMAC  *ratelimit.Keyed // script fetches per MAC
+	perIP   *ratelimit.Keyed // script fetches per source address
 }
 
 // New returns a server; metrics may be nil.
@@ -57,8 +58,8 @@ func New(opts Options, backend Backend, metrics *Metrics, log *slog.Logger) *Ser
 		opts.MaxLimiters = 4096
 	}
 	s := &Server{opts: opts, backend: backend, metrics: metrics, log: log, mux: http.NewServeMux(),
-		perMAC: newLimiters(opts.ScriptRatePerMAC, opts.ScriptBurst, opts.MaxLimiters),
-		perIP:  newLimiters(opts.ScriptRatePerIP, opts.ScriptBurst, opts.MaxLimiters)}
+		perMAC: ratelimit.New(opts.ScriptRatePerMAC, opts.ScriptBurst, opts.MaxLimiters),
+		perIP:  ratelimit.New(opts.ScriptRatePerIP, opts.ScriptBurst, opts.MaxLimiters)}
 	s.mux.HandleFunc("GET /boot/{mac}/script.ipxe", s.script)
 	s.mux.HandleFunc("GET /metadata/{machine}/{file}", s.metadata)
 	s.mux.HandleFunc("GET /agent/{machine}/task", s.task)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -301,7 +302,7 @@ func TestConcurrentEnsureSharesOneFetch(t *testing.T) {
 		}()
 	}
 	// Release the origin once the other callers all wait on the fetch.
-	waitFor(t, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the other callers to wait on the fetch", func() bool {
 		h.c.mu.Lock()
 		defer h.c.mu.Unlock()
 		e := h.c.entries[b.sha]
@@ -321,18 +322,6 @@ func TestConcurrentEnsureSharesOneFetch(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 10s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestCallerCancelDoesNotFailOthers(t *testing.T) {
 	t.Parallel()
 	o := newOrigin(t)
@@ -348,13 +337,13 @@ func TestCallerCancelDoesNotFailOthers(t *testing.T) {
 		_, err := h.c.Ensure(ctx, Artifact{URL: u, SHA256: b.sha})
 		first <- err
 	}()
-	waitFor(t, func() bool { return o.hits.Load() == 1 })
+	kilntest.Eventually(t, 10*time.Second, "the origin to be hit once", func() bool { return o.hits.Load() == 1 })
 	second := make(chan error, 1)
 	go func() {
 		_, err := h.c.Ensure(t.Context(), Artifact{URL: u, SHA256: b.sha})
 		second <- err
 	}()
-	waitFor(t, func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the second caller to wait on the flight", func() bool {
 		h.c.mu.Lock()
 		defer h.c.mu.Unlock()
 		return h.c.entries[b.sha].flight.waiters == 1

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -162,7 +163,7 @@ func TestQueueWaitsForASlot(t *testing.T) {
 		n, err := buf.ReadFrom(resp.Body)
 		second <- result{resp.StatusCode, int(n), err}
 	}()
-	waitFor(t, func() bool { return testutil.ToFloat64(h.c.m.queue) == 1 })
+	kilntest.Eventually(t, 10*time.Second, "one request queued", func() bool { return testutil.ToFloat64(h.c.m.queue) == 1 })
 	// HEAD needs no transfer slot.
 	resp, err := http.Head(srv.URL + path)
 	if err != nil || resp.StatusCode != 200 {
@@ -246,7 +247,7 @@ func TestRequestWaitsForAFetch(t *testing.T) {
 				_, err := h.c.Ensure(t.Context(), Artifact{URL: u, SHA256: b.sha})
 				fetched <- err
 			}()
-			waitFor(t, func() bool { return o.hits.Load() == 1 })
+			kilntest.Eventually(t, 10*time.Second, "the origin to be hit once", func() bool { return o.hits.Load() == 1 })
 			type result struct {
 				code  int
 				retry string
@@ -265,7 +266,7 @@ func TestRequestWaitsForAFetch(t *testing.T) {
 				got <- result{resp.StatusCode, resp.Header.Get("Retry-After"), buf.Bytes()}
 			}()
 			if tc.code == http.StatusOK {
-				waitFor(t, func() bool {
+				kilntest.Eventually(t, 10*time.Second, "the second caller to wait on the flight", func() bool {
 					h.c.mu.Lock()
 					defer h.c.mu.Unlock()
 					return h.c.entries[b.sha].flight.waiters == 1

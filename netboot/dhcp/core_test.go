@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -110,7 +111,7 @@ func TestGroupCommit(t *testing.T) {
 			acks <- r
 		}()
 	}
-	waitFor(t, "59 leases queued", func() bool { return len(h.s.commit.in) == n-1 })
+	kilntest.Eventually(t, 10*time.Second, "59 leases queued", func() bool { return len(h.s.commit.in) == n-1 })
 	select {
 	case <-first:
 		t.Fatal("an ACK was sent before its lease was stored")
@@ -310,7 +311,7 @@ func TestStaticIPMoved(t *testing.T) {
 	if _, ack := h.dora(macVM1, onLab); yiaddr(ack) != "10.42.0.12" {
 		t.Fatalf("vm-1 got %s", yiaddr(ack))
 	}
-	waitFor(t, "vm-1's old lease ended", func() bool { l, _ := h.store.get("10.42.0.11"); return l.Ended() })
+	kilntest.Eventually(t, 10*time.Second, "vm-1's old lease ended", func() bool { l, _ := h.store.get("10.42.0.11"); return l.Ended() })
 	if _, ack := h.dora("52:54:00:42:00:05", onLab); yiaddr(ack) != "10.42.0.11" {
 		t.Fatalf("vm-5 got %s", yiaddr(ack))
 	}

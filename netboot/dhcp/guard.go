@@ -1,7 +1,6 @@
 package dhcp
 
 import (
-	"container/list"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -56,60 +55,6 @@ func (w *warnLimiter) due(key string, now time.Time) (int, bool) {
 	n := w.n[key]
 	w.last[key], w.n[key] = now, 0
 	return n, true
-}
-
-// macLimiter is a token bucket per MAC, for at most max MACs: the least
-// recently seen MAC's bucket is evicted first (a flood of fresh MACs
-// costs bounded memory, and a fresh MAC starts with a full bucket).
-type macLimiter struct {
-	rate  float64 // tokens per second; 0: unlimited
-	burst float64
-	max   int
-
-	mu    sync.Mutex
-	byMAC map[string]*list.Element
-	lru   list.List // of *bucket, most recent first
-}
-
-type bucket struct {
-	mac    string
-	tokens float64
-	at     time.Time
-}
-
-func newMACLimiter(perSecond float64, burst, max int) *macLimiter {
-	return &macLimiter{rate: perSecond, burst: float64(burst), max: max, byMAC: map[string]*list.Element{}}
-}
-
-// allow takes a token of mac's bucket.
-func (l *macLimiter) allow(mac string, now time.Time) bool {
-	if l == nil || l.rate <= 0 {
-		return true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	el := l.byMAC[mac]
-	if el == nil {
-		if l.lru.Len() >= l.max {
-			old := l.lru.Back()
-			delete(l.byMAC, old.Value.(*bucket).mac)
-			l.lru.Remove(old)
-		}
-		el = l.lru.PushFront(&bucket{mac: mac, tokens: l.burst, at: now})
-		l.byMAC[mac] = el
-	} else {
-		l.lru.MoveToFront(el)
-	}
-	b := el.Value.(*bucket)
-	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(l.burst, b.tokens+d.Seconds()*l.rate)
-	}
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // Pool levels, for warnings on the way up.

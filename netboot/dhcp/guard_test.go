@@ -74,26 +74,3 @@ kiln_dhcp_pool_size{subnet="site"} 0
 		t.Errorf("warnings:\n%s", got)
 	}
 }
-
-// The per-MAC limiter forgets the least recently seen MAC past its size,
-// so a flood of fresh MACs costs bounded memory.
-func TestMACLimiterIsBounded(t *testing.T) {
-	l := newMACLimiter(1, 2, 100)
-	now := time.Now()
-	for i := range 1000 {
-		l.allow(fmt.Sprint(i), now)
-	}
-	if len(l.byMAC) != 100 || l.lru.Len() != 100 {
-		t.Fatalf("%d limiters kept", len(l.byMAC))
-	}
-	if !l.allow("999", now) || l.allow("999", now) {
-		t.Error("burst of 2 not applied to a kept MAC")
-	}
-	first, second, third := l.allow("x", now), l.allow("x", now), l.allow("x", now)
-	if !first || !second || third {
-		t.Error("burst of 2 not applied to a new MAC")
-	}
-	if !l.allow("x", now.Add(time.Second)) {
-		t.Error("no token after a second at 1/s")
-	}
-}

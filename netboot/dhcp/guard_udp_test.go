@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -64,7 +65,7 @@ func TestUDPSpoofedRelaysLeaveThePoolIntact(t *testing.T) {
 		// client with no record gets no answer and no address.
 		send(t, relay, initReboot(fakeMAC(1000+i), fmt.Sprintf("127.0.0.%d", 100+i%51), relayed("127.0.0.2", "x")...), server)
 	}
-	waitFor(t, "every spoofed packet dropped", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "every spoofed packet dropped", func() bool {
 		return testutil.ToFloat64(r.s.m.relayDropped.WithLabelValues(relayUnknownGiaddr)) == 2*n &&
 			testutil.ToFloat64(r.s.m.relayDropped.WithLabelValues(relayNotAllowed)) == 2*n &&
 			testutil.ToFloat64(r.s.m.packets.WithLabelValues("request", "ignored")) == 5*n-2*n
@@ -109,7 +110,7 @@ func gauge(t *testing.T, r *running, name string) float64 {
 func TestUDPRelayNotAllowedIsDropped(t *testing.T) {
 	r, relay, attacker, server := relayLab(t, Options{})
 	send(t, attacker, discover(macUnknown, relayed("127.0.0.2", "x")...), server)
-	waitFor(t, "the packet dropped", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the packet dropped", func() bool {
 		return testutil.ToFloat64(r.s.m.relayDropped.WithLabelValues(relayNotAllowed)) == 1
 	})
 	// The server answers to giaddr: had it answered, the relay socket
@@ -127,7 +128,7 @@ func TestUDPInitReboot(t *testing.T) {
 	r, relay, _, server := relayLab(t, Options{})
 	via := relayed("127.0.0.2", "x")
 	send(t, relay, initReboot(macUnknown, "127.0.0.120", via...), server)
-	waitFor(t, "the INIT-REBOOT handled", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the INIT-REBOOT handled", func() bool {
 		return testutil.ToFloat64(r.s.m.packets.WithLabelValues("request", "ignored")) == 1
 	})
 	nak := exchange(t, relay, initReboot(macUnknown, "192.168.1.20", via...), server)
@@ -154,7 +155,7 @@ func TestUDPPerMACFlood(t *testing.T) {
 	for range n {
 		send(t, relay, discover(macVM1, via...), server)
 	}
-	waitFor(t, "the flood dropped", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the flood dropped", func() bool {
 		return testutil.ToFloat64(r.s.m.macLimited) == n-3
 	})
 	// Drain the three answered OFFERs.

@@ -107,7 +107,7 @@ func (s *Server) handle(ctx context.Context, req *dhcpv4.DHCPv4, in Arrival, k m
 		return nil, netip.AddrPort{}, resIgnored
 	}
 	t := txn{req: req, in: in, now: s.now(), cfg: s.cfg.Load(), raw: string(req.ClientHWAddr)}
-	if !s.macLimit.allow(t.raw, t.now) {
+	if ok, _ := s.macLimit.Allow(t.raw, t.now); !ok {
 		s.m.macLimited.Inc()
 		return nil, netip.AddrPort{}, resIgnored
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 var bcast68 = netip.MustParseAddrPort("255.255.255.255:68")
@@ -528,7 +529,7 @@ func TestDecline(t *testing.T) {
 	if evs := h.events.of(EventDeclined, macUnknown); len(evs) != 1 || evs[0].IP != ip("10.42.0.100") {
 		t.Errorf("declined events %+v", evs)
 	}
-	waitFor(t, "the ended lease saved", func() bool { l, _ := h.store.get("10.42.0.100"); return l.Ended() })
+	kilntest.Eventually(t, 10*time.Second, "the ended lease saved", func() bool { l, _ := h.store.get("10.42.0.100"); return l.Ended() })
 	// Nobody gets it while quarantined, not even by asking for it.
 	if _, ack := h.dora(macUnknown, onLab); yiaddr(ack) != "10.42.0.101" {
 		t.Errorf("after DECLINE got %s, want 10.42.0.101", yiaddr(ack))
@@ -560,7 +561,7 @@ func TestRelease(t *testing.T) {
 	if evs := h.events.of(EventReleased, macUnknown); len(evs) != 1 {
 		t.Errorf("released events %+v", evs)
 	}
-	waitFor(t, "the ended lease saved", func() bool { l, _ := h.store.get("10.42.0.100"); return l.Ended() })
+	kilntest.Eventually(t, 10*time.Second, "the ended lease saved", func() bool { l, _ := h.store.get("10.42.0.100"); return l.Ended() })
 	// The address is free: another MAC may ask for it…
 	if _, r := h.dora("52:54:00:99:00:02", onLab, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IP{10, 42, 0, 100}))); yiaddr(r) != "10.42.0.100" {
 		t.Errorf("released address not free: %v %s", mt(r), yiaddr(r))

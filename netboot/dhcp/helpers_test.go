@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -107,24 +108,6 @@ func (r *recorder) of(typ, mac string) []Event {
 	return out
 }
 
-// clock is a settable time.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 var (
 	macVM1     = "52:54:00:42:00:01" // vm-1: static 10.42.0.11
 	macVM2     = "52:54:00:42:00:02" // vm-2: allocated once
@@ -181,7 +164,7 @@ type harness struct {
 	s      *Server
 	store  *memStore
 	events *recorder
-	clock  *clock
+	clock  *kilntest.Clock
 	reg    *prometheus.Registry
 	ctx    context.Context
 }
@@ -189,7 +172,7 @@ type harness struct {
 func newHarness(t testing.TB, cfg Config, known []Lease, opts Options) *harness {
 	t.Helper()
 	h := &harness{t: t, store: newMemStore(), events: &recorder{}, reg: prometheus.NewRegistry(),
-		clock: &clock{t: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)}}
+		clock: kilntest.NewClock(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC))}
 	s, err := New(cfg, known, h.store, h.events, opts, NewMetrics(h.reg), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -310,18 +293,5 @@ func relayed(giaddr, circuit string) []dhcpv4.Modifier {
 			dhcpv4.OptGeneric(dhcpv4.AgentCircuitIDSubOption, []byte(circuit)),
 			dhcpv4.OptGeneric(dhcpv4.AgentRemoteIDSubOption, []byte{0xde, 0xad, 0xbe, 0xef}),
 		)),
-	}
-}
-
-// waitFor polls cond until it holds (generous timeout, no fixed sleeps
-// on the success path).
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

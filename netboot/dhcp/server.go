@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kilnhq/kiln/netboot/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -94,7 +95,7 @@ type Server struct {
 	updated   chan struct{} // Update wakes the interface refresh
 	poolsMu   sync.Mutex
 	pools     map[string]*pool
-	macLimit  *macLimiter
+	macLimit  *ratelimit.Keyed
 	warned    warnLimiter // relay drop warnings
 	poolWatch *poolWatch
 	stopped   atomic.Bool // no longer the leader: answer nothing
@@ -143,7 +144,7 @@ func New(cfg Config, known []Lease, store LeaseStore, events EventSink, opts Opt
 		listeners:  map[string]*listener{},
 		sem:        make(chan struct{}, maxInFlight),
 		ready:      make(chan struct{}),
-		macLimit:   newMACLimiter(opts.MACRate, opts.MACBurst, opts.MACLimiters),
+		macLimit:   ratelimit.New(opts.MACRate, opts.MACBurst, opts.MACLimiters),
 		poolWatch:  &poolWatch{log: log, events: events, level: map[string]int{}},
 	}
 	if opts.Port == 67 {

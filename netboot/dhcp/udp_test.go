@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
@@ -149,13 +150,13 @@ func TestUDPRelayedDORA(t *testing.T) {
 	if l, ok := r.store.get("127.0.0.100"); !ok || l.MAC != macUnknown {
 		t.Errorf("stored %+v", l)
 	}
-	waitFor(t, "two responses observed", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "two responses observed", func() bool {
 		n, _ := testutil.GatherAndCount(r.reg, "kiln_dhcp_response_seconds")
 		return n == 1 && histogramCount(t, r.reg) == 2
 	})
 	// Garbage is counted, not answered (the next real request still is).
 	relay.WriteToUDPAddrPort([]byte("not dhcp"), netip.MustParseAddrPort(server))
-	waitFor(t, "the malformed packet counted", func() bool {
+	kilntest.Eventually(t, 10*time.Second, "the malformed packet counted", func() bool {
 		return testutil.ToFloat64(r.s.m.packets.WithLabelValues("malformed", "ignored")) == 1
 	})
 }

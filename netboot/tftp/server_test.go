@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -53,16 +54,12 @@ func (h *harness) eventsFor(file string) []Event {
 // before the server has seen the last acknowledgement.
 func (h *harness) waitEvent(t *testing.T, file string) Event {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if ev := h.eventsFor(file); len(ev) > 0 {
-			return ev[len(ev)-1]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no event for %q", file)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var ev []Event
+	kilntest.Eventually(t, 10*time.Second, "an event for "+file, func() bool {
+		ev = h.eventsFor(file)
+		return len(ev) > 0
+	})
+	return ev[len(ev)-1]
 }
 
 func start(t *testing.T, o Options) *harness {
@@ -439,10 +436,7 @@ func TestMetrics(t *testing.T) {
 	}
 	// Wait for the server's side of each of the five.
 	h.waitEvent(t, "a.efi")
-	deadline := time.Now().Add(10 * time.Second)
-	for len(h.eventsFor("a.efi")) < 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	kilntest.Eventually(t, 10*time.Second, "two events for a.efi", func() bool { return len(h.eventsFor("a.efi")) >= 2 })
 	h.waitEvent(t, "../a.efi")
 
 	expected := `
@@ -776,7 +770,7 @@ func TestLateFirstAckStillServed(t *testing.T) {
 		got = append(got, buf[4:n]...)
 		if block == 1 {
 			// Acknowledge only once the server has given the slot back.
-			waitFor(t, func() bool {
+			kilntest.Eventually(t, 10*time.Second, "the first-block refusal counted", func() bool {
 				return testutil.ToFloat64(h.srv.metrics.refusals.WithLabelValues(RefusedFirstBlock)) == 1
 			})
 		}
@@ -790,16 +784,5 @@ func TestLateFirstAckStillServed(t *testing.T) {
 	}
 	if ev := h.waitEvent(t, "f"); ev.Result != ResultOK {
 		t.Errorf("event %+v, want ok", ev)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

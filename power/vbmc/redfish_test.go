@@ -6,12 +6,12 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kilnhq/kiln/power/vbmc"
 	"github.com/kilnhq/kiln/power/vbmc/vbmctest"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/stmcginnis/gofish"
 	"github.com/stmcginnis/gofish/schemas"
 )
@@ -275,26 +275,8 @@ func TestRedfishSessions(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock the test moves.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 func TestRedfishSessionExpiry(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := kilntest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	b := vbmctest.Start(t, nil, func(c *vbmc.Config) {
 		c.SessionTimeout = time.Minute
 		c.Now = clock.Now
