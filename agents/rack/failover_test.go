@@ -13,6 +13,7 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/boot"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -130,7 +131,9 @@ func TestLeaderWhoseBootServerDiesHandsOver(t *testing.T) {
 		t.Fatalf("after a stepped down: %+v, want b leading", r)
 	}
 	t.Logf("b took over %s after a's HTTP boot server died", time.Since(start))
-	if len(lns.of("b")) != 1 {
-		t.Errorf("the new leader opened %d listeners, want 1", len(lns.of("b")))
+	// The role changes when the term starts; the servers open after it.
+	kilntest.Eventually(t, 10*time.Second, "the new leader's HTTP boot listener", func() bool { return len(lns.of("b")) >= 1 })
+	if n := len(lns.of("b")); n != 1 {
+		t.Errorf("the new leader opened %d listeners, want 1", n)
 	}
 }
