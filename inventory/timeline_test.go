@@ -17,7 +17,9 @@ func TestAppendTimelineKeepsTimeOrder(t *testing.T) {
 	st := NewStore(cli, "", quiet())
 	ctx := context.Background()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	at := func(s int, typ string) TimelineEvent { return TimelineEvent{Time: t0.Add(time.Duration(s) * time.Second), Type: typ} }
+	at := func(s int, typ string) TimelineEvent {
+		return TimelineEvent{Time: t0.Add(time.Duration(s) * time.Second), Type: typ}
+	}
 
 	// HTTP's batch (later events) is written before DHCP's (earlier ones).
 	if err := st.AppendTimeline(ctx, "r1", "m1", 0, at(5, "http"), at(7, "http")); err != nil {
