@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,7 +27,9 @@ type Timeline struct {
 const TimelineLimit = 100
 
 // AppendTimeline adds events to a machine's timeline on rack, keeping
-// the newest TimelineLimit. A non-zero lease is attached to the key (an
+// the newest TimelineLimit. Events are kept in time order (stable for
+// equal times): DHCP, TFTP and HTTP report in batches that interleave, so
+// a batch may hold events older than ones already stored. A non-zero lease is attached to the key (an
 // unknown MAC's timeline ends with its lease).
 func (s *Store) AppendTimeline(ctx context.Context, rack, machine string, lease clientv3.LeaseID, events ...TimelineEvent) error {
 	key := s.keys.Timeline(rack, machine)
@@ -44,6 +47,7 @@ func (s *Store) AppendTimeline(ctx context.Context, rack, machine string, lease 
 			}
 		}
 		t.Events = append(t.Events, events...)
+		slices.SortStableFunc(t.Events, func(a, b TimelineEvent) int { return a.Time.Compare(b.Time) })
 		if n := len(t.Events) - TimelineLimit; n > 0 {
 			t.Events = append([]TimelineEvent(nil), t.Events[n:]...)
 		}

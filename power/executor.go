@@ -71,19 +71,36 @@ const (
 	open
 )
 
-// bmc is the per-BMC state: a lock that serialises calls, the driver and
-// the breaker.
+// bmc is the per-BMC state: a lock that serialises calls, the breaker,
+// and a driver per machine behind it. Drivers are per machine because a
+// driver may speak for its machine (the manual driver's instructions name
+// it; machines sharing an address may differ in options); the lock and the
+// breaker are per BMC because that is what they protect.
 type bmc struct {
 	lock      chan struct{}
-	target    Target
-	driver    Driver
+	drivers   map[string]*conn // by machine; used under lock
 	failures  int
 	state     breakerState
 	openUntil time.Time
+	forgotten []string // machines forgotten while a call ran; guarded by Executor.mu
+}
+
+// conn is one machine's driver and the target it was built for.
+type conn struct {
+	target Target
+	driver Driver
+}
+
+func (b *bmc) close(machine string) {
+	if c := b.drivers[machine]; c != nil && c.driver != nil {
+		c.driver.Close()
+	}
+	delete(b.drivers, machine)
 }
 
 // Executor runs power operations under a Policy. It is safe for
-// concurrent use; calls to one BMC run one at a time.
+// concurrent use; calls to one BMC (one Target.Key) run one at a time,
+// whichever machine they are for.
 type Executor struct {
 	policy  Policy
 	factory Factory
@@ -155,22 +172,24 @@ func (e *Executor) setState(machine string, st State) {
 	e.metrics.state.WithLabelValues(machine).Set(v)
 }
 
-// Forget closes a BMC's driver and drops its state and series.
+// Forget closes a machine's driver and drops its series. The BMC's lock
+// and breaker stay while other machines use it.
 func (e *Executor) Forget(t Target) {
 	e.mu.Lock()
 	b := e.bmcs[t.Key()]
-	delete(e.bmcs, t.Key())
-	e.mu.Unlock()
 	if b != nil {
 		select {
 		case b.lock <- struct{}{}:
-			if b.driver != nil {
-				b.driver.Close()
+			b.close(t.Machine)
+			if len(b.drivers) == 0 {
+				delete(e.bmcs, t.Key())
 			}
 			<-b.lock
-		default: // a call is running; its driver is closed when it returns
+		default: // a call is running: its release closes the driver
+			b.forgotten = append(b.forgotten, t.Machine)
 		}
 	}
+	e.mu.Unlock()
 	e.metrics.Forget(t.Machine)
 }
 
@@ -179,8 +198,8 @@ func (e *Executor) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, b := range e.bmcs {
-		if b.driver != nil {
-			b.driver.Close()
+		for m := range b.drivers {
+			b.close(m)
 		}
 	}
 	e.bmcs = map[string]*bmc{}
@@ -191,10 +210,22 @@ func (e *Executor) bmcFor(t Target) *bmc {
 	defer e.mu.Unlock()
 	b := e.bmcs[t.Key()]
 	if b == nil {
-		b = &bmc{lock: make(chan struct{}, 1), target: t}
+		b = &bmc{lock: make(chan struct{}, 1), drivers: map[string]*conn{}}
 		e.bmcs[t.Key()] = b
 	}
 	return b
+}
+
+// release ends a call: drivers forgotten meanwhile are closed, then the
+// BMC's lock is freed.
+func (e *Executor) release(b *bmc) {
+	e.mu.Lock()
+	for _, m := range b.forgotten {
+		b.close(m)
+	}
+	b.forgotten = nil
+	e.mu.Unlock()
+	<-b.lock
 }
 
 func (e *Executor) do(ctx context.Context, t Target, op string, fn func(context.Context, Driver) error) error {
@@ -205,7 +236,7 @@ func (e *Executor) do(ctx context.Context, t Target, op string, fn func(context.
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
-	defer func() { <-b.lock }()
+	defer e.release(b)
 
 	now := e.now()
 	if b.state == open {
@@ -247,20 +278,20 @@ func (e *Executor) attempt(ctx context.Context, b *bmc, t Target, op string, fn 
 		return ctx.Err()
 	}
 	defer func() { <-e.sem }()
-	if b.driver == nil || !sameTarget(b.target, t) {
-		if b.driver != nil {
-			b.driver.Close()
-		}
+	c := b.drivers[t.Machine]
+	if c == nil || c.driver == nil || !sameTarget(c.target, t) {
+		b.close(t.Machine)
 		d, err := e.factory(t)
 		if err != nil {
 			return err
 		}
-		b.driver, b.target = d, t
+		c = &conn{target: t, driver: d}
+		b.drivers[t.Machine] = c
 	}
 	cctx, cancel := context.WithTimeout(ctx, e.policy.Timeout)
 	defer cancel()
 	start := e.now()
-	d := b.driver
+	d := c.driver
 	done := make(chan error, 1)
 	go func() { done <- fn(cctx, d) }()
 	var err error
@@ -268,7 +299,7 @@ func (e *Executor) attempt(ctx context.Context, b *bmc, t Target, op string, fn 
 	case err = <-done:
 	case <-cctx.Done():
 		err = cctx.Err()
-		b.driver = nil // it may still be busy: never share it again
+		c.driver = nil // it may still be busy: never share it again
 		go func() { <-done; d.Close() }()
 	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {

@@ -392,3 +392,40 @@ func TestPollerReportsDrift(t *testing.T) {
 		t.Fatalf("drift should clear: %+v", o)
 	}
 }
+
+// Manual machines have no address, so they share one BMC key; each still
+// gets instructions naming itself. Two machines behind one BMC address
+// still get one call at a time.
+func TestDriversPerMachineLocksPerBMC(t *testing.T) {
+	e, _, _ := testExecutor(t, Policy{})
+	ctx := context.Background()
+	for _, m := range []string{"m1", "m2", "m1"} {
+		err := e.PowerOn(ctx, Target{Machine: m, Driver: "manual"})
+		if !errors.Is(err, ErrManual) || !strings.Contains(err.Error(), "power machine "+m+" on by hand") {
+			t.Fatalf("manual %s: %v, want instructions naming %s", m, err, m)
+		}
+	}
+
+	// s0's call hangs at the BMC; s1's waits for it and never reaches it.
+	shared := newPDU(t)
+	gate := make(chan struct{})
+	shared.hang = gate
+	done := make(chan struct{})
+	go func() { defer close(done); e.Status(ctx, shared.target("s0")) }()
+	kilntest.Eventually(t, 10*time.Second, "s0 at the BMC", func() bool { return shared.count() == 1 })
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := e.Status(wctx, shared.target("s1"))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || shared.count() != 1 {
+		t.Fatalf("s1 while s0 holds the BMC: %v, %d requests at the BMC; want s1 to wait its turn", err, shared.count())
+	}
+	shared.mu.Lock()
+	shared.hang = nil
+	shared.mu.Unlock()
+	close(gate)
+	<-done
+	e.Forget(shared.target("s0"))
+	if _, err := e.Status(ctx, shared.target("s1")); err != nil {
+		t.Fatalf("s1 after forgetting s0: %v", err)
+	}
+}

@@ -106,7 +106,10 @@ type Agent struct {
 	inv   *spec.Inventory
 	byMAC map[string]*spec.Machine
 	view  dhcp.Config
-	ready chan struct{} // closed when the first view is known
+	// viewRev is the etcd revision the view is known current at: its
+	// snapshot's, or a later one a watch progress report vouched for.
+	viewRev int64
+	ready   chan struct{} // closed when the first view is known
 	// changed is closed (and replaced) each time the view changes.
 	changed chan struct{}
 	leases  map[string]dhcp.Lease
@@ -194,7 +197,7 @@ func (a *Agent) followDesired(ctx context.Context) error {
 		}
 		attempt = 0
 		a.loadSecrets(ctx, snap.Inventory)
-		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot), snap.Inventory)
+		a.setView(viewOf(a.cfg.Rack, snap.Inventory, a.cfg.Boot), snap.Inventory, snap.Revision)
 		a.stage(ctx, snap.Inventory)
 		// Wait for the next change of the desired state, then read again.
 		wctx, cancel := context.WithCancel(ctx)
@@ -206,6 +209,9 @@ func (a *Agent) followDesired(ctx context.Context) error {
 			if wr.Err() != nil || len(wr.Events) > 0 {
 				break
 			}
+			if wr.IsProgressNotify() { // nothing desired changed up to here
+				a.viewCurrentAt(wr.Header.Revision)
+			}
 		}
 		cancel()
 		backoff.Sleep(ctx, 50*time.Millisecond) // a revision arrives in a burst of events
@@ -213,31 +219,7 @@ func (a *Agent) followDesired(ctx context.Context) error {
 	return nil
 }
 
-// machineSoon returns the machine from the agent's copy of the inventory,
-// waiting up to wait for a copy that has it: the region may ask for a
-// machine just added to the source before this agent's watch brings it.
-func (a *Agent) machineSoon(ctx context.Context, name string, wait time.Duration) (*spec.Machine, bool) {
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		a.mu.Lock()
-		m, ok := a.inv.Machines[name]
-		changed := a.changed
-		a.mu.Unlock()
-		if ok {
-			return m, true
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return nil, false
-		case <-ctx.Done():
-			return nil, false
-		}
-	}
-}
-
-func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
+func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory, rev int64) {
 	byMAC := map[string]*spec.Machine{}
 	for _, m := range inv.Machines {
 		for _, i := range m.Spec.Interfaces {
@@ -246,7 +228,7 @@ func (a *Agent) setView(v dhcp.Config, inv *spec.Inventory) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.view, a.inv, a.byMAC = v, inv, byMAC
+	a.view, a.inv, a.byMAC, a.viewRev = v, inv, byMAC, rev
 	close(a.changed)
 	a.changed = make(chan struct{})
 	select {

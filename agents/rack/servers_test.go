@@ -62,7 +62,7 @@ func startBootServer(t *testing.T, limits ...httpsrv.Options) *bootServer {
 	if a.cache == nil {
 		t.Fatal("no image cache")
 	}
-	a.setView(viewOf("r1", inv, a.cfg.Boot), inv)
+	a.setView(viewOf("r1", inv, a.cfg.Boot), inv, 0)
 
 	body := []byte("an image body, not a secret\n")
 	sum := sha256.Sum256(body)

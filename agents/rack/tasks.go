@@ -24,8 +24,8 @@ type Powerer interface {
 	SetBoot(ctx context.Context, t power.Target, b power.Boot) error
 }
 
-// inventoryCatchUp bounds the wait for a task's machine to appear in the
-// agent's copy of the inventory.
+// inventoryCatchUp bounds the wait for the agent's copy of the inventory
+// to reach the revision a task was written at.
 const inventoryCatchUp = 30 * time.Second
 
 // tasks carries out the region's power tasks for this rack's machines
@@ -37,8 +37,8 @@ type tasks struct {
 	power Powerer
 	fence inventory.Fence
 	now   func() time.Time
-	// catchUp bounds the wait for a task's machine to reach this agent's
-	// copy of the inventory (inventoryCatchUp).
+	// catchUp bounds the wait for this agent's copy of the inventory to
+	// reach a task's revision (inventoryCatchUp).
 	catchUp time.Duration
 
 	mu       sync.Mutex
@@ -117,12 +117,13 @@ func (t *tasks) do(ctx context.Context, w taskWrite) {
 func (t *tasks) execute(ctx context.Context, w taskWrite) {
 	pt := w.task
 	log := t.a.log.With("machine", pt.Machine, "task", pt.ID, "action", pt.Action)
-	m, ok := t.a.machineSoon(ctx, pt.Machine, t.catchUp)
+	m, ok := t.a.machineSoon(ctx, pt.Machine, w.modRev, t.catchUp)
 	if !ok {
 		if ctx.Err() != nil {
 			return // no longer leading: the successor takes the task
 		}
-		t.finish(ctx, w, inventory.TaskFailed, "", fmt.Sprintf("machine %s is not in rack %s's copy of the inventory (waited %s for it)", pt.Machine, t.a.cfg.Rack, t.catchUp))
+		t.finish(ctx, w, inventory.TaskFailed, "", fmt.Sprintf("machine %s is not in rack %s's copy of the inventory "+
+			"(the task was written at etcd revision %d; waited up to %s for the copy to reach it)", pt.Machine, t.a.cfg.Rack, w.modRev, t.catchUp))
 		return
 	}
 	target, err := power.TargetFor(m)

@@ -146,6 +146,22 @@ func getTask(t *testing.T, cli *clientv3.Client, key string) inventory.PowerTask
 	return pt
 }
 
+// taskRunner returns a power-task runner for agent a holding a fence: a
+// key standing for its election key, on the returned lease.
+func taskRunner(t *testing.T, cli *clientv3.Client, store *inventory.Store, a *Agent, p Powerer, catchUp time.Duration) (*tasks, clientv3.LeaseID) {
+	t.Helper()
+	lease, err := cli.Grant(context.Background(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := cli.Put(context.Background(), store.Keys().RackElection("r1")+"agent-1", "agent-1", clientv3.WithLease(lease.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tasks{a: a, power: p, fence: inventory.Fence{Key: store.Keys().RackElection("r1") + "agent-1", Rev: put.Header.Revision},
+		now: time.Now, catchUp: catchUp, inflight: map[string]string{}, next: map[string]taskWrite{}}, lease.ID
+}
+
 func TestPowerTasks(t *testing.T) {
 	cli, _ := etcdtest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -165,20 +181,10 @@ func TestPowerTasks(t *testing.T) {
 	withLate := invtest.Load(t, doc+machineDoc(9, "late", "ipmi"))
 	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(), inv: inv,
 		ready: make(chan struct{}), changed: make(chan struct{})}
-	// The fence: a key standing for this agent's election key.
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
-	put, err := cli.Put(ctx, store.Keys().RackElection("r1")+"agent-1", "agent-1", clientv3.WithLease(lease.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
 	fp := &fakePower{on: map[string]bool{"on1": true, "resumed": true}, fail: map[string]error{"bad": fmt.Errorf("dial: %w", power.ErrTimeout)}}
 	fp.atOn = map[string]inventory.BootToken{}
 	fp.tokenAtOn = func(m string) (inventory.BootToken, error) { return store.Tokens("r1").Get(ctx, m) }
-	tr := &tasks{a: a, power: fp, fence: inventory.Fence{Key: store.Keys().RackElection("r1") + "agent-1", Rev: put.Header.Revision},
-		now: time.Now, catchUp: 5 * time.Second, inflight: map[string]string{}, next: map[string]taskWrite{}}
+	tr, lease := taskRunner(t, cli, store, a, fp, 5*time.Second)
 
 	write := func(machine, action, state string) {
 		b, _ := json.Marshal(inventory.PowerTask{ID: machine + "-1", Machine: machine, Action: action, State: state, CreatedAt: time.Now()})
@@ -206,7 +212,7 @@ func TestPowerTasks(t *testing.T) {
 	if pt := getTask(t, cli, store.Keys().Task("r1", "late")); pt.State != inventory.TaskPending {
 		t.Fatalf("late: %+v, want it pending until the inventory has the machine", pt)
 	}
-	a.setView(a.view, withLate)
+	a.setView(a.view, withLate, 0)
 
 	want := map[string]struct{ state, ops, errHas string }{
 		// The boot override carries the firmware mode: UEFI unless the
@@ -254,7 +260,7 @@ func TestPowerTasks(t *testing.T) {
 
 	// Deposed: with the election key gone, a runner writes nothing and
 	// touches no BMC.
-	if _, err := cli.Revoke(context.Background(), lease.ID); err != nil {
+	if _, err := cli.Revoke(context.Background(), lease); err != nil {
 		t.Fatal(err)
 	}
 	write("gone", inventory.TaskOff, inventory.TaskPending)
@@ -306,4 +312,77 @@ func waitTask(t *testing.T, cli *clientv3.Client, key string) inventory.PowerTas
 	}
 	t.Fatalf("%s: not finished: %+v", key, pt)
 	return pt
+}
+
+// The region writes a task after the desired state that names its machine;
+// the rack's view may lag. The task waits for the view to reach the task's
+// revision; a machine that view does not have fails at once, and one
+// whose view never catches up fails at the bound, with the same reason.
+func TestPowerTaskWaitsForTheViewToReachItsRevision(t *testing.T) {
+	store, cli, _ := invtest.Start(t, tasksInventory+machineDoc(1, "m1", "ipmi"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	snap, err := store.Snapshot(ctx, "Machine", "Subnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: Config{Rack: "r1", ID: "agent-1"}, store: store, log: quiet(),
+		ready: make(chan struct{}), changed: make(chan struct{})}
+	a.setView(viewOf("r1", snap.Inventory, a.cfg.Boot), snap.Inventory, snap.Revision)
+	const bound = 20 * time.Second
+	run := func(catchUp time.Duration) (stop func()) {
+		tr, lease := taskRunner(t, cli, store, a, &fakePower{on: map[string]bool{}}, catchUp)
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- tr.run(rctx) }()
+		return func() { cancel(); <-done; cli.Revoke(context.Background(), lease) } // the next term's fence is a new key
+	}
+	stopRunner := run(bound)
+	write := func(machine string) {
+		t.Helper()
+		b, _ := json.Marshal(inventory.PowerTask{ID: machine + "-1", Machine: machine, Action: inventory.TaskOff, State: inventory.TaskPending})
+		if _, err := cli.Put(ctx, store.Keys().Task("r1", machine), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The view lags: "late" is committed, its task written, but the view
+	// is not followed yet. The task waits while m1's is done.
+	invtest.Apply(t, cli, invtest.Load(t, tasksInventory+machineDoc(1, "m1", "ipmi")+machineDoc(2, "late", "ipmi")))
+	write("late")
+	write("m1")
+	waitTask(t, cli, store.Keys().Task("r1", "m1"))
+	if pt := getTask(t, cli, store.Keys().Task("r1", "late")); pt.State != inventory.TaskPending {
+		t.Fatalf("late: %+v, want it pending while the view lags", pt)
+	}
+	// The view catches up: the task is carried out.
+	fctx, stopFollowing := context.WithCancel(ctx)
+	following := make(chan struct{})
+	go func() { defer close(following); a.followDesired(fctx) }()
+	if pt := waitTask(t, cli, store.Keys().Task("r1", "late")); pt.State != inventory.TaskDone {
+		t.Fatalf("late: %+v, want done once the view has it", pt)
+	}
+
+	// A machine the current view lacks: failed once the view is known
+	// current at the task's revision, well within the bound.
+	start := time.Now()
+	write("nosuch")
+	pt := waitTask(t, cli, store.Keys().Task("r1", "nosuch"))
+	if pt.State != inventory.TaskFailed || !strings.Contains(pt.Error, "not in rack r1's copy of the inventory") {
+		t.Fatalf("nosuch: %+v, want failed: not in the rack's copy", pt)
+	}
+	if took := time.Since(start); took > bound/2 {
+		t.Fatalf("nosuch failed after %s: the view was current, it need not wait for the bound %s", took, bound)
+	}
+
+	// A view that never catches up: failed at the bound, same reason.
+	stopFollowing()
+	<-following
+	stopRunner()
+	defer run(500 * time.Millisecond)()
+	write("nosuch2")
+	pt = waitTask(t, cli, store.Keys().Task("r1", "nosuch2"))
+	if pt.State != inventory.TaskFailed || !strings.Contains(pt.Error, "not in rack r1's copy of the inventory") {
+		t.Fatalf("nosuch2: %+v, want failed: not in the rack's copy", pt)
+	}
 }

@@ -1,14 +1,17 @@
 package rack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/spec"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // viewOf is what a rack serves: its subnets, and every machine interface
@@ -102,4 +105,69 @@ func (a *Agent) setStale(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.stale = err
+}
+
+// progressEvery spaces the agent's requests for a watch progress report
+// while it waits for its view to reach a revision.
+const progressEvery = time.Second
+
+// machineSoon returns the machine from the agent's copy of the inventory.
+// A task written at revision rev may name a machine just committed, before
+// this agent's watch brings it: while the view is older than rev, it waits
+// (up to wait) for the view to catch up, asking etcd for a watch progress
+// report so that a view with nothing to catch up is known current. A view
+// at or past rev without the machine is the answer.
+func (a *Agent) machineSoon(ctx context.Context, name string, rev int64, wait time.Duration) (*spec.Machine, bool) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for asked := false; ; {
+		a.mu.Lock()
+		m, ok := a.inv.Machines[name]
+		changed, current := a.changed, a.viewRev >= rev
+		a.mu.Unlock()
+		if ok || current {
+			return m, ok
+		}
+		if !asked {
+			// The watches run with WithRequireLeader: so must the request,
+			// to reach their stream.
+			a.requestProgress(ctx)
+			asked = true
+		}
+		select {
+		case <-changed:
+		case <-tick.C:
+			asked = false
+		case <-deadline.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+// requestProgress asks etcd for a progress report on the agent's watches.
+// The watches run with WithRequireLeader: so must the request, to reach
+// their stream. It may block while no such stream runs: bounded.
+func (a *Agent) requestProgress(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), progressEvery)
+	defer cancel()
+	if err := a.store.Client().RequestProgress(rctx); err != nil && ctx.Err() == nil {
+		a.log.Debug("cannot ask etcd for watch progress", "err", err)
+	}
+}
+
+// viewCurrentAt records that the view is current at rev: a watch progress
+// report saw no change of the desired state up to it.
+func (a *Agent) viewCurrentAt(rev int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if rev <= a.viewRev {
+		return
+	}
+	a.viewRev = rev
+	close(a.changed)
+	a.changed = make(chan struct{})
 }

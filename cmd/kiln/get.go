@@ -8,7 +8,6 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
@@ -165,6 +164,7 @@ type getter struct {
 	kind   string
 	name   string
 	format string
+	widths []int // of the table's columns as printed so far
 }
 
 // read returns the table and the etcd revision it reflects.
@@ -545,20 +545,28 @@ func redact(m *spec.Machine) *spec.Machine {
 func (g *getter) print(out io.Writer, t *table, header bool) error {
 	switch g.format {
 	case "", "wide":
-		tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-		if header {
-			fmt.Fprintln(tw, strings.Join(t.header, "\t"))
-		}
 		// Cells may hold what machines sent (a DHCP vendor class, an
 		// agent's reason): clean keeps them from driving the terminal.
-		for _, r := range t.rows {
-			cells := make([]string, len(r))
+		rows := make([][]string, len(t.rows))
+		for j, r := range t.rows {
+			rows[j] = make([]string, len(r))
 			for i, c := range r {
-				cells[i] = clean(c)
+				rows[j][i] = clean(c)
 			}
-			fmt.Fprintln(tw, strings.Join(cells, "\t"))
 		}
-		return tw.Flush()
+		// Columns keep the widths printed so far, so that --watch's rows
+		// line up with the header; a wider cell widens its column and
+		// prints the header again.
+		if g.grow(append([][]string{t.header}, rows...)) && !header && len(rows) > 0 {
+			header = true
+		}
+		if header {
+			g.writeRow(out, t.header)
+		}
+		for _, r := range rows {
+			g.writeRow(out, r)
+		}
+		return nil
 	case "name":
 		for _, r := range t.rows {
 			fmt.Fprintf(out, "%s/%s\n", strings.ToLower(g.kind), clean(r[0]))
@@ -591,6 +599,37 @@ func (g *getter) print(out io.Writer, t *table, header bool) error {
 		}
 	}
 	return nil
+}
+
+// grow widens the columns to fit rows, reporting whether a column that
+// was already printed grew.
+func (g *getter) grow(rows [][]string) bool {
+	grew := false
+	for _, r := range rows {
+		for i, c := range r {
+			w := utf8.RuneCountInString(c)
+			switch {
+			case i >= len(g.widths):
+				g.widths = append(g.widths, w)
+			case w > g.widths[i]:
+				g.widths[i], grew = w, true
+			}
+		}
+	}
+	return grew
+}
+
+// writeRow prints a row in the columns: each cell but the last padded to
+// its column's width and three spaces.
+func (g *getter) writeRow(out io.Writer, r []string) {
+	var b strings.Builder
+	for i, c := range r {
+		b.WriteString(c)
+		if i < len(r)-1 {
+			b.WriteString(strings.Repeat(" ", g.widths[i]-utf8.RuneCountInString(c)+3))
+		}
+	}
+	fmt.Fprintln(out, b.String())
 }
 
 // toYAML prints a value through its JSON form, so field names and

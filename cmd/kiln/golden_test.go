@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,4 +133,48 @@ func TestChangedRows(t *testing.T) {
 	if fmt.Sprint(got.rows) != fmt.Sprint(want) || got.items["c"] != 3 || got.items["a"] != nil {
 		t.Errorf("rows %v items %v, want rows %v", got.rows, got.items, want)
 	}
+}
+
+// get -o wide --watch prints changed rows in the header's columns; a cell
+// wider than its column widens it and prints the header again.
+func TestWatchRowsAlignWithHeader(t *testing.T) {
+	g := &getter{kind: "Machine", format: "wide"}
+	first := &table{header: []string{"NAME", "PHASE", "REASON", "IP"},
+		rows: [][]string{{"vm-1", "ready", "-", "192.0.2.11"}, {"vm-2", "ready", "-", "192.0.2.12"}}}
+	var b bytes.Buffer
+	if err := g.print(&b, first, true); err != nil {
+		t.Fatal(err)
+	}
+	next := &table{header: first.header, rows: [][]string{{"vm-1", "deploying", "-", "192.0.2.11"}, {"vm-2", "ready", "-", "192.0.2.12"}}}
+	g.print(&b, changedRows(first.byName(), next), false)
+	// vm-2's reason is longer than any cell so far: the header comes again.
+	last := &table{header: first.header, rows: [][]string{{"vm-1", "deploying", "-", "192.0.2.11"},
+		{"vm-2", "failed", "DeployTimedOut", "192.0.2.12"}}}
+	g.print(&b, changedRows(next.byName(), last), false)
+	g.print(&b, changedRows(last.byName(), &table{header: first.header, rows: last.rows[:1]}), false)
+	checkGolden(t, "get-watch.golden", b.String())
+
+	// Every row's columns start where its header's do.
+	var header []int
+	for _, line := range strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n") {
+		starts := columnStarts(line)
+		if strings.HasPrefix(line, "NAME") {
+			header = starts
+			continue
+		}
+		if fmt.Sprint(starts) != fmt.Sprint(header) {
+			t.Errorf("row %q: columns at %v, header's at %v", line, starts, header)
+		}
+	}
+}
+
+// columnStarts is where each space-separated cell of a line begins.
+func columnStarts(line string) []int {
+	var s []int
+	for i := range line {
+		if line[i] != ' ' && (i == 0 || line[i-1] == ' ') {
+			s = append(s, i)
+		}
+	}
+	return s
 }
