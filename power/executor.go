@@ -82,7 +82,6 @@ type bmc struct {
 	failures  int
 	state     breakerState
 	openUntil time.Time
-	forgotten []string // machines forgotten while a call ran; guarded by Executor.mu
 }
 
 // conn is one machine's driver and the target it was built for.
@@ -172,27 +171,6 @@ func (e *Executor) setState(machine string, st State) {
 	e.metrics.state.WithLabelValues(machine).Set(v)
 }
 
-// Forget closes a machine's driver and drops its series. The BMC's lock
-// and breaker stay while other machines use it.
-func (e *Executor) Forget(t Target) {
-	e.mu.Lock()
-	b := e.bmcs[t.Key()]
-	if b != nil {
-		select {
-		case b.lock <- struct{}{}:
-			b.close(t.Machine)
-			if len(b.drivers) == 0 {
-				delete(e.bmcs, t.Key())
-			}
-			<-b.lock
-		default: // a call is running: its release closes the driver
-			b.forgotten = append(b.forgotten, t.Machine)
-		}
-	}
-	e.mu.Unlock()
-	e.metrics.Forget(t.Machine)
-}
-
 // Close closes every driver.
 func (e *Executor) Close() {
 	e.mu.Lock()
@@ -216,18 +194,6 @@ func (e *Executor) bmcFor(t Target) *bmc {
 	return b
 }
 
-// release ends a call: drivers forgotten meanwhile are closed, then the
-// BMC's lock is freed.
-func (e *Executor) release(b *bmc) {
-	e.mu.Lock()
-	for _, m := range b.forgotten {
-		b.close(m)
-	}
-	b.forgotten = nil
-	e.mu.Unlock()
-	<-b.lock
-}
-
 func (e *Executor) do(ctx context.Context, t Target, op string, fn func(context.Context, Driver) error) error {
 	fail := func(err error) error { return &OpError{Target: t, Op: op, Err: err} }
 	b := e.bmcFor(t)
@@ -236,7 +202,7 @@ func (e *Executor) do(ctx context.Context, t Target, op string, fn func(context.
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
-	defer e.release(b)
+	defer func() { <-b.lock }()
 
 	now := e.now()
 	if b.state == open {

@@ -66,10 +66,3 @@ func (m *Metrics) initDriver(driver string) {
 		}
 	}
 }
-
-// Forget drops a machine's series (it left the inventory).
-func (m *Metrics) Forget(machine string) {
-	for _, g := range []*prometheus.GaugeVec{m.reachable, m.breaker, m.drift, m.state} {
-		g.DeleteLabelValues(machine)
-	}
-}
