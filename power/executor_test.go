@@ -364,32 +364,25 @@ func TestSerialPerBMCAndGlobalLimit(t *testing.T) {
 	}
 }
 
-func TestPollerReportsDrift(t *testing.T) {
+func TestPollerObserves(t *testing.T) {
 	p := newPDU(t)
 	p.on = true
 	e, _, _ := testExecutor(t, Policy{})
 	obs := make(chan Observation, 10)
-	poller := &Poller{Exec: e, Interval: 50 * time.Millisecond,
-		Watched: func() []Watched { return []Watched{{Target: p.target("m1"), Want: Off}} },
+	poller := &Poller{Power: e, Interval: 50 * time.Millisecond,
+		Watched: func() []Target { return []Target{p.target("m1")} },
 		Observe: func(o Observation) { obs <- o }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { poller.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	o := <-obs
-	if o.State != On || !o.Drift || o.Err != nil {
-		t.Fatalf("observation %+v: want on with drift", o)
-	}
-	if v := testutil.ToFloat64(e.metrics.drift.WithLabelValues("m1")); v != 1 {
-		t.Fatalf("kiln_power_drift = %v", v)
+	if o := <-obs; o.State != On || o.Err != nil || o.Machine != "m1" {
+		t.Fatalf("observation %+v: want m1 on", o)
 	}
 	p.mu.Lock()
 	p.on = false
 	p.mu.Unlock()
-	for o = <-obs; o.State != Off; o = <-obs {
-	}
-	if o.Drift || testutil.ToFloat64(e.metrics.drift.WithLabelValues("m1")) != 0 {
-		t.Fatalf("drift should clear: %+v", o)
+	for o := <-obs; o.State != Off; o = <-obs {
 	}
 }
 
@@ -428,3 +421,27 @@ func TestDriversPerMachineLocksPerBMC(t *testing.T) {
 		t.Fatalf("s1 after s0's call: %v", err)
 	}
 }
+
+// A poll's error is stored by the rack: its text never holds the BMC's
+// password, and is bounded.
+func TestPollerScrubsErrors(t *testing.T) {
+	obs := make(chan Observation, 1)
+	target := Target{Machine: "m1", Password: "s3cret-pw"}
+	long := strings.Repeat("x", 4*maxErrText)
+	poller := &Poller{Power: statusFunc(func() (State, error) {
+		return On, fmt.Errorf("login as admin/s3cret-pw refused: %s", long)
+	}), Interval: time.Hour, Watched: func() []Target { return []Target{target} },
+		Observe: func(o Observation) { obs <- o }}
+	poller.poll(context.Background(), target)
+	o := <-obs
+	if o.State != Unknown || o.Err == nil {
+		t.Fatalf("observation %+v: want unknown with an error", o)
+	}
+	if msg := o.Err.Error(); strings.Contains(msg, "s3cret-pw") || len(msg) > maxErrText+8 || !strings.Contains(msg, "<redacted>") {
+		t.Fatalf("error text not scrubbed or not bounded (%d bytes): %.80s", len(msg), msg)
+	}
+}
+
+type statusFunc func() (State, error)
+
+func (f statusFunc) Status(context.Context, Target) (State, error) { return f() }

@@ -8,7 +8,6 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	reachable *prometheus.GaugeVec
 	breaker   *prometheus.GaugeVec
-	drift     *prometheus.GaugeVec
 	state     *prometheus.GaugeVec
 }
 
@@ -44,16 +43,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kiln_power_breaker_state",
 			Help: "Circuit breaker of the machine's BMC: 0 closed, 1 half-open (one probe allowed), 2 open (calls fail fast).",
 		}, []string{"machine"}),
-		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kiln_power_drift",
-			Help: "1 if the machine's observed power state differs from the one Kiln wants.",
-		}, []string{"machine"}),
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kiln_power_state",
 			Help: "Observed power state: 1 on, 0 off, -1 unknown.",
 		}, []string{"machine"}),
 	}
-	reg.MustRegister(m.ops, m.duration, m.reachable, m.breaker, m.drift, m.state)
+	reg.MustRegister(m.ops, m.duration, m.reachable, m.breaker, m.state)
 	return m
 }
 

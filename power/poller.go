@@ -2,36 +2,40 @@ package power
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"time"
 )
 
-// Watched is a machine whose power state is polled, and the state Kiln
-// wants it in (Unknown: no opinion).
-type Watched struct {
-	Target Target
-	Want   State
+// Statuser reads a machine's power state; *Executor does it within its
+// limits (one call per BMC, global concurrency, circuit breaker).
+type Statuser interface {
+	Status(ctx context.Context, t Target) (State, error)
 }
 
-// Observation is one poll's result.
+// Observation is one poll's result. Err's text is bounded and has the
+// target's password removed: it may be stored.
 type Observation struct {
 	Machine string
 	State   State
 	Err     error
-	Drift   bool // the machine is on when it should be off, or the reverse
 	At      time.Time
 }
 
+// maxErrText bounds an observation's error text.
+const maxErrText = 512
+
 // Poller polls every watched machine's power state about once per
 // Interval, spread with ±Jitter so that a rack's BMCs are not all asked at
-// once, and reports drift.
+// once. Whether a state is wrong is not its business: it reports what it
+// saw (the region compares it with the machine's phase).
 type Poller struct {
-	Exec     *Executor
+	Power    Statuser
 	Interval time.Duration // default 5m
 	Jitter   float64       // fraction of Interval, default 0.2
 	// Watched returns the machines to poll now; it is called every round.
-	Watched func() []Watched
+	Watched func() []Target
 	// Observe receives each result; it must not block for long.
 	Observe func(Observation)
 
@@ -59,7 +63,7 @@ func (p *Poller) Run(ctx context.Context) error {
 		now := time.Now()
 		seen := map[string]bool{}
 		for _, w := range p.Watched() {
-			name := w.Target.Machine
+			name := w.Machine
 			seen[name] = true
 			p.mu.Lock()
 			due, ok := p.next[name]
@@ -101,23 +105,32 @@ func (p *Poller) Run(ctx context.Context) error {
 	}
 }
 
-func (p *Poller) poll(ctx context.Context, w Watched) {
-	st, err := p.Exec.Status(ctx, w.Target)
+func (p *Poller) poll(ctx context.Context, t Target) {
+	st, err := p.Power.Status(ctx, t)
 	if ctx.Err() != nil {
 		return
 	}
-	o := Observation{Machine: w.Target.Machine, State: st, Err: err, At: time.Now()}
-	o.Drift = err == nil && w.Want != Unknown && st != Unknown && st != w.Want
-	d := 0.0
-	if o.Drift {
-		d = 1
+	if err != nil {
+		st, err = Unknown, scrubbed(err, t.Password)
 	}
-	p.Exec.metrics.drift.WithLabelValues(w.Target.Machine).Set(d)
+	o := Observation{Machine: t.Machine, State: st, Err: err, At: time.Now()}
 	spread := (rand.Float64()*2 - 1) * p.Jitter * float64(p.Interval)
 	p.mu.Lock()
-	p.next[w.Target.Machine] = time.Now().Add(p.Interval + time.Duration(spread))
+	if p.next == nil {
+		p.next = map[string]time.Time{}
+	}
+	p.next[t.Machine] = time.Now().Add(p.Interval + time.Duration(spread))
 	p.mu.Unlock()
 	if p.Observe != nil {
 		p.Observe(o)
 	}
+}
+
+// scrubbed is err's text without the password, at most maxErrText bytes.
+func scrubbed(err error, password string) error {
+	s := redact(err.Error(), password)
+	if len(s) > maxErrText {
+		s = s[:maxErrText] + "…"
+	}
+	return errors.New(s)
 }

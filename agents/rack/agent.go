@@ -54,6 +54,10 @@ type Config struct {
 	Power power.Policy
 	// Powerer, when set, replaces the power executor (tests).
 	Powerer Powerer
+	// PowerPollInterval is how often, about (±20%), the leader reads
+	// each of the rack's machines' power state (powerwatch.go); 0 turns
+	// the power watch off.
+	PowerPollInterval time.Duration
 
 	// HTTPSAddr, when set (with HTTPAddr), serves the HTTP boot server's
 	// routes over TLS too, for the machine agent and the deployed OS
@@ -329,6 +333,9 @@ func (a *Agent) term(ctx, lctx context.Context, t election.Term) error {
 	a.setServer(srv)
 	defer a.setServer(nil)
 	c.run("power tasks", a.powerTasks(fence))
+	if a.cfg.PowerPollInterval > 0 {
+		c.run("power watch", a.powerWatch(fence))
+	}
 	a.log.Info("leading the rack: serving DHCP", "subnets", len(view.Subnets), "hosts", len(view.Hosts), "leases", len(known))
 
 	select {

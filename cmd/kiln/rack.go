@@ -43,6 +43,7 @@ type rackFlags struct {
 	tlsCert, tlsKey      string
 	maxDiscovered        int
 	discoveredTTL        time.Duration
+	powerPoll            time.Duration
 }
 
 func (r *rackFlags) register(fs interface {
@@ -73,12 +74,16 @@ func (r *rackFlags) register(fs interface {
 	fs.StringVar(&r.tlsKey, "tls-key", "", "the key of --tls-cert (PEM)")
 	fs.IntVar(&r.maxDiscovered, "max-discovered", 1024, "unknown MACs this rack records at once; beyond it new ones are not recorded (a warning says so)")
 	fs.DurationVar(&r.discoveredTTL, "discovered-ttl", 24*time.Hour, "how long an unknown MAC's keys (record, timeline, token, report) outlive its last boot")
+	fs.DurationVar(&r.powerPoll, "power-poll-interval", rack.DefaultPowerPollInterval, "how often (about, jittered ±20%) the leader reads each machine's power state through its BMC, for the region's PowerDrift condition; 0: off")
 	fs.StringVar(&r.agentURL, "agent-url", "", "the HTTPS listener's URL as machines reach it, e.g. https://10.42.0.1:8443 (default: --boot-url's host with --https's port); must match a name in the certificate")
 }
 
 func (r *rackFlags) config() (rack.Config, error) {
 	if r.maxDiscovered < 0 || r.discoveredTTL < 0 || r.discoveredTTL > 0 && r.discoveredTTL < time.Minute {
 		return rack.Config{}, fmt.Errorf("--max-discovered must not be negative and --discovered-ttl must be at least 1m (got %d and %s)", r.maxDiscovered, r.discoveredTTL)
+	}
+	if r.powerPoll < 0 || r.powerPoll > 0 && r.powerPoll < time.Second {
+		return rack.Config{}, fmt.Errorf("--power-poll-interval must be 0 (off) or at least 1s (got %s)", r.powerPoll)
 	}
 	c := rack.Config{Rack: r.rack, ID: r.id, TTL: r.ttl, MaxDiscovered: r.maxDiscovered, DiscoveredTTL: r.discoveredTTL,
 		Boot:     dhcp.BootConfig{ScriptURL: r.scriptURL, HTTPBootURL: r.httpBoot, BIOSFile: r.biosFile, EFIFile: r.efiFile},
@@ -88,6 +93,7 @@ func (r *rackFlags) config() (rack.Config, error) {
 		IPXEDir:  r.ipxeDir,
 		BootHTTP: boot.Options{BaseURL: r.bootURL},
 		Cache:    cache.Options{Dir: r.cacheDir, SeedDirs: splitList(r.cacheSeed)}}
+	c.PowerPollInterval = r.powerPoll
 	c.HTTPSAddr, c.TLSCert, c.TLSKey, c.AgentURL = r.httpsAddr, r.tlsCert, r.tlsKey, r.agentURL
 	agentURL, err := c.TLSAgentURL()
 	if err != nil {

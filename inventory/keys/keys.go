@@ -149,16 +149,18 @@ const (
 	discovered  = "discovered"
 	leases      = "leases"
 	imageStatus = "imagestatus"
+	powerState  = "powerstate"
 )
 
-func (l Layout) Task(rack, machine string) string      { return l.kind(tasks, rack, machine) }
-func (l Layout) Secret(rack, machine string) string    { return l.kind(secrets, rack, machine) }
-func (l Layout) RackElection(rack string) string       { return l.kind("election/rack", rack, "") }
-func (l Layout) Token(rack, machine string) string     { return l.kind(tokens, rack, machine) }
-func (l Layout) Report(rack, machine string) string    { return l.kind(reports, rack, machine) }
-func (l Layout) Timeline(rack, machine string) string  { return l.kind(timeline, rack, machine) }
-func (l Layout) Discovered(rack, mac string) string    { return l.kind(discovered, rack, mac) }
-func (l Layout) ImageStatus(rack, image string) string { return l.kind(imageStatus, rack, image) }
+func (l Layout) Task(rack, machine string) string       { return l.kind(tasks, rack, machine) }
+func (l Layout) Secret(rack, machine string) string     { return l.kind(secrets, rack, machine) }
+func (l Layout) RackElection(rack string) string        { return l.kind("election/rack", rack, "") }
+func (l Layout) Token(rack, machine string) string      { return l.kind(tokens, rack, machine) }
+func (l Layout) Report(rack, machine string) string     { return l.kind(reports, rack, machine) }
+func (l Layout) Timeline(rack, machine string) string   { return l.kind(timeline, rack, machine) }
+func (l Layout) Discovered(rack, mac string) string     { return l.kind(discovered, rack, mac) }
+func (l Layout) ImageStatus(rack, image string) string  { return l.kind(imageStatus, rack, image) }
+func (l Layout) PowerState(rack, machine string) string { return l.kind(powerState, rack, machine) }
 
 // Lease is one DHCP lease; subnet "" is the prefix of the rack's leases.
 func (l Layout) Lease(rack, subnet, ip string) string {
@@ -211,6 +213,12 @@ func (l Layout) SplitImageStatus(key string) (rack, image string, ok bool) {
 	return l.splitName(imageStatus, key)
 }
 
+// SplitPowerState cuts a key made by PowerState into its rack and
+// machine.
+func (l Layout) SplitPowerState(key string) (rack, machine string, ok bool) {
+	return l.splitName(powerState, key)
+}
+
 // Grant is one etcd permission: a key prefix and whether it may be
 // written.
 type Grant struct {
@@ -235,6 +243,7 @@ func (l Layout) RackGrants(rack string) []Grant {
 		{l.Discovered(rack, ""), true},
 		{l.Lease(rack, "", ""), true},
 		{l.ImageStatus(rack, ""), true},
+		{l.PowerState(rack, ""), true},
 	}
 }
 
@@ -256,6 +265,7 @@ func (l Layout) ViewerGrants() []Grant {
 		{l.Discovered("", ""), false},
 		{l.Lease("", "", ""), false},
 		{l.ImageStatus("", ""), false},
+		{l.PowerState("", ""), false},
 		{l.Elections(), false},
 	}
 }

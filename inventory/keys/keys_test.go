@@ -20,7 +20,7 @@ func TestRackKeysAreUnderRackGrants(t *testing.T) {
 	for _, k := range []string{
 		l.Task("r1", "m"), l.Token("r1", "m"), l.Report("r1", "m"), l.Timeline("r1", "m"),
 		l.Discovered("r1", "aa:bb"), l.Lease("r1", "s", "10.0.0.1"), l.ImageStatus("r1", "img"),
-		l.RackElection("r1") + "x",
+		l.PowerState("r1", "m"), l.RackElection("r1") + "x",
 	} {
 		if !writable(k) {
 			t.Errorf("rack r1 cannot write its own key %s", k)
@@ -53,6 +53,12 @@ func TestSplit(t *testing.T) {
 	}
 	if rack, img, ok := l.SplitImageStatus(l.ImageStatus("r1", "ubuntu")); !ok || rack != "r1" || img != "ubuntu" {
 		t.Fatalf("SplitImageStatus = %q %q %v", rack, img, ok)
+	}
+	if rack, m, ok := l.SplitPowerState(l.PowerState("r1", "m1")); !ok || rack != "r1" || m != "m1" {
+		t.Fatalf("SplitPowerState = %q %q %v", rack, m, ok)
+	}
+	if _, _, ok := l.SplitPowerState(l.PowerState("r1", "m/x")); ok {
+		t.Fatal("a power state key with a '/' in the machine split")
 	}
 	if rack, mac, ok := l.SplitDiscovered(l.Discovered("r1", "aa:bb")); !ok || rack != "r1" || mac != "aa:bb" {
 		t.Fatalf("SplitDiscovered = %q %q %v", rack, mac, ok)
@@ -123,6 +129,8 @@ func TestLayoutIsStable(t *testing.T) {
 		{l.Lease("", "", ""), "/kiln/leases/"},
 		{l.ImageStatus("r1", "ubuntu"), "/kiln/imagestatus/r1/ubuntu"},
 		{l.ImageStatus("", ""), "/kiln/imagestatus/"},
+		{l.PowerState("r1", "m1"), "/kiln/powerstate/r1/m1"},
+		{l.PowerState("", ""), "/kiln/powerstate/"},
 	} {
 		if c.got != c.want {
 			t.Errorf("key %q, want %q", c.got, c.want)
