@@ -41,6 +41,9 @@ const (
 	StepOff   = "power-off"  // ask the rack to power off, and wait
 	StepImage = "wait-image" // wait until the rack can serve the OS image
 	StepOS    = "os-report"  // wait for the deployed OS to report in
+	// StepFastTrack: ready, the commissioning agent still running and
+	// waiting to be given the deploy task without a reboot.
+	StepFastTrack = "fast-track"
 )
 
 // Condition types on a machine's status.
@@ -52,6 +55,10 @@ const (
 	CondCommissionPending = "CommissionPending"
 	CondPowerManual       = "PowerManual"
 	CondImageNotReady     = "ImageNotReady"
+	CondAdopted           = "Adopted"
+	CondPowerDrift        = "PowerDrift"
+	CondCablingMismatch   = "CablingMismatch"
+	CondRolloutWaiting    = "RolloutWaiting"
 )
 
 // Policy is the lifecycle's timing and retry policy.

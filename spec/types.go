@@ -73,7 +73,13 @@ type Rack struct {
 // RackSpec describes a rack.
 type RackSpec struct {
 	Zone     string   `yaml:"zone,omitempty" json:"zone,omitempty" doc:"Failure domain or room the rack belongs to."`
-	Switches []Switch `yaml:"switches,omitempty" json:"switches,omitempty" doc:"Top-of-rack switches and the machine interface cabled to each port. Validated against the Machines; comparing them with the LLDP neighbours the machine agent reports is not built yet."`
+	Switches []Switch `yaml:"switches,omitempty" json:"switches,omitempty" doc:"Top-of-rack switches and the machine interface cabled to each port. Validated against the Machines, and compared after commissioning with the LLDP neighbours the machine agent reports (see cabling)."`
+	// Cabling says what a mismatch between the declared switch ports and
+	// the LLDP neighbours seen at commissioning does.
+	Cabling string `yaml:"cabling,omitempty" json:"cabling" enum:"warn,block" default:"warn" doc:"warn: a mismatch sets the CablingMismatch condition and an event; block: it also holds the machine's deployment until the cabling or the declaration is fixed."`
+	// PowerDrift says what the region does when a machine's observed power
+	// state contradicts its phase.
+	PowerDrift string `yaml:"powerDrift,omitempty" json:"powerDrift" enum:"report,correct" default:"report" doc:"report: a machine found on or off against its phase gets the PowerDrift condition, an event and kiln_power_drift; correct: Kiln also powers it back (on for deployed, off for ready)."`
 	// AllowPlaintextPasswords lets this rack's machines carry their BMC
 	// password in the source as a bare string (an error otherwise).
 	AllowPlaintextPasswords bool `yaml:"allowPlaintextPasswords,omitempty" json:"allowPlaintextPasswords,omitempty" doc:"Accept BMC passwords written as plain strings in this rack's Machines (for labs). They are moved out of the desired state into keys only the region and this rack can read; fromFile or fromEnv stay the recommended way."`
@@ -203,6 +209,7 @@ type MachineSpec struct {
 	Erase                string        `yaml:"erase,omitempty" json:"erase" enum:"none,quick,full,secure" default:"none" doc:"How disks are erased on release."`
 	CommissionGeneration int64         `yaml:"commissionGeneration,omitempty" json:"commissionGeneration,omitempty" doc:"Raise to commission the machine again."`
 	DeployGeneration     int64         `yaml:"deployGeneration,omitempty" json:"deployGeneration,omitempty" doc:"Raise to redeploy a deployed machine (its disk is rewritten)."`
+	Adopt                bool          `yaml:"adopt,omitempty" json:"adopt,omitempty" doc:"With state: deployed and an image, a machine Kiln has never seen is recorded as deployed with that image: no power action, no boot, its disk untouched; Kiln watches its power from then on. Ignored once the machine has a status."`
 }
 
 // InMaintenance reports whether reconciliation is paused.
@@ -323,6 +330,12 @@ type Profile struct {
 type ProfileSpec struct {
 	Selector *LabelSelector `yaml:"selector,omitempty" json:"selector,omitempty" doc:"Machines with these labels use this profile unless they name one."`
 	Machine  MachineSpec    `yaml:"machine" json:"machine" doc:"Defaults for the machines' spec; a machine's own fields win."`
+	Rollout  *Rollout       `yaml:"rollout,omitempty" json:"rollout,omitempty" doc:"When set, a change of the image or deployGeneration of this profile's machines redeploys the deployed ones, a few at a time; without it the change is only reported (ImageDrift)."`
+}
+
+// Rollout bounds a rolling redeploy of a profile's deployed machines.
+type Rollout struct {
+	MaxUnavailable int `yaml:"maxUnavailable" json:"maxUnavailable" doc:"At most this many of the profile's deployed machines are not confirmed deployed at once (failed or off ones count)."`
 }
 
 // Duration is a time.Duration written as "90s", "1h".
