@@ -58,6 +58,8 @@ type controller struct {
 	reports  map[string]reportEntry // by machine; only machines in the inventory
 	tasks    map[string]taskEntry   // by machine
 	images   map[string]*spec.Image
+	racks    map[string]*spec.Rack
+	profiles map[string]*spec.Profile
 	// imageOnRack is each rack's report of each image: image → rack → status.
 	imageOnRack map[string]map[string]inventory.ImageStatus
 	events      map[string]int // events written per machine this term
@@ -69,7 +71,7 @@ func newController(r *Region, f inventory.Fence) *controller {
 	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
 		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{}, reports: map[string]reportEntry{},
 		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write),
-		images: map[string]*spec.Image{}, imageOnRack: map[string]map[string]inventory.ImageStatus{}}
+		images: map[string]*spec.Image{}, racks: map[string]*spec.Rack{}, profiles: map[string]*spec.Profile{}, imageOnRack: map[string]map[string]inventory.ImageStatus{}}
 }
 
 func (c *controller) run(ctx context.Context) error {
@@ -146,7 +148,7 @@ func (c *controller) loadMachines(ctx context.Context, ms []*spec.Machine, rev i
 // loadDesired reads the applied desired state's machines and queues the
 // ones whose spec changed.
 func (c *controller) loadDesired(ctx context.Context) (int64, error) {
-	snap, err := c.store.Snapshot(ctx, spec.KindMachine, spec.KindImage)
+	snap, err := c.store.Snapshot(ctx, spec.KindMachine, spec.KindImage, spec.KindRack, spec.KindProfile)
 	if errors.Is(err, inventory.ErrNotFound) {
 		resp, gerr := c.store.Client().Get(ctx, c.store.Keys().Desired(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if gerr != nil {
@@ -174,20 +176,11 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 	}
 	// A machine whose image changed is looked at again too (the queue
 	// drops a name queued twice).
-	images := map[string]bool{}
-	for name, im := range snap.Inventory.Images {
-		if !sameImage(c.images[name], im) {
-			images[name] = true
-		}
-	}
-	for name := range c.images {
-		if snap.Inventory.Images[name] == nil {
-			images[name] = true
-		}
-	}
-	if len(images) > 0 {
+	images := changedByName(c.images, snap.Inventory.Images)
+	racks, profiles := changedByName(c.racks, snap.Inventory.Racks), changedByName(c.profiles, snap.Inventory.Profiles)
+	if len(images)+len(racks)+len(profiles) > 0 {
 		for name, m := range snap.Inventory.Machines {
-			if images[m.Spec.Image] {
+			if images[m.Spec.Image] || racks[m.Spec.Rack] || profiles[m.Spec.Profile] {
 				changed = append(changed, name)
 			}
 		}
@@ -206,6 +199,7 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 		}
 	}
 	c.desired, c.specJSON, c.images = snap.Inventory.Machines, next, snap.Inventory.Images
+	c.racks, c.profiles = snap.Inventory.Racks, snap.Inventory.Profiles
 	c.revision, c.observed = snap.Pointer.Revision, snap.Revision
 	c.mu.Unlock()
 	// The watches drop keys of machines not in the inventory: read those
@@ -416,12 +410,28 @@ func (c *controller) putTask(key string, v []byte, mod int64) bool {
 	return true
 }
 
-func sameImage(a, b *spec.Image) bool {
-	if a == nil || b == nil {
-		return a == b
+// changedByName names the objects that differ between two versions of
+// one kind (added, removed or changed); the machines using them are
+// looked at again.
+func changedByName[T comparable](was, now map[string]T) map[string]bool {
+	out := map[string]bool{}
+	for name, o := range now {
+		if !sameSpec(was[name], o) {
+			out[name] = true
+		}
 	}
-	ja, _ := json.Marshal(a.Spec)
-	jb, _ := json.Marshal(b.Spec)
+	for name := range was {
+		if _, ok := now[name]; !ok {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// sameSpec compares two objects by their JSON form.
+func sameSpec(a, b any) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
 	return bytes.Equal(ja, jb)
 }
 
@@ -616,6 +626,7 @@ func (c *controller) snapshot(name string) snapshot {
 	if machine == nil {
 		return s
 	}
+	s.in.Rack, s.in.Profile = c.racks[machine.Spec.Rack], c.profiles[machine.Spec.Profile]
 	if machine.Spec.Image != "" {
 		s.in.Image = c.images[machine.Spec.Image]
 		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {

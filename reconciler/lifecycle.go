@@ -137,6 +137,10 @@ type Input struct {
 	// ImageOnRack the machine's rack's report of it (nil: none yet).
 	Image       *spec.Image
 	ImageOnRack *inventory.ImageStatus
+	// Rack is the machine's rack and Profile the profile whose defaults
+	// it took (nil: none, or not in the inventory).
+	Rack    *spec.Rack
+	Profile *spec.Profile
 	// Report is what the machine's rack last stored from its agents and
 	// deployed OS (nil: nothing). Only a report of the phase's network
 	// boot (Status.BootTaskID) is acted on.
