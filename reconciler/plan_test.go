@@ -26,7 +26,7 @@ var planCases = map[string]struct {
 		[]string{" starts in maintenance: Kiln does nothing to it until maintenance ends", "!will be powered on and commissioned when maintenance ends"}},
 	"adopt set later is ignored": {testMachine(spec.StateDeployed), testMachine(spec.StateDeployed, adoptSpec),
 		[]string{" adopt: ignored: the machine is already known to Kiln (adoption applies only on first sight)"}},
-	"adopted released": {testMachine(spec.StateDeployed, adoptSpec), testMachine(spec.StateReady, adoptSpec),
+	"adopted released": {testMachine(spec.StateDeployed, adoptSpec), testMachine(spec.StateReady),
 		[]string{"!releases the machine: it is powered off; disks are kept (erase: none)", "!then commissions it if it was adopted and never commissioned: the machine reboots into the ephemeral image"}},
 	"removed":   {testMachine(spec.StateDeployed), nil, []string{" becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"}},
 	"unchanged": {testMachine(spec.StateReady), testMachine(spec.StateReady), nil},

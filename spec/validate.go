@@ -815,7 +815,7 @@ func (v *validator) desired(m *Machine) {
 		v.errorf(m, "spec.firmware", "arm64 machines boot UEFI only")
 	}
 	if sp.Adopt && sp.State != StateDeployed {
-		v.errorf(m, "spec.adopt", "adopt records a running machine as deployed: it needs state: deployed (and the image it runs), not state: %s", sp.State)
+		v.errorf(m, "spec.adopt", "adopt records a running machine as deployed: it needs state: deployed (and the image it runs), not state: %s; to release an adopted machine, remove adopt", sp.State)
 	}
 	if sp.Image == "" {
 		switch {
