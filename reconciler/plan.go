@@ -18,9 +18,9 @@ type Note struct {
 
 // Plan predicts what changing a machine's desired state from old to cur
 // makes Decide do, for a machine that had settled on old (ready or
-// deployed, as old asks; nothing pending). old nil is a new machine; cur
-// nil a machine that leaves the inventory, which Decide never touches
-// again. The predictions follow Decide's rules (TestPlanAgreesWithDecide
+// deployed, as old asks; nothing pending). old nil is a new machine (no
+// status yet: adopted, or powered on and commissioned); cur nil a
+// machine that leaves the inventory, which Decide never touches again. The predictions follow Decide's rules (TestPlanAgreesWithDecide
 // holds them to it): a change under maintenance waits until it ends, a
 // deployed machine is recommissioned only when released, and a release
 // erases only when spec.erase asks.
