@@ -290,10 +290,15 @@ func (d *decider) step() bool {
 	st, sp := d.st(), d.spec()
 	switch st.Phase {
 	case PhaseNew:
+		if d.adopt() {
+			return true // deployed: settles there, untouched
+		}
 		d.enter(PhaseCommissioning, "Commissioning", "new machine: commissioning its hardware")
 		return true
 	case PhaseReady:
 		switch {
+		case d.commissionAdopted():
+			return true
 		case sp.CommissionGeneration > st.CommissionedGeneration:
 			d.enter(PhaseCommissioning, "Commissioning", fmt.Sprintf("commissionGeneration raised to %d", sp.CommissionGeneration))
 			return true

@@ -86,6 +86,7 @@ func TestDecideTable(t *testing.T) {
 	recommission := func(s *spec.MachineSpec) { s.CommissionGeneration = 1 }
 	redeploy := func(s *spec.MachineSpec) { s.DeployGeneration = 1 }
 	otherImage := func(s *spec.MachineSpec) { s.Image = "ubuntu" }
+	adopt := func(s *spec.MachineSpec) { s.Adopt = true }
 	failed := func(phase string, attempts int) inventory.MachineStatus {
 		st := at(FailedPrefix+phase, "")
 		st.Attempts, st.Reason = attempts, "boom"
@@ -112,6 +113,24 @@ func TestDecideTable(t *testing.T) {
 		{name: "new/commissions", m: testMachine("ready"), st: inventory.MachineStatus{}, phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission", event: "Commissioning", requeue: true},
 		{name: "new/deployed-wanted-commissions-first", m: testMachine("deployed"), st: inventory.MachineStatus{}, phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission"},
 		{name: "new/maintenance", m: testMachine("ready", maint), st: inventory.MachineStatus{}, phase: PhaseMaintenance, event: "Maintenance"},
+		{name: "new/adopt-deployed-untouched", m: testMachine("deployed", adopt), st: inventory.MachineStatus{}, phase: PhaseDeployed, purpose: "local", event: "Adopted"},
+		{name: "new/adopt-ready-commissions", m: testMachine("ready", adopt), st: inventory.MachineStatus{}, phase: PhaseCommissioning, action: "netboot", purpose: "commission"},
+		{name: "new/adopt-maintenance-waits", m: testMachine("deployed", adopt, maint), st: inventory.MachineStatus{}, phase: PhaseMaintenance, event: "Maintenance"},
+		{name: "new/adopt-after-maintenance", m: testMachine("deployed", adopt), st: func() inventory.MachineStatus { s := at(PhaseMaintenance, ""); s.Paused = PhaseNew; return s }(), phase: PhaseDeployed, purpose: "local", event: "Adopted"},
+		{name: "adopt/ignored-with-a-status", m: testMachine("deployed", adopt), st: at(PhaseReady, ""), phase: PhaseDeploying, action: "netboot", purpose: "deploy", event: "Deploying"},
+		{name: "adopt/ignored-on-unknown-phase", m: testMachine("deployed", adopt), st: at("exploding", ""), phase: PhaseCommissioning, action: "netboot", purpose: "commission"},
+		{name: "adopt/deployed-release", m: testMachine("ready", adopt), st: adopted(), phase: PhaseReleasing, step: StepOff, action: "off", purpose: "off", event: "Releasing"},
+		{name: "adopt/released-commissions", m: testMachine("ready", adopt), st: func() inventory.MachineStatus {
+			s := adopted()
+			s.Phase, s.Step = PhaseReleasing, StepOff
+			s.TaskID = "T"
+			return s
+		}(), task: task("off", "done"), phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission", event: "Commissioning"},
+		{name: "adopt/commissioned-no-more", m: testMachine("ready", adopt), st: func() inventory.MachineStatus {
+			s := adopted()
+			s.Phase, s.DeployedImage, s.CommissionedAt = PhaseReady, "", t0
+			return s
+		}(), phase: PhaseReady, purpose: "off"},
 
 		// Commissioning.
 		{name: "commissioning/power-step", m: testMachine("ready"), st: at(PhaseCommissioning, StepPower), phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission"},

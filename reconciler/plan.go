@@ -18,9 +18,9 @@ type Note struct {
 
 // Plan predicts what changing a machine's desired state from old to cur
 // makes Decide do, for a machine that had settled on old (ready or
-// deployed, as old asks; nothing pending). old nil is a new machine; cur
-// nil a machine that leaves the inventory, which Decide never touches
-// again. The predictions follow Decide's rules (TestPlanAgreesWithDecide
+// deployed, as old asks; nothing pending). old nil is a new machine (no
+// status yet: adopted, or powered on and commissioned); cur nil a
+// machine that leaves the inventory, which Decide never touches again. The predictions follow Decide's rules (TestPlanAgreesWithDecide
 // holds them to it): a change under maintenance waits until it ends, a
 // deployed machine is recommissioned only when released, and a release
 // erases only when spec.erase asks.
@@ -29,10 +29,7 @@ func Plan(old, cur *spec.Machine) []Note {
 	case cur == nil:
 		return []Note{{Text: "becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"}}
 	case old == nil:
-		if cur.Spec.State == spec.StateDeployed {
-			return []Note{{true, PhaseCommissioning, "will be commissioned and deployed: its root disk will be written"}}
-		}
-		return nil
+		return whenMaintenanceEnds(&cur.Spec, startsInMaintenance(&cur.Spec), planNew(&cur.Spec))
 	}
 	as, bs := &old.Spec, &cur.Spec
 	var n []Note
@@ -42,7 +39,12 @@ func Plan(old, cur *spec.Machine) []Note {
 	if as.InMaintenance() && !bs.InMaintenance() {
 		n = append(n, Note{false, "", "leaves maintenance: Kiln resumes converging it"})
 	}
-	actions := planActions(as, bs)
+	return whenMaintenanceEnds(bs, n, append(planActions(as, bs), planAdopt(as, bs)...))
+}
+
+// whenMaintenanceEnds appends the actions to n, deferred until
+// maintenance ends when bs is in maintenance.
+func whenMaintenanceEnds(bs *spec.MachineSpec, n, actions []Note) []Note {
 	if bs.InMaintenance() {
 		for i := range actions {
 			actions[i].Phase = "" // paused: nothing happens until maintenance ends
@@ -50,6 +52,14 @@ func Plan(old, cur *spec.Machine) []Note {
 		}
 	}
 	return append(n, actions...)
+}
+
+// startsInMaintenance notes a new machine that starts paused.
+func startsInMaintenance(bs *spec.MachineSpec) []Note {
+	if !bs.InMaintenance() {
+		return nil
+	}
+	return []Note{{false, PhaseMaintenance, "starts in maintenance: Kiln does nothing to it until maintenance ends"}}
 }
 
 // planActions lists what the lifecycle does for a spec change, outside

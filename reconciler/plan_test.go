@@ -15,11 +15,22 @@ var planCases = map[string]struct {
 	old, cur *spec.Machine
 	want     []string
 }{
-	"new ready":    {nil, testMachine(spec.StateReady), nil},
-	"new deployed": {nil, testMachine(spec.StateDeployed), []string{"!will be commissioned and deployed: its root disk will be written"}},
-	"removed":      {testMachine(spec.StateDeployed), nil, []string{" becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"}},
-	"unchanged":    {testMachine(spec.StateReady), testMachine(spec.StateReady), nil},
-	"deploy":       {testMachine(spec.StateReady), testMachine(spec.StateDeployed), []string{"!deploys image debian: the root disk will be written"}},
+	"new ready":    {nil, testMachine(spec.StateReady), []string{"!will be powered on and commissioned"}},
+	"new deployed": {nil, testMachine(spec.StateDeployed), []string{"!will be powered on and commissioned", "!then deploys image debian: its root disk will be written"}},
+	"new adopted": {nil, testMachine(spec.StateDeployed, adoptSpec),
+		[]string{" adopted as deployed with image debian: no power action, no boot, disk untouched; Kiln watches its power"}},
+	"new adopt with state ready": {nil, testMachine(spec.StateReady, adoptSpec), []string{"!will be powered on and commissioned"}},
+	"new adopted in maintenance": {nil, testMachine(spec.StateDeployed, adoptSpec, maintenance),
+		[]string{" starts in maintenance: Kiln does nothing to it until maintenance ends", " adopted as deployed with image debian: no power action, no boot, disk untouched; Kiln watches its power when maintenance ends"}},
+	"new in maintenance": {nil, testMachine(spec.StateReady, maintenance),
+		[]string{" starts in maintenance: Kiln does nothing to it until maintenance ends", "!will be powered on and commissioned when maintenance ends"}},
+	"adopt set later is ignored": {testMachine(spec.StateDeployed), testMachine(spec.StateDeployed, adoptSpec),
+		[]string{" adopt: ignored: the machine is already known to Kiln (adoption applies only on first sight)"}},
+	"adopted released": {testMachine(spec.StateDeployed, adoptSpec), testMachine(spec.StateReady),
+		[]string{"!releases the machine: it is powered off; disks are kept (erase: none)", "!then commissions it if it was adopted and never commissioned: the machine reboots into the ephemeral image"}},
+	"removed":   {testMachine(spec.StateDeployed), nil, []string{" becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"}},
+	"unchanged": {testMachine(spec.StateReady), testMachine(spec.StateReady), nil},
+	"deploy":    {testMachine(spec.StateReady), testMachine(spec.StateDeployed), []string{"!deploys image debian: the root disk will be written"}},
 	"release keeping disks": {testMachine(spec.StateDeployed), testMachine(spec.StateReady),
 		[]string{"!releases the machine: it is powered off; disks are kept (erase: none)"}},
 	"release with erase": {testMachine(spec.StateDeployed), testMachine(spec.StateReady, func(s *spec.MachineSpec) { s.Erase = "quick" }),
@@ -71,8 +82,8 @@ func TestPlan(t *testing.T) {
 // Plan names, and it enters none when Plan names none.
 func TestPlanAgreesWithDecide(t *testing.T) {
 	for name, tc := range planCases {
-		if tc.old == nil || tc.cur == nil {
-			continue // a new machine starts from no status; a removed one is never decided
+		if tc.cur == nil {
+			continue // a removed machine is never decided
 		}
 		t.Run(name, func(t *testing.T) {
 			want := ""
@@ -82,7 +93,11 @@ func TestPlanAgreesWithDecide(t *testing.T) {
 					break
 				}
 			}
-			out := Decide(Input{Now: time.Unix(1e9, 0), Machine: tc.cur, Status: settled(&tc.old.Spec)}, Policy{})
+			var st inventory.MachineStatus // a new machine: no status yet
+			if tc.old != nil {
+				st = settled(&tc.old.Spec)
+			}
+			out := Decide(Input{Now: time.Unix(1e9, 0), Machine: tc.cur, Status: st}, Policy{})
 			got := ""
 			for _, ev := range out.Events {
 				if ev.From != ev.To {

@@ -814,8 +814,14 @@ func (v *validator) desired(m *Machine) {
 	if sp.Arch == "arm64" && sp.Firmware == "bios" {
 		v.errorf(m, "spec.firmware", "arm64 machines boot UEFI only")
 	}
+	if sp.Adopt && sp.State != StateDeployed {
+		v.errorf(m, "spec.adopt", "adopt records a running machine as deployed: it needs state: deployed (and the image it runs), not state: %s; to release an adopted machine, remove adopt", sp.State)
+	}
 	if sp.Image == "" {
-		if sp.State == StateDeployed {
+		switch {
+		case sp.Adopt:
+			v.errorf(m, "spec.image", "required: adopt records the machine as deployed with an image; name the image it runs")
+		case sp.State == StateDeployed:
 			v.errorf(m, "spec.image", "required: state is deployed but no image says what to deploy")
 		}
 		return

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
@@ -171,7 +172,11 @@ func (d *description) write(out io.Writer) error {
 		if len(facts) == 0 && d.report != nil {
 			facts = d.report.Facts // reported, not yet commissioned
 		}
-		writeFacts(p, d.name, facts)
+		if len(facts) == 0 && reconciler.AdoptedUncommissioned(d.status) {
+			p.note("Facts", "unknown: adopted without commissioning (releasing it, state: ready, commissions it)")
+		} else {
+			writeFacts(p, d.name, facts)
+		}
 	}
 	if len(d.events) > 0 {
 		p.section("Events (newest last)")

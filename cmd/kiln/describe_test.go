@@ -245,3 +245,14 @@ func TestHumanSize(t *testing.T) {
 		}
 	}
 }
+
+// An adopted machine has no facts because it was never commissioned:
+// describe says so rather than waiting for an agent.
+func TestDescribeAdoptedFacts(t *testing.T) {
+	st := &inventory.MachineStatus{Phase: "deployed", DeployedImage: "debian", DeployedAt: at}
+	st.SetCondition("Adopted", "True", "Adopted", "adopted running image debian", at)
+	out := describeReport(t, st, nil)
+	if !strings.Contains(out, "Facts: unknown: adopted without commissioning") || strings.Contains(out, "none reported yet") {
+		t.Fatalf("facts of an adopted machine:\n%s", out)
+	}
+}
