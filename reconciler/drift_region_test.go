@@ -2,6 +2,10 @@ package reconciler_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +14,7 @@ import (
 	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // driftLab is lab's inventory with machine m on an IPMI BMC (lab's
@@ -44,22 +49,17 @@ func (e *env) waitDrift(machine, status string) inventory.MachineStatus {
 	})
 }
 
-// driftGauge reads kiln_power_drift{machine}; ok is false without a series.
-func driftGauge(t *testing.T, reg *prometheus.Registry, machine string) (v float64, ok bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+// driftIs reports whether kiln_power_drift has exactly the given series
+// (machine → value).
+func driftIs(reg *prometheus.Registry, series map[string]int) bool {
+	want := "# HELP kiln_power_drift " + driftHelp + "\n# TYPE kiln_power_drift gauge\n"
+	for _, m := range slices.Sorted(maps.Keys(series)) {
+		want += fmt.Sprintf("kiln_power_drift{machine=%q} %d\n", m, series[m])
 	}
-	for _, mf := range mfs {
-		for _, m := range mf.Metric {
-			if mf.GetName() == "kiln_power_drift" && m.Label[0].GetValue() == machine {
-				return m.Gauge.GetValue(), true
-			}
-		}
-	}
-	return 0, false
+	return testutil.GatherAndCompare(reg, strings.NewReader(want), "kiln_power_drift") == nil
 }
+
+const driftHelp = "1 while the machine's observed power state contradicts its phase (the PowerDrift condition), 0 otherwise (reported by the region leader)."
 
 func countEvents(evs []inventory.Event, reason string) int {
 	n := 0
@@ -84,7 +84,7 @@ func TestPowerDriftReportedAndCleared(t *testing.T) {
 	_, reg := e.region("region-1", reconciler.Config{Policy: pol})
 	e.waitPhase("m", "deployed", time.Minute)
 	e.waitPhase("n", "ready", time.Minute)
-	kilntest.Eventually(t, time.Minute, "kiln_power_drift{machine=m} 0", func() bool { v, ok := driftGauge(t, reg, "m"); return ok && v == 0 })
+	kilntest.Eventually(t, time.Minute, "kiln_power_drift 0 for m and n", func() bool { return driftIs(reg, map[string]int{"m": 0, "n": 0}) })
 
 	e.observe("r1", "m", "on")
 	e.observe("r2", "m", "off") // another rack's word about m, the newest: dropped
@@ -102,7 +102,7 @@ func TestPowerDriftReportedAndCleared(t *testing.T) {
 	if n := countEvents(e.events("m"), "PowerDrift"); n != 1 {
 		t.Fatalf("%d PowerDrift events, want 1: %+v", n, e.events("m"))
 	}
-	kilntest.Eventually(t, time.Minute, "kiln_power_drift{machine=m} 1", func() bool { v, _ := driftGauge(t, reg, "m"); return v == 1 })
+	kilntest.Eventually(t, time.Minute, "kiln_power_drift{machine=m} 1", func() bool { return driftIs(reg, map[string]int{"m": 1, "n": 0}) })
 	if n := e.sim.count("m", "diskboot"); n != 1 {
 		t.Fatalf("the report policy powered the machine: %d disk boots", n)
 	}
@@ -112,14 +112,11 @@ func TestPowerDriftReportedAndCleared(t *testing.T) {
 	if n := countEvents(e.events("m"), "PowerDriftCleared"); n != 1 {
 		t.Fatalf("%d PowerDriftCleared events, want 1", n)
 	}
-	kilntest.Eventually(t, time.Minute, "kiln_power_drift{machine=m} 0", func() bool { v, _ := driftGauge(t, reg, "m"); return v == 0 })
+	kilntest.Eventually(t, time.Minute, "kiln_power_drift{machine=m} 0 again", func() bool { return driftIs(reg, map[string]int{"m": 0, "n": 0}) })
 
 	delete(machines, "m")
 	e.apply(driftLab(t, machines, "report"), "r2")
-	kilntest.Eventually(t, time.Minute, "m's series gone", func() bool { _, ok := driftGauge(t, reg, "m"); return !ok })
-	if _, ok := driftGauge(t, reg, "n"); !ok {
-		t.Fatal("n lost its series")
-	}
+	kilntest.Eventually(t, time.Minute, "m's series gone, n's kept", func() bool { return driftIs(reg, map[string]int{"n": 0}) })
 }
 
 // Under powerDrift: correct, a deployed machine found off is booted from
