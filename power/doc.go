@@ -7,9 +7,10 @@
 // Executor wraps every call in the execution policy the rack agent uses:
 // a timeout per call, one call at a time per BMC, a global concurrency
 // limit, retries with backoff on transient errors, and a circuit breaker
-// for a BMC that keeps failing. Poller watches power state with jitter and
-// reports drift (no component starts it yet). Passwords never appear in
-// logs, errors or metrics.
+// for a BMC that keeps failing. Poller reads power state with jitter; the
+// rack leader runs it and records what it observes, and the region turns
+// that into the PowerDrift condition. Passwords never appear in logs,
+// errors or metrics.
 //
 // The virtual BMC that real IPMI and Redfish clients accept, driving QEMU
 // VMs, is in power/vbmc.

@@ -56,6 +56,7 @@ type controller struct {
 	observed int64  // etcd revision it was read at
 	status   map[string]statusEntry
 	reports  map[string]reportEntry // by machine; only machines in the inventory
+	power    map[string]powerEntry  // by machine, as reports
 	tasks    map[string]taskEntry   // by machine
 	images   map[string]*spec.Image
 	racks    map[string]*spec.Rack
@@ -69,7 +70,7 @@ type controller struct {
 
 func newController(r *Region, f inventory.Fence) *controller {
 	return &controller{r: r, store: r.store, fence: f, q: newQueue(50*time.Millisecond, 30*time.Second),
-		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{}, reports: map[string]reportEntry{},
+		desired: map[string]*spec.Machine{}, specJSON: map[string][]byte{}, status: map[string]statusEntry{}, reports: map[string]reportEntry{}, power: map[string]powerEntry{},
 		tasks: map[string]taskEntry{}, events: map[string]int{}, writes: make(chan write),
 		images: map[string]*spec.Image{}, racks: map[string]*spec.Rack{}, profiles: map[string]*spec.Profile{}, imageOnRack: map[string]map[string]inventory.ImageStatus{}}
 }
@@ -109,6 +110,7 @@ func (c *controller) run(ctx context.Context) error {
 	g.Go(func() error { return c.watchDesired(ctx, desiredRev) })
 	g.Go(func() error { return c.watchStatus(ctx, statusRev) })
 	g.Go(func() error { return c.watchReports(ctx, statusRev) })
+	g.Go(func() error { return c.watchPower(ctx, statusRev) })
 	g.Go(func() error { return c.watchTasks(ctx, taskRev) })
 	g.Go(func() error { return c.watchImages(ctx, imageRev) })
 	g.Go(func() error { return c.housekeeping(ctx) })
@@ -127,20 +129,23 @@ func (c *controller) loadMachines(ctx context.Context, ms []*spec.Machine, rev i
 	if len(ms) == 0 {
 		return nil
 	}
-	ks := make([]string, 0, 2*len(ms))
+	ks := make([]string, 0, 3*len(ms))
 	for _, m := range ms {
-		ks = append(ks, c.store.Keys().MachineStatus(m.Metadata.Name), c.store.Keys().Report(m.Spec.Rack, m.Metadata.Name))
+		ks = append(ks, c.store.Keys().MachineStatus(m.Metadata.Name), c.store.Keys().Report(m.Spec.Rack, m.Metadata.Name),
+			c.store.Keys().PowerState(m.Spec.Rack, m.Metadata.Name))
 	}
 	_, err := c.store.GetKeys(ctx, ks, rev, func(k string, v []byte, mod int64) error {
 		if name, ok := c.store.Keys().SplitMachineStatus(k); ok {
 			c.putStatus(name, v, mod)
+		} else if _, _, ok := c.store.Keys().SplitPowerState(k); ok {
+			c.putPower(k, v, mod)
 		} else {
 			c.putReport(k, v, mod)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("read machine statuses and reports: %w", err)
+		return fmt.Errorf("read machine statuses, reports and power states: %w", err)
 	}
 	return nil
 }
@@ -196,6 +201,7 @@ func (c *controller) loadDesired(ctx context.Context) (int64, error) {
 		if snap.Inventory.Machines[name] == nil { // gone: forget what we held
 			delete(c.status, name)
 			delete(c.reports, name)
+			delete(c.power, name)
 		}
 	}
 	c.desired, c.specJSON, c.images = snap.Inventory.Machines, next, snap.Inventory.Images
@@ -288,24 +294,34 @@ func (c *controller) inInventory(name string) bool {
 	return c.desired[name] != nil
 }
 
-// watchReports follows the racks' reports of their machines' boots. A
-// report is kept only when it is of a machine in the inventory, under
-// that machine's rack's prefix; every other key (another rack writing
-// about a machine not its own, discovered machines) is dropped without
-// being decoded.
+// watchReports follows the racks' reports of their machines' boots.
 func (c *controller) watchReports(ctx context.Context, rev int64) error {
-	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, c.store.Keys().Report("", ""), rev), "machine reports", func(ev *clientv3.Event) {
-		rack, name, ok := c.store.Keys().SplitReport(string(ev.Kv.Key))
+	return c.watchRackKeyed(ctx, c.store.Keys().Report("", ""), rev, "machine reports", c.store.Keys().SplitReport, c.putReport,
+		func(rack, name string, mod int64) {
+			if cur, ok := c.reports[name]; ok && cur.rack == rack && cur.modRev < mod {
+				delete(c.reports, name)
+			}
+		})
+}
+
+// watchRackKeyed follows one family of per-rack machine records
+// (reports/, powerstate/). A record is kept (put) only when it is of a
+// machine in the inventory, under that machine's rack's prefix; every
+// other key (another rack writing about a machine not its own,
+// discovered machines) is dropped without being decoded. drop runs
+// under c.mu.
+func (c *controller) watchRackKeyed(ctx context.Context, prefix string, rev int64, what string, split func(string) (string, string, bool),
+	put func(key string, v []byte, mod int64) bool, drop func(rack, name string, mod int64)) error {
+	return inventory.EachEvent(ctx, c.store.WatchPrefix(ctx, prefix, rev), what, func(ev *clientv3.Event) {
+		rack, name, ok := split(string(ev.Kv.Key))
 		if !ok || !c.reportWanted(rack, name) {
 			return
 		}
 		if ev.Type == clientv3.EventTypeDelete {
 			c.mu.Lock()
-			if cur, ok := c.reports[name]; ok && cur.rack == rack && cur.modRev < ev.Kv.ModRevision {
-				delete(c.reports, name)
-			}
+			drop(rack, name, ev.Kv.ModRevision)
 			c.mu.Unlock()
-		} else if !c.putReport(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) {
+		} else if !put(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision) {
 			return
 		}
 		c.q.Add(name)
@@ -636,6 +652,10 @@ func (c *controller) snapshot(name string) snapshot {
 	if re, ok := c.reports[name]; ok && re.rack == machine.Spec.Rack {
 		r := re.rep
 		s.in.Report = &r
+	}
+	if pe, ok := c.power[name]; ok && pe.rack == machine.Spec.Rack {
+		o := pe.obs
+		s.in.Power = &o
 	}
 	if s.hasTask {
 		t := s.task.task

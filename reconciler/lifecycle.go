@@ -78,6 +78,10 @@ type Policy struct {
 	// OSReportTimeout bounds how long a deploy waits, after the disk boot,
 	// for the deployed OS to report in (default 15m).
 	OSReportTimeout time.Duration
+	// PowerDriftGrace is how long after Kiln's own power action an
+	// observed power state against the phase is not yet drift (default
+	// DefaultPowerDriftGrace; see drift.go).
+	PowerDriftGrace time.Duration
 }
 
 // DefaultOSReportTimeout is the OS report-in timeout when none is set.
@@ -114,6 +118,9 @@ func (p Policy) withDefaults() Policy {
 	if p.OSReportTimeout == 0 {
 		p.OSReportTimeout = DefaultOSReportTimeout
 	}
+	if p.PowerDriftGrace == 0 {
+		p.PowerDriftGrace = DefaultPowerDriftGrace
+	}
 	return p
 }
 
@@ -145,6 +152,9 @@ type Input struct {
 	// deployed OS (nil: nothing). Only a report of the phase's network
 	// boot (Status.BootTaskID) is acted on.
 	Report *inventory.MachineReport
+	// Power is the rack's newest observation of the machine's power
+	// state (nil: none); see drift.go.
+	Power *inventory.PowerObservation
 }
 
 // Decision is what the state machine wants written, all at once.
@@ -194,6 +204,8 @@ func (d *decider) run() {
 		st.ObservedGeneration = d.in.Observed
 	}
 	d.observeTask()
+	d.observePower()
+	defer d.powerDrift() // on the phase this decision leaves
 	if d.spec().InMaintenance() {
 		if st.Phase != PhaseMaintenance {
 			paused := st.Phase

@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, r *Region) *metrics {
 	for _, p := range Phases {
 		m.phaseDuration.WithLabelValues(p)
 	}
-	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, machinesCollector{r})
+	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, machinesCollector{r}, driftCollector{r})
 	return m
 }
 
@@ -49,9 +49,7 @@ type machinesCollector struct{ r *Region }
 func (c machinesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- machinesDesc }
 
 func (c machinesCollector) Collect(ch chan<- prometheus.Metric) {
-	c.r.mu.Lock()
-	cur := c.r.cur
-	c.r.mu.Unlock()
+	cur := c.r.current()
 	if cur == nil {
 		return
 	}

@@ -93,10 +93,13 @@ func (r *Region) Run(ctx context.Context) error {
 }
 
 // Leading reports whether this server leads the region now.
-func (r *Region) Leading() bool {
+func (r *Region) Leading() bool { return r.current() != nil }
+
+// current is this term's controller, or nil when not leading.
+func (r *Region) current() *controller {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.cur != nil
+	return r.cur
 }
 
 // lead is one term as leader: it reconciles and runs the leader-only

@@ -109,6 +109,7 @@ type regionFlags struct {
 	timeouts            [4]time.Duration // by timedPhases
 	powerTimeout        time.Duration
 	osReportTimeout     time.Duration
+	powerDriftGrace     time.Duration
 	attempts            int
 	backoff, maxBackoff time.Duration
 }
@@ -122,6 +123,7 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 	}
 	fs.DurationVar(&r.powerTimeout, "power-timeout", 5*time.Minute, "how long a power task may wait for a rack agent")
 	fs.DurationVar(&r.osReportTimeout, "os-report-timeout", reconciler.DefaultOSReportTimeout, "how long a deploy waits, after the disk boot, for the deployed OS to report in (images with confirm: none do not wait)")
+	fs.DurationVar(&r.powerDriftGrace, "power-drift-grace", reconciler.DefaultPowerDriftGrace, "how long after Kiln's own power action an observed power state against the phase is not yet PowerDrift")
 	fs.IntVar(&r.attempts, "max-attempts", 3, "attempts of a failed phase before the machine waits for a person")
 	fs.DurationVar(&r.backoff, "retry-backoff", time.Minute, "wait before retrying a failed phase; doubles per attempt")
 	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
@@ -144,12 +146,14 @@ func (r *regionFlags) config() (reconciler.Config, error) {
 		return reconciler.Config{}, fmt.Errorf("--region-ttl must be at least 1s (etcd's lease granularity), not %s", r.ttl)
 	case r.osReportTimeout <= 0:
 		return reconciler.Config{}, fmt.Errorf("--os-report-timeout must be positive, not %s", r.osReportTimeout)
+	case r.powerDriftGrace <= 0:
+		return reconciler.Config{}, fmt.Errorf("--power-drift-grace must be positive, not %s", r.powerDriftGrace)
 	case r.powerTimeout <= 0 || r.backoff <= 0 || r.maxBackoff < r.backoff:
 		return reconciler.Config{}, fmt.Errorf("--power-timeout and --retry-backoff must be positive and --max-retry-backoff at least --retry-backoff")
 	}
 	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
 		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff,
-		OSReportTimeout: r.osReportTimeout}}, nil
+		OSReportTimeout: r.osReportTimeout, PowerDriftGrace: r.powerDriftGrace}}, nil
 }
 
 // serve runs a region server until ctx ends, then drains: the components
