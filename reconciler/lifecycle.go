@@ -308,13 +308,15 @@ func (d *decider) step() bool {
 		d.enter(PhaseCommissioning, "Commissioning", "new machine: commissioning its hardware")
 		return true
 	case PhaseReady:
+		d.checkCabling()
+		held := d.cablingHeld()
 		switch {
 		case d.commissionAdopted():
 			return true
 		case sp.CommissionGeneration > st.CommissionedGeneration:
 			d.enter(PhaseCommissioning, "Commissioning", fmt.Sprintf("commissionGeneration raised to %d", sp.CommissionGeneration))
 			return true
-		case sp.State == spec.StateDeployed:
+		case sp.State == spec.StateDeployed && !held:
 			d.enter(PhaseDeploying, "Deploying", "deploying image "+sp.Image)
 			return true
 		}
@@ -330,6 +332,7 @@ func (d *decider) step() bool {
 			return true
 		}
 		st.BootPurpose = agentapi.PurposeLocal
+		d.checkCabling()
 		if sp.Image != st.DeployedImage {
 			st.SetCondition(CondImageDrift, "True", "ImageChanged",
 				fmt.Sprintf("deployed %s, spec asks for %s; raise deployGeneration to redeploy", st.DeployedImage, sp.Image), d.in.Now)
@@ -546,6 +549,7 @@ func (d *decider) agentSucceeded() bool {
 		st.CommissionedGeneration, st.CommissionedAt = sp.CommissionGeneration, now
 		st.SetCondition(CondCommissioned, "True", "AgentReported", "hardware facts reported", now)
 		d.finish(PhaseReady, "Commissioned", "hardware commissioned")
+		d.checkCabling() // the facts' LLDP neighbours against the rack's ports
 	case PhaseErasing:
 		d.finish(PhaseReady, "Erased", "disks erased ("+sp.Erase+")")
 	case PhaseDeploying:

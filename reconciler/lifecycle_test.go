@@ -108,6 +108,7 @@ func TestDecideTable(t *testing.T) {
 		onRack  *inventory.ImageStatus // nil: ready, unless noRack
 		noRack  bool                   // the rack has not reported the image
 		report  *inventory.MachineReport
+		rack    *spec.Rack // the machine's rack; nil none
 	}{
 		// New machines.
 		{name: "new/commissions", m: testMachine("ready"), st: inventory.MachineStatus{}, phase: PhaseCommissioning, step: StepAgent, action: "netboot", purpose: "commission", event: "Commissioning", requeue: true},
@@ -212,12 +213,18 @@ func TestDecideTable(t *testing.T) {
 			return s
 		}(), phase: PhaseErasing, action: "netboot"},
 
+		// Cabling (more in cabling_test.go).
+		{name: "commissioning/agent-success-cabling-mismatch", m: cabledMachine("ready"), st: at(PhaseCommissioning, StepAgent), report: miscabled(result(true, "")), task: task("netboot", "done"), rack: cablingRack("warn", tor("tor-a", torA, "Ethernet1/12:eth0")), phase: PhaseReady, action: "off", event: "CablingMismatch"},
+		{name: "ready/cabling-block-holds", m: cabledMachine("deployed"), st: withFacts(at(PhaseReady, ""), miscabled(result(true, "")).Facts), rack: cablingRack("block", tor("tor-a", torA, "Ethernet1/12:eth0")), phase: PhaseReady, step: StepCablingHold, event: "DeployHeld"},
+		{name: "ready/cabling-warn-deploys", m: cabledMachine("deployed"), st: withFacts(at(PhaseReady, ""), miscabled(result(true, "")).Facts), rack: cablingRack("warn", tor("tor-a", torA, "Ethernet1/12:eth0")), phase: PhaseDeploying, step: StepAgent, action: "netboot", event: "CablingMismatch"},
+		{name: "ready/cabling-fixed-deploys", m: cabledMachine("deployed"), st: withFacts(at(PhaseReady, StepCablingHold), miscabled(result(true, "")).Facts), rack: cablingRack("block", tor("tor-b", torB, "Ethernet7:eth0")), phase: PhaseDeploying, step: StepAgent, action: "netboot", purpose: "deploy", event: "Deploying"},
+
 		// Unknown phases start over safely (commissioning, never a wipe).
 		{name: "unknown-phase", m: testMachine("deployed"), st: at("exploding", ""), phase: PhaseCommissioning, action: "netboot", purpose: "commission"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc", Image: c.image, ImageOnRack: c.onRack, Report: c.report}
+			in := Input{Now: t0.Add(c.after), Machine: c.m, Status: c.st, Task: c.task, Revision: "abc", Image: c.image, ImageOnRack: c.onRack, Report: c.report, Rack: c.rack}
 			if in.Image == nil {
 				in.Image = osImage("")
 			}
@@ -265,7 +272,7 @@ func TestDecideTable(t *testing.T) {
 			// is never repeated by a second look.
 			if d.Task != nil {
 				tk := *d.Task
-				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc", Image: in.Image, ImageOnRack: in.ImageOnRack, Report: c.report}, p)
+				again := Decide(Input{Now: in.Now, Machine: c.m, Status: d.Status, Task: &tk, Revision: "abc", Image: in.Image, ImageOnRack: in.ImageOnRack, Report: c.report, Rack: c.rack}, p)
 				if again.Task != nil {
 					t.Errorf("second decision issued another task %s", again.Task.Action)
 				}

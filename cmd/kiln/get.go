@@ -13,6 +13,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/dhcp"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 	"gopkg.in/yaml.v3"
 )
@@ -337,7 +338,7 @@ func (t *table) machines(snap *inventory.Snapshot, wide bool, statuses map[strin
 	inv := snap.Inventory
 	t.header = []string{"NAME", "RACK", "STATE", "PHASE", "IP", "MAC", "IMAGE", "BMC"}
 	if wide {
-		t.header = append(t.header, "STEP", "IN PHASE", "REASON", "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
+		t.header = append(t.header, "STEP", "IN PHASE", "REASON", "CABLING", "PROFILE", "ARCH", "FIRMWARE", "ZONE", "POOL", "MAINTENANCE", "ORIGIN")
 	}
 	names := spec.SortedNames(inv.Machines)
 	for n := range snap.Unmanaged {
@@ -352,7 +353,7 @@ func (t *table) machines(snap *inventory.Snapshot, wide bool, statuses map[strin
 			u := snap.Unmanaged[n]
 			cols := []string{"-", "unmanaged", dash(statuses[n].Phase), "-", "-", "-", "-"}
 			if wide {
-				cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
+				cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "removed in "+short(u.RemovedIn))
 			}
 			t.add(n, unmanagedObject{Unmanaged: u, Status: status(statuses, n)}, cols...)
 			continue
@@ -385,11 +386,27 @@ func machineCols(m *spec.Machine, st inventory.MachineStatus, wide bool) []strin
 		if utf8.RuneCountInString(reason) > 60 {
 			reason = string([]rune(reason)[:57]) + "..."
 		}
-		cols = append(cols, dash(st.Step), inPhase, dash(reason))
+		cols = append(cols, dash(st.Step), inPhase, dash(reason), cablingCol(&st))
 		cols = append(cols, dash(sp.Profile), sp.Arch, sp.Firmware, dash(sp.Zone), dash(sp.Pool),
 			fmt.Sprint(sp.InMaintenance()), m.Origin.String())
 	}
 	return cols
+}
+
+// cablingCol is the CABLING column, from the CablingMismatch condition:
+// ok, mismatch, ? (no LLDP neighbour seen) or - (nothing declared, or not
+// checked yet).
+func cablingCol(st *inventory.MachineStatus) string {
+	c := st.Condition(reconciler.CondCablingMismatch)
+	switch {
+	case c == nil || c.Reason == "NotDeclared":
+		return "-"
+	case c.Status == "True":
+		return "mismatch"
+	case c.Status == "False":
+		return "ok"
+	}
+	return "?"
 }
 
 // racks lists racks with their subnets and machine counts.

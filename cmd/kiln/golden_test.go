@@ -68,7 +68,9 @@ func TestGetTablesGolden(t *testing.T) {
 		Unmanaged: map[string]inventory.Unmanaged{"vm-0": {Name: "vm-0", RemovedIn: "0123456789abcdef", RemovedAt: at}}}
 	statuses := map[string]inventory.MachineStatus{
 		"vm-0": {Phase: "deployed"},
-		"vm-2": {Phase: "failed-commissioning", Step: "agent", Reason: "the machine agent reported: a reason long enough to be cut at sixty characters of text"},
+		"vm-1": {Phase: "ready", Step: "cabling-hold", Conditions: []inventory.Condition{{Type: "CablingMismatch", Status: "True", Reason: "Mismatch"}}},
+		"vm-2": {Phase: "failed-commissioning", Step: "agent", Reason: "the machine agent reported: a reason long enough to be cut at sixty characters of text",
+			Conditions: []inventory.Condition{{Type: "CablingMismatch", Status: "Unknown", Reason: "NoNeighbour"}}},
 	}
 	images := map[string][]inventory.ImageStatus{"debian": {{Rack: "r2", State: "failed", Message: "sha256 mismatch"}, {Rack: "r1", State: "ready"}}}
 	var b bytes.Buffer
