@@ -91,6 +91,20 @@ func (d *decider) redeployHint() string {
 	return "raise deployGeneration to redeploy"
 }
 
+// planRollout is what kiln diff says of a deployed machine that a
+// profile's rollout will redeploy.
+func planRollout(profile string, r *spec.Rollout, as, bs *spec.MachineSpec) []Note {
+	what := fmt.Sprintf("image %s → %s", as.Image, bs.Image)
+	if as.Image == bs.Image {
+		what = fmt.Sprintf("deployGeneration %d → %d", as.DeployGeneration, bs.DeployGeneration)
+	}
+	n := []Note{{true, "", fmt.Sprintf("redeployed by the rollout of profile %s (%s; at most %d of its machines at a time, in name order): the root disk will be rewritten", profile, what, r.MaxUnavailable)}}
+	if bs.CommissionGeneration > as.CommissionGeneration {
+		n = append(n, Note{false, "", fmt.Sprintf("commissionGeneration %d → %d: recommissions when released (state: ready), not while deployed", as.CommissionGeneration, bs.CommissionGeneration)})
+	}
+	return n
+}
+
 // RolloutMember is one machine as the rollout arithmetic sees it.
 type RolloutMember struct {
 	Name   string

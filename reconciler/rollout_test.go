@@ -118,3 +118,38 @@ func TestRolloutPlan(t *testing.T) {
 		})
 	}
 }
+
+func TestPlanRollout(t *testing.T) {
+	old := testMachine(spec.StateDeployed, func(sp *spec.MachineSpec) { sp.Profile = "web" })
+	for name, tc := range map[string]struct {
+		cur  *spec.Machine
+		want string
+	}{
+		"image": {testMachine(spec.StateDeployed, func(sp *spec.MachineSpec) { sp.Profile, sp.Image = "web", "debian-next" }),
+			"!redeployed by the rollout of profile web (image debian → debian-next; at most 2 of its machines at a time, in name order): the root disk will be rewritten"},
+		"generation": {testMachine(spec.StateDeployed, func(sp *spec.MachineSpec) { sp.Profile, sp.DeployGeneration = "web", 3 }),
+			"!redeployed by the rollout of profile web (deployGeneration 0 → 3; at most 2 of its machines at a time, in name order): the root disk will be rewritten"},
+		"release": {testMachine(spec.StateReady, func(sp *spec.MachineSpec) { sp.Profile, sp.Image = "web", "debian-next" }),
+			"!releases the machine: it is powered off; disks are kept (erase: none)"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			notes := PlanWith(old, tc.cur, webProfile(2))
+			if len(notes) != 1 || (map[bool]string{true: "!", false: " "}[notes[0].Destructive]+notes[0].Text) != tc.want {
+				t.Fatalf("notes %+v, want %q", notes, tc.want)
+			}
+			// Decide, given no slot, agrees: nothing starts at once
+			// unless Plan names a phase.
+			out := Decide(Input{Now: t0, Machine: tc.cur, Status: settled(&old.Spec), Profile: webProfile(2)}, Policy{})
+			entered := ""
+			for _, ev := range out.Events {
+				if ev.From != ev.To {
+					entered = ev.To
+					break
+				}
+			}
+			if entered != notes[0].Phase {
+				t.Fatalf("Decide entered %q, Plan predicts %q", entered, notes[0].Phase)
+			}
+		})
+	}
+}
