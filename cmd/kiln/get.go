@@ -27,7 +27,7 @@ var resources = map[string]string{
 	"source": "Source", "sources": "Source",
 	"leases": "Lease", "lease": "Lease",
 	"discovered": "Discovered",
-	"rollouts": "Rollout", "rollout": "Rollout",
+	"rollouts":   "Rollout", "rollout": "Rollout",
 }
 
 func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
