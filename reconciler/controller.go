@@ -613,6 +613,7 @@ func (c *controller) reconcile(ctx context.Context, name string) error {
 	}
 	compact := c.written(name, dec, txn, res.rev)
 	c.observe(name, snap.status.st, dec, snap.in.Now)
+	c.kickRollout(name, snap.status.st, dec.Status)
 	if compact {
 		c.compactEvents(ctx, name)
 	}
@@ -643,6 +644,7 @@ func (c *controller) snapshot(name string) snapshot {
 		return s
 	}
 	s.in.Rack, s.in.Profile = c.racks[machine.Spec.Rack], c.profiles[machine.Spec.Profile]
+	s.in.Rollout = c.rolloutGate(machine)
 	if machine.Spec.Image != "" {
 		s.in.Image = c.images[machine.Spec.Image]
 		if st, ok := c.imageOnRack[machine.Spec.Image][machine.Spec.Rack]; ok {

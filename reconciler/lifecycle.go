@@ -148,6 +148,9 @@ type Input struct {
 	// it took (nil: none, or not in the inventory).
 	Rack    *spec.Rack
 	Profile *spec.Profile
+	// Rollout says whether a deployed machine of a profile with rollout
+	// may start its redeploy now (nil: no rollout, or no slot given).
+	Rollout *RolloutGate
 	// Report is what the machine's rack last stored from its agents and
 	// deployed OS (nil: nothing). Only a report of the phase's network
 	// boot (Status.BootTaskID) is acted on.
@@ -323,11 +326,14 @@ func (d *decider) step() bool {
 		st.BootPurpose = agentapi.PurposeOff
 		return false
 	case PhaseDeployed:
+		handled, changed := d.rollout()
 		switch {
 		case sp.State == spec.StateReady:
 			d.enter(PhaseReleasing, "Releasing", "spec.state is ready: releasing the machine")
 			return true
-		case sp.DeployGeneration > st.DeployedGeneration:
+		case changed:
+			return true
+		case !handled && sp.DeployGeneration > st.DeployedGeneration:
 			d.enter(PhaseDeploying, "Redeploying", fmt.Sprintf("deployGeneration raised to %d: rewriting the disk with %s", sp.DeployGeneration, sp.Image))
 			return true
 		}
@@ -335,7 +341,7 @@ func (d *decider) step() bool {
 		d.checkCabling()
 		if sp.Image != st.DeployedImage {
 			st.SetCondition(CondImageDrift, "True", "ImageChanged",
-				fmt.Sprintf("deployed %s, spec asks for %s; raise deployGeneration to redeploy", st.DeployedImage, sp.Image), d.in.Now)
+				fmt.Sprintf("deployed %s, spec asks for %s; %s", st.DeployedImage, sp.Image, d.redeployHint()), d.in.Now)
 		} else {
 			st.SetCondition(CondImageDrift, "False", "", "", d.in.Now)
 		}

@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, r *Region) *metrics {
 	for _, p := range Phases {
 		m.phaseDuration.WithLabelValues(p)
 	}
-	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, machinesCollector{r}, driftCollector{r}, cablingCollector{r})
+	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, machinesCollector{r}, driftCollector{r}, cablingCollector{r}, rolloutCollector{r})
 	return m
 }
 

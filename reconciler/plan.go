@@ -24,7 +24,12 @@ type Note struct {
 // holds them to it): a change under maintenance waits until it ends, a
 // deployed machine is recommissioned only when released, and a release
 // erases only when spec.erase asks.
-func Plan(old, cur *spec.Machine) []Note {
+func Plan(old, cur *spec.Machine) []Note { return PlanWith(old, cur, nil) }
+
+// PlanWith is Plan for a machine whose profile (in the new inventory; nil:
+// none) is known: under a rollout, a changed image or deployGeneration
+// waits for the rollout's slot instead.
+func PlanWith(old, cur *spec.Machine, profile *spec.Profile) []Note {
 	switch {
 	case cur == nil:
 		return []Note{{Text: "becomes unmanaged: Kiln stops acting on it; nothing is powered off or wiped"}}
@@ -39,7 +44,12 @@ func Plan(old, cur *spec.Machine) []Note {
 	if as.InMaintenance() && !bs.InMaintenance() {
 		n = append(n, Note{false, "", "leaves maintenance: Kiln resumes converging it"})
 	}
-	return whenMaintenanceEnds(bs, n, append(planActions(as, bs), planAdopt(as, bs)...))
+	actions := planActions(as, bs)
+	if r := rolloutOf(profile); r != nil && as.State == spec.StateDeployed && bs.State == spec.StateDeployed &&
+		(bs.DeployGeneration > as.DeployGeneration || as.Image != bs.Image) {
+		actions = planRollout(profile.Metadata.Name, r, as, bs)
+	}
+	return whenMaintenanceEnds(bs, n, append(actions, planAdopt(as, bs)...))
 }
 
 // whenMaintenanceEnds appends the actions to n, deferred until

@@ -267,6 +267,11 @@ func (s *sim) booted(machine, purpose string) int {
 // (YAML mappings of spec fields, by machine name).
 func lab(t testing.TB, machines map[string]string) *spec.Inventory {
 	t.Helper()
+	return invtest.Load(t, labYAML(machines))
+}
+
+// labYAML is lab's inventory as YAML, for tests that add documents.
+func labYAML(machines map[string]string) string {
 	var b strings.Builder
 	b.WriteString(`apiVersion: kiln.dev/v1alpha1
 kind: Rack
@@ -311,5 +316,5 @@ spec:
 			}
 		}
 	}
-	return invtest.Load(t, b.String())
+	return b.String()
 }

@@ -491,6 +491,9 @@ func (v *validator) profile(pr *Profile) {
 	if m.Image != "" && v.inv.Images[m.Image] == nil {
 		v.errorf(pr, "spec.machine.image", "image %q not found", m.Image)
 	}
+	if r := pr.Spec.Rollout; r != nil && r.MaxUnavailable < 1 {
+		v.errorf(pr, "spec.rollout.maxUnavailable", "must be at least 1 (got %d): a rollout with no machine unavailable at a time never redeploys any", r.MaxUnavailable)
+	}
 }
 
 // machines resolves profiles and checks machines, including fleet-wide

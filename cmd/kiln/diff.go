@@ -132,7 +132,8 @@ func diffInventories(old, cur *spec.Inventory) []change {
 				}
 				c := change{op: '~', kind: kind, name: n, origin: b.GetHeader().Origin.String(), fields: fields}
 				if kind == spec.KindMachine {
-					c.notes = reconciler.Plan(a.(*spec.Machine), b.(*spec.Machine))
+					m := b.(*spec.Machine)
+					c.notes = reconciler.PlanWith(a.(*spec.Machine), m, cur.Profiles[m.Spec.Profile])
 				}
 				if kind == spec.KindSubnet && a.(*spec.Subnet).Spec.CIDR != b.(*spec.Subnet).Spec.CIDR {
 					c.notes = append(c.notes, reconciler.Note{Text: "the subnet's addresses change: machines on it get new leases"})

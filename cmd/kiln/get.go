@@ -28,10 +28,11 @@ var resources = map[string]string{
 	"source": "Source", "sources": "Source",
 	"leases": "Lease", "lease": "Lease",
 	"discovered": "Discovered",
+	"rollouts":   "Rollout", "rollout": "Rollout",
 }
 
 func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
-	fs := newFlags("get", "machines|racks|subnets|images|profiles|source|leases|discovered [NAME] [flags]", errOut)
+	fs := newFlags("get", "machines|racks|subnets|images|profiles|source|leases|discovered|rollouts [NAME] [flags]", errOut)
 	var cf clientFlags
 	cf.register(fs)
 	format := fs.String("o", "", "output: wide, yaml, json or name (default: a table)")
@@ -43,7 +44,7 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	kind, ok := resources[strings.ToLower(pos[0])]
 	if !ok {
-		fmt.Fprintf(errOut, "kiln get: unknown resource %q: use machines, racks, subnets, images, profiles, source, leases or discovered\n", pos[0])
+		fmt.Fprintf(errOut, "kiln get: unknown resource %q: use machines, racks, subnets, images, profiles, source, leases, discovered or rollouts\n", pos[0])
 		return exitUsage
 	}
 	name := ""
@@ -175,6 +176,8 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 		return g.readSources(ctx)
 	case "Lease", "Discovered":
 		return g.readRackState(ctx)
+	case "Rollout":
+		return g.readRollouts(ctx)
 	}
 	kinds := []string{g.kind}
 	if g.kind == spec.KindMachine {
