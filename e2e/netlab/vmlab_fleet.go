@@ -168,17 +168,29 @@ func (v *VMLab) WaitEvent(machine, reason string, timeout time.Duration) (invent
 	}
 }
 
-// Phases returns every machine's phase, as one `kiln get machines` shows.
-func (v *VMLab) Phases() (map[string]string, error) {
-	out, err := v.Kiln("get", "machines")
+// Statuses returns every machine's status (those that have one), as one
+// `kiln get machines -o json` shows them.
+func (v *VMLab) Statuses() (map[string]inventory.MachineStatus, error) {
+	out, err := v.Kiln("get", "machines", "-o", "json")
 	if err != nil {
 		return nil, err
 	}
-	phases := map[string]string{}
-	for _, vm := range v.VMs {
-		if p, err := tableColumn(out, vm.Name, "PHASE"); err == nil {
-			phases[vm.Name] = p
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status *inventory.MachineStatus `json:"status"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		return nil, fmt.Errorf("kiln get machines -o json: %w", err)
+	}
+	sts := map[string]inventory.MachineStatus{}
+	for _, it := range list.Items {
+		if it.Status != nil {
+			sts[it.Metadata.Name] = *it.Status
 		}
 	}
-	return phases, nil
+	return sts, nil
 }
