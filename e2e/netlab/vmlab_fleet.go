@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
@@ -193,4 +195,22 @@ func (v *VMLab) Statuses() (map[string]inventory.MachineStatus, error) {
 		}
 	}
 	return sts, nil
+}
+
+// KnownFlags returns the flag and value pairs that `kiln <command>` knows
+// (its -h lists them), and logs the ones it does not: a test written
+// ahead of a flag runs on the binary before and after the flag exists.
+func KnownFlags(t testing.TB, kilnBin, command string, pairs ...string) []string {
+	t.Helper()
+	help, _ := exec.Command(kilnBin, command, "-h").CombinedOutput()
+	var out []string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		name := strings.TrimLeft(pairs[i], "-")
+		if regexp.MustCompile(`(?m)^\s+--?` + regexp.QuoteMeta(name) + `(\s|$)`).Match(help) {
+			out = append(out, "--"+name, pairs[i+1])
+		} else {
+			t.Logf("netlab: kiln %s has no --%s: left out", command, name)
+		}
+	}
+	return out
 }
