@@ -46,15 +46,20 @@ const (
 // e2e/deps.sh keeps in KernelDebCache.
 const TinyOSKernel = KernelDebCache + "/vmlinuz"
 
-// tinyOSTools are what BuildTinyOS runs, and their Debian packages.
-var tinyOSTools = []struct{ name, pkg string }{
+// tinyOSTools are what BuildTinyOS runs and reads.
+var tinyOSTools = []tool{
 	{"busybox", "busybox-static"},
 	{"mkfs.vfat", "dosfstools"},
 	{"mcopy", "mtools"},
 	{"mmd", "mtools"},
 	{"syslinux", "syslinux"},
+	{gptMBR, "syslinux-common"},
 	{"sgdisk", "gdisk"},
+	{TinyOSKernel, "linux-image-amd64 (e2e/deps.sh keeps it there)"},
 }
+
+// gptMBR is syslinux's MBR boot code for a GPT disk.
+const gptMBR = "/usr/lib/SYSLINUX/gptmbr.bin"
 
 // BuildTinyOS builds the tiny OS disk image labelled label (the label is
 // in its banner, so that two builds with different labels differ) into
@@ -62,7 +67,7 @@ var tinyOSTools = []struct{ name, pkg string }{
 // the test when a tool or the kernel is missing (fails it under CI=true).
 func BuildTinyOS(t testing.TB, dir, label string) OSImage {
 	t.Helper()
-	requireTinyOSTools(t)
+	requireTools(t, "the tiny OS", tinyOSTools)
 	start := time.Now()
 	work, err := os.MkdirTemp(dir, "tinyos-")
 	if err != nil {
@@ -83,39 +88,6 @@ func BuildTinyOS(t testing.TB, dir, label string) OSImage {
 	}
 	t.Logf("netlab: built the tiny OS %s in %s (%s)", label, time.Since(start).Round(10*time.Millisecond), disk)
 	return OSImage{Name: label, Path: disk, SHA256: sum, Confirm: "none"}
-}
-
-func requireTinyOSTools(t testing.TB) {
-	t.Helper()
-	var missing []string
-	for _, tool := range tinyOSTools {
-		if _, err := exec.LookPath(tool.name); err != nil {
-			missing = append(missing, tool.name+" ("+tool.pkg+")")
-		}
-	}
-	if _, err := gptMBR(); err != nil {
-		missing = append(missing, "gptmbr.bin (syslinux-common)")
-	}
-	if fi, err := os.Stat(TinyOSKernel); err != nil || fi.Size() < 1<<20 {
-		missing = append(missing, TinyOSKernel+" (e2e/deps.sh)")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "netlab: the tiny OS needs " + strings.Join(missing, ", ")
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg + "; .ci/run should have installed them")
-	}
-	t.Skip(msg)
-}
-
-func gptMBR() (string, error) {
-	for _, p := range []string{"/usr/lib/SYSLINUX/gptmbr.bin", "/usr/lib/syslinux/mbr/gptmbr.bin"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", os.ErrNotExist
 }
 
 // tinyInit is the tiny OS's /init. $LABEL is replaced at build time.
@@ -180,10 +152,6 @@ LABEL tiny
 
 // tinyDisk makes the ESP in work and the disk image at disk.
 func tinyDisk(work, disk, initrd string) error {
-	mbr, err := gptMBR()
-	if err != nil {
-		return err
-	}
 	cfg := filepath.Join(work, "syslinux.cfg")
 	if err := os.WriteFile(cfg, []byte(tinySyslinuxCfg), 0o644); err != nil {
 		return err
@@ -201,7 +169,7 @@ func tinyDisk(work, disk, initrd string) error {
 		{"rm", "-f", disk},
 		{"truncate", "-s", strconv.Itoa(1+espMiB+1) + "M", disk},
 		{"sgdisk", "-a", "2048", "-n", "1:1M:+" + strconv.Itoa(espMiB) + "M", "-t", "1:ef00", "-c", "1:ESP", "-A", "1:set:2", disk},
-		{"dd", "if=" + mbr, "of=" + disk, "bs=440", "count=1", "conv=notrunc", "status=none"},
+		{"dd", "if=" + gptMBR, "of=" + disk, "bs=440", "count=1", "conv=notrunc", "status=none"},
 		{"dd", "if=" + esp, "of=" + disk, "bs=1M", "seek=1", "conv=notrunc", "status=none"},
 	}
 	for _, s := range steps {
