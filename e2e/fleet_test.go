@@ -352,7 +352,7 @@ func (f *fleet) checkCabling(a, b *netlab.LabVM) {
 	out := lab.MustKiln("get", "machines", "-o", "wide")
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 0 && (f[0] == a.Name) == strings.Contains(line, "mismatch") {
+		if len(f) > 0 && (f[0] == a.Name || f[0] == b.Name) && (f[0] == b.Name) != strings.Contains(line, "mismatch") {
 			t.Errorf("kiln get machines -o wide should show a mismatch for vm-b only:\n%s", out)
 		}
 	}
