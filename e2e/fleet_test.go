@@ -39,11 +39,17 @@ func TestLabFleet(t *testing.T) {
 	netlab.RequireBinary(t, "qemu-system-x86_64", "git", "ipmitool")
 	begin := time.Now()
 	dir := t.TempDir()
-	f := &fleet{t: t, tiny1: netlab.BuildTinyOS(t, dir, "tiny-1"), tiny2: netlab.BuildTinyOS(t, dir, "tiny-2")}
+	f := &fleet{t: t, tiny1: netlab.BuildTinyOS(t, dir, "tiny-1"), tiny2: netlab.BuildTinyOS(t, dir, "tiny-2"), grace: defaultDriftGrace}
 	var vms []netlab.VMSpec
 	for i, n := range []string{"vm-a", "vm-b", "vm-c"} {
 		vms = append(vms, netlab.VMSpec{Name: n, MAC: fmt.Sprintf("52:54:00:78:00:%02d", i+1), Firmware: netlab.BIOS,
 			BMC: netlab.IPMI, Memory: 512, CPUs: 1, DiskSize: 64 << 20, Serial: fmt.Sprintf("KILN-FLEET-%d", i+1), NICROM: true})
+	}
+	// Drift is judged fleetDriftGrace after Kiln's own power actions (the
+	// default is longer): vm-c may have been redeployed just before.
+	serverArgs := netlab.KnownFlags(t, kilnBin, "server", "--power-drift-grace", fleetDriftGrace.String())
+	if len(serverArgs) > 0 {
+		f.grace = fleetDriftGrace
 	}
 	f.lab = netlab.NewVMLab(t, netlab.VMLabConfig{
 		KilnBin:    kilnBin,
@@ -51,9 +57,7 @@ func TestLabFleet(t *testing.T) {
 		Images:     []netlab.OSImage{f.tiny1, f.tiny2},
 		RackAgents: 1,
 		RackArgs:   []string{"--power-poll-interval", fleetPoll.String()},
-		// Drift is judged fleetDriftGrace after Kiln's own power actions
-		// (the default is longer): vm-c may have been redeployed last.
-		ServerArgs: netlab.KnownFlags(t, kilnBin, "server", "--power-drift-grace", fleetDriftGrace.String()),
+		ServerArgs: serverArgs,
 	})
 	t.Logf("fleet lab up in %s", time.Since(begin).Round(time.Second))
 	f.rack = fleetSwitches
@@ -71,10 +75,12 @@ func TestLabFleet(t *testing.T) {
 }
 
 // fleetPoll is the rack's power poll interval (jittered ±20%);
-// fleetDriftGrace the region's grace after its own power actions.
+// fleetDriftGrace the region's grace after its own power actions, when
+// the server has the flag, defaultDriftGrace otherwise.
 const (
-	fleetPoll       = 10 * time.Second
-	fleetDriftGrace = 20 * time.Second
+	fleetPoll         = 10 * time.Second
+	fleetDriftGrace   = 20 * time.Second
+	defaultDriftGrace = 2 * time.Minute
 )
 
 // The lab's top-of-rack switch. vm-a is declared where it is cabled;
@@ -95,7 +101,8 @@ type fleet struct {
 	t            *testing.T
 	lab          *netlab.VMLab
 	tiny1, tiny2 netlab.OSImage
-	rack         string // the Rack's spec lines
+	rack         string        // the Rack's spec lines
+	grace        time.Duration // the region's power drift grace
 }
 
 // vbmcOps are the vBMC actions that a power or boot request from a
@@ -496,7 +503,7 @@ func (f *fleet) drift() {
 	}
 	o := f.waitObserved(c.Name, "off")
 	t.Logf("vm-c switched off by hand: the rack recorded %s %s later", o.State, o.ObservedAt.Sub(start).Round(100*time.Millisecond))
-	cond, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "True", 3*fleetPoll+fleetDriftGrace)
+	cond, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "True", 3*fleetPoll+f.grace)
 	if err != nil {
 		t.Error(err)
 		return
@@ -511,11 +518,11 @@ func (f *fleet) drift() {
 	mark := c.VBMC.Mark()
 	start = time.Now()
 	lab.Apply("powerDrift: correct", map[string]string{"rack.yaml": lab.RackYAMLWith(f.rack + "  powerDrift: correct\n")})
-	if _, err := c.VBMC.WaitLogFrom(mark, `QEMU started`, 3*fleetPoll+fleetDriftGrace); err != nil {
+	if _, err := c.VBMC.WaitLogFrom(mark, `QEMU started`, 3*fleetPoll+f.grace); err != nil {
 		t.Errorf("vm-c: with powerDrift: correct, Kiln did not power it back on: %v", err)
 		return
 	}
-	if _, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "absent", 3*fleetPoll+fleetDriftGrace); err != nil {
+	if _, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "absent", 3*fleetPoll+f.grace); err != nil {
 		t.Error(err)
 	}
 	if _, err := waitTiny(lab, c.Name, 2*time.Minute, func(b []netlab.TinyBoot) bool { return len(b) > 0 && b[len(b)-1].Uptime > 0 }); err != nil {
