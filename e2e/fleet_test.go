@@ -5,7 +5,6 @@ package e2e
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -460,33 +459,23 @@ func (f *fleet) watchRollout(start time.Time) (obs rolloutObs, ok bool) {
 // were down at once: each one's first action to its disk boot.
 func (f *fleet) checkRolloutLogs(marks map[string]int) {
 	t, lab := f.t, f.lab
-	type window struct {
-		vm       string
-		from, to time.Time
-	}
-	var ws []window
+	var outs []netlab.Outage
 	for _, vm := range lab.VMs {
 		acts := lab.VBMCActions(vm.Name, marks[vm.Name])
-		var disk time.Time
-		for _, a := range acts {
-			if a.DiskBoot() {
-				disk = a.At
-			}
-		}
-		if n := len(netBoots(acts)); n != 1 || disk.IsZero() {
-			t.Errorf("rollout: %s network-booted %d times (want 1) and booted its disk at %v:\n%s", vm.Name, n, disk, actionLines(acts))
+		o, ok := netlab.RedeployOutage(vm.Name, acts)
+		if !ok || o.NetBoots != 1 {
+			t.Errorf("rollout: %s network-booted %d times (want 1), disk boot seen: %v:\n%s", vm.Name, o.NetBoots, ok, actionLines(acts))
 			continue
 		}
-		ws = append(ws, window{vm.Name, acts[0].At, disk})
+		outs = append(outs, o)
 	}
-	sort.Slice(ws, func(i, j int) bool { return ws[i].from.Before(ws[j].from) })
+	if a, b, found := netlab.Overlap(outs); found {
+		t.Errorf("rollout: %s went down at %s, before %s was back (%s): two down at once", b.VM,
+			b.From.Format(time.StampMilli), a.VM, a.To.Format(time.StampMilli))
+	}
 	var order []string
-	for i, w := range ws {
-		order = append(order, fmt.Sprintf("%s %s→%s", w.vm, w.from.Format("15:04:05.0"), w.to.Format("15:04:05.0")))
-		if i > 0 && w.from.Before(ws[i-1].to) {
-			t.Errorf("rollout: %s went down at %s, before %s was back (%s): two down at once", w.vm,
-				w.from.Format(time.StampMilli), ws[i-1].vm, ws[i-1].to.Format(time.StampMilli))
-		}
+	for _, o := range outs {
+		order = append(order, fmt.Sprintf("%s %s→%s", o.VM, o.From.Format("15:04:05.0"), o.To.Format("15:04:05.0")))
 	}
 	t.Logf("rollout order, down → disk boot (vBMC logs): %s", strings.Join(order, ", "))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -73,11 +74,13 @@ var vbmcActions = regexp.MustCompile(`msg="?(power on|power off|reset|power cycl
 // 0 for all), oldest first.
 func (v *VMLab) VBMCActions(vm string, mark int) []VBMCAction {
 	log := v.VM(vm).VBMC.Log()
-	if mark > len(log) {
-		mark = len(log)
-	}
+	return ParseVBMCActions(log[min(mark, len(log)):])
+}
+
+// ParseVBMCActions returns the actions in a `kiln vbmc` log, in its order.
+func ParseVBMCActions(log string) []VBMCAction {
 	var out []VBMCAction
-	for _, line := range strings.Split(log[mark:], "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		m := vbmcActions.FindStringSubmatch(line)
 		if m == nil {
 			continue
@@ -87,6 +90,44 @@ func (v *VMLab) VBMCActions(vm string, mark int) []VBMCAction {
 		}
 	}
 	return out
+}
+
+// Outage is when a VM was out of service for a redeploy, by its vBMC's
+// log: from the first thing asked of it to the start of its disk boot.
+type Outage struct {
+	VM       string
+	From, To time.Time
+	NetBoots int // network boots in between
+}
+
+// RedeployOutage is the outage of a VM redeployed once during acts; ok
+// is false when acts hold no disk boot.
+func RedeployOutage(vm string, acts []VBMCAction) (o Outage, ok bool) {
+	o.VM = vm
+	for _, a := range acts {
+		switch {
+		case a.DiskBoot():
+			o.To, ok = a.At, true
+		case a.What == "QEMU started":
+			o.NetBoots++
+		}
+	}
+	if ok {
+		o.From = acts[0].At
+	}
+	return o, ok
+}
+
+// Overlap sorts the outages by start and returns the first two that
+// overlap (b starting before a's end), if any.
+func Overlap(outs []Outage) (a, b Outage, found bool) {
+	sort.Slice(outs, func(i, j int) bool { return outs[i].From.Before(outs[j].From) })
+	for i := 1; i < len(outs); i++ {
+		if outs[i].From.Before(outs[i-1].To) {
+			return outs[i-1], outs[i], true
+		}
+	}
+	return a, b, false
 }
 
 // DiskBoot reports whether a "QEMU started" action booted the disk
