@@ -481,32 +481,42 @@ func (f *fleet) checkRolloutLogs(marks map[string]int) {
 }
 
 // drift switches vm-c off behind Kiln's back: the rack sees it within a
-// poll, the region raises PowerDrift; with powerDrift: correct Kiln
-// powers it back on and the condition clears.
+// poll, the region raises PowerDrift and, reporting only, does nothing
+// else; switched on again by hand, the condition clears. Then, with the
+// rack's powerDrift: correct, a second power-off is undone by Kiln.
 func (f *fleet) drift() {
 	t, lab := f.t, f.lab
 	c := lab.VM("vm-c")
-	start := time.Now()
-	if _, err := lab.IPMITool(c.Name, "chassis", "power", "off"); err != nil {
-		t.Fatal(err)
-	}
-	o := f.waitObserved(c.Name, "off")
-	t.Logf("vm-c switched off by hand: the rack recorded %s %s later", o.State, o.ObservedAt.Sub(start).Round(100*time.Millisecond))
-	cond, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "True", 3*fleetPoll+f.grace)
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	t.Logf("vm-c: %s %s %s %q, %s after the power-off", cond.Type, cond.Status, cond.Reason, cond.Message, cond.Since.Sub(start).Round(100*time.Millisecond))
+	mark := c.VBMC.Mark()
+	f.powerOffByHand(c)
 	if _, err := lab.WaitEvent(c.Name, reconciler.CondPowerDrift, time.Minute); err != nil {
 		t.Error(err)
 	}
 	if p, _ := lab.Phase(c.Name); p != "deployed" {
 		t.Errorf("vm-c: phase %s after drift, want deployed (report only)", p)
 	}
-	mark := c.VBMC.Mark()
-	start = time.Now()
+	start := time.Now()
+	if _, err := lab.IPMITool(c.Name, "chassis", "power", "on"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "absent", 3*fleetPoll); err != nil {
+		t.Error(err)
+	}
+	t.Logf("vm-c switched on again by hand: PowerDrift cleared %s later", time.Since(start).Round(100*time.Millisecond))
+	// Reporting only, Kiln asked nothing of the vBMC: ours are the one
+	// power off and the one power on.
+	acts := lab.VBMCActions(c.Name, mark)
+	ok := count(acts, "power off") == 1 && count(acts, "power on") == 1
+	for _, a := range acts {
+		ok = ok && (a.What == "power off" || a.What == "power on" || !slices.Contains(vbmcOps, a.What))
+	}
+	if !ok {
+		t.Errorf("vm-c: with powerDrift: report, its vBMC did more than our power off and on:\n%s", actionLines(acts))
+	}
+
 	lab.Apply("powerDrift: correct", map[string]string{"rack.yaml": lab.RackYAMLWith(f.rack + "  powerDrift: correct\n")})
+	mark = c.VBMC.Mark()
+	start = f.powerOffByHand(c)
 	if _, err := c.VBMC.WaitLogFrom(mark, `QEMU started`, 3*fleetPoll+f.grace); err != nil {
 		t.Errorf("vm-c: with powerDrift: correct, Kiln did not power it back on: %v", err)
 		return
@@ -517,5 +527,25 @@ func (f *fleet) drift() {
 	if _, err := waitTiny(lab, c.Name, 2*time.Minute, func(b []netlab.TinyBoot) bool { return len(b) > 0 && b[len(b)-1].Uptime > 0 }); err != nil {
 		t.Errorf("vm-c powered back on: %v", err)
 	}
-	t.Logf("vm-c: powerDrift: correct → powered back on and drift cleared in %s", time.Since(start).Round(time.Second))
+	t.Logf("vm-c: powerDrift: correct → switched off by hand, powered back on and drift cleared in %s", time.Since(start).Round(time.Second))
+}
+
+// powerOffByHand switches the VM off through its vBMC and waits until the
+// rack has seen it off and the region has raised PowerDrift; it returns
+// when the VM was switched off.
+func (f *fleet) powerOffByHand(vm *netlab.LabVM) time.Time {
+	t, lab := f.t, f.lab
+	start := time.Now()
+	if _, err := lab.IPMITool(vm.Name, "chassis", "power", "off"); err != nil {
+		t.Fatal(err)
+	}
+	o := f.waitObserved(vm.Name, "off")
+	t.Logf("%s switched off by hand: the rack recorded %s %s later", vm.Name, o.State, o.ObservedAt.Sub(start).Round(100*time.Millisecond))
+	cond, err := lab.WaitCondition(vm.Name, reconciler.CondPowerDrift, "True", 3*fleetPoll+f.grace)
+	if err != nil {
+		t.Error(err)
+		return start
+	}
+	t.Logf("%s: %s %s %s %q, %s after the power-off", vm.Name, cond.Type, cond.Status, cond.Reason, cond.Message, cond.Since.Sub(start).Round(100*time.Millisecond))
+	return start
 }
