@@ -516,10 +516,19 @@ func (f *fleet) drift() {
 
 	lab.Apply("powerDrift: correct", map[string]string{"rack.yaml": lab.RackYAMLWith(f.rack + "  powerDrift: correct\n")})
 	mark = c.VBMC.Mark()
-	start = f.powerOffByHand(c)
+	drifts := len(driftEvents(lab, c.Name))
+	start = time.Now()
+	if _, err := lab.IPMITool(c.Name, "chassis", "power", "off"); err != nil {
+		t.Fatal(err)
+	}
+	// The condition may be True for a moment only: the correcting power
+	// task's outcome says on. The event stays.
 	if _, err := c.VBMC.WaitLogFrom(mark, `QEMU started`, 3*fleetPoll+f.grace); err != nil {
 		t.Errorf("vm-c: with powerDrift: correct, Kiln did not power it back on: %v", err)
 		return
+	}
+	if evs := driftEvents(lab, c.Name); len(evs) <= drifts {
+		t.Errorf("vm-c: powered back on without a new PowerDrift event: %+v", evs)
 	}
 	if _, err := lab.WaitCondition(c.Name, reconciler.CondPowerDrift, "absent", 3*fleetPoll+f.grace); err != nil {
 		t.Error(err)
@@ -531,9 +540,8 @@ func (f *fleet) drift() {
 }
 
 // powerOffByHand switches the VM off through its vBMC and waits until the
-// rack has seen it off and the region has raised PowerDrift; it returns
-// when the VM was switched off.
-func (f *fleet) powerOffByHand(vm *netlab.LabVM) time.Time {
+// rack has seen it off and the region has raised PowerDrift.
+func (f *fleet) powerOffByHand(vm *netlab.LabVM) {
 	t, lab := f.t, f.lab
 	start := time.Now()
 	if _, err := lab.IPMITool(vm.Name, "chassis", "power", "off"); err != nil {
@@ -544,8 +552,19 @@ func (f *fleet) powerOffByHand(vm *netlab.LabVM) time.Time {
 	cond, err := lab.WaitCondition(vm.Name, reconciler.CondPowerDrift, "True", 3*fleetPoll+f.grace)
 	if err != nil {
 		t.Error(err)
-		return start
+		return
 	}
 	t.Logf("%s: %s %s %s %q, %s after the power-off", vm.Name, cond.Type, cond.Status, cond.Reason, cond.Message, cond.Since.Sub(start).Round(100*time.Millisecond))
-	return start
+}
+
+// driftEvents are the machine's PowerDrift events.
+func driftEvents(lab *netlab.VMLab, machine string) []inventory.Event {
+	evs, _ := lab.Events(machine)
+	var out []inventory.Event
+	for _, ev := range evs {
+		if ev.Reason == reconciler.CondPowerDrift {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
