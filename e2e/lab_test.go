@@ -151,15 +151,9 @@ func TestLabLifecycle(t *testing.T) {
 func discoverInLab(t *testing.T, lab *netlab.VMLab, vm *netlab.LabVM) {
 	t.Helper()
 	netlab.RequireBinary(t, "ipmitool")
-	pw, err := os.ReadFile(lab.PasswordFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := strings.Cut(vm.BMCAddr, ":")
 	for _, args := range [][]string{{"chassis", "bootdev", "pxe"}, {"chassis", "power", "on"}} {
-		cmd := append([]string{"ipmitool", "-I", "lanplus", "-H", host, "-p", port, "-U", "admin", "-P", strings.TrimSpace(string(pw))}, args...)
-		if out, err := lab.NS.Exec(cmd...); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		if _, err := lab.IPMITool(vm.Name, args...); err != nil {
+			t.Fatal(err)
 		}
 	}
 	start := time.Now()

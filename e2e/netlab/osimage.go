@@ -25,9 +25,12 @@ import (
 // directory per version of the build script.
 const OSImageCache = "/var/cache/kiln-e2e"
 
-// osImageTools are what e2e/osimage/build-debian.sh runs (binaries, or
-// files when absolute) and the Debian packages that ship them.
-var osImageTools = []struct{ name, pkg string }{
+// tool is a binary (or a file, when absolute) a test needs, and the
+// Debian package that ships it.
+type tool struct{ name, pkg string }
+
+// osImageTools are what e2e/osimage/build-debian.sh runs.
+var osImageTools = []tool{
 	{"mmdebstrap", "mmdebstrap"},
 	{"mkfs.vfat", "dosfstools"},
 	{"mcopy", "mtools"},
@@ -269,8 +272,16 @@ func readEnvFile(path string) (map[string]string, error) {
 // build needs is missing, naming its Debian package.
 func requireOSImageTools(t testing.TB) {
 	t.Helper()
+	requireTools(t, "building the Debian OS image", osImageTools)
+}
+
+// requireTools skips the test (fails it under CI=true) when one of the
+// tools (binaries, or files when absolute) is missing, naming what provides
+// it (a Debian package).
+func requireTools(t testing.TB, what string, tools []tool) {
+	t.Helper()
 	var missing, pkgs []string
-	for _, tool := range osImageTools {
+	for _, tool := range tools {
 		var err error
 		if filepath.IsAbs(tool.name) {
 			_, err = os.Stat(tool.name)
@@ -285,8 +296,7 @@ func requireOSImageTools(t testing.TB) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("netlab: building the Debian OS image needs %s (apt-get install %s)",
-		strings.Join(missing, ", "), strings.Join(pkgs, " "))
+	msg := fmt.Sprintf("netlab: %s needs %s (apt-get install %s)", what, strings.Join(missing, ", "), strings.Join(pkgs, " "))
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg + "; .ci/run should have installed them")
 	}

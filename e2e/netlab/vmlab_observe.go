@@ -184,6 +184,17 @@ func MetricValue(metrics, series string) string {
 // Status reads the machine's status (phase, facts, results…) from etcd,
 // read-only, as `kiln describe` does.
 func (v *VMLab) Status(machine string) (inventory.MachineStatus, error) {
+	var st inventory.MachineStatus
+	err := v.withStore(func(ctx context.Context, s *inventory.Store) (err error) {
+		st, err = inventory.GetJSON[inventory.MachineStatus](ctx, s, s.Keys().MachineStatus(machine))
+		return err
+	})
+	return st, err
+}
+
+// withStore runs f with a read-only view of the lab's etcd, reached from
+// inside the lab's namespace, and a 15-s deadline.
+func (v *VMLab) withStore(f func(context.Context, *inventory.Store) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(strings.ReplaceAll(v.EtcdEndpoints(), "http://", ""), ","), DialTimeout: 10 * time.Second,
@@ -191,11 +202,10 @@ func (v *VMLab) Status(machine string) (inventory.MachineStatus, error) {
 			return v.DialContext(ctx, "tcp", addr)
 		})}})
 	if err != nil {
-		return inventory.MachineStatus{}, err
+		return err
 	}
 	defer cli.Close()
-	s := inventory.NewStore(cli, "", slog.New(slog.DiscardHandler))
-	return inventory.GetJSON[inventory.MachineStatus](ctx, s, s.Keys().MachineStatus(machine))
+	return f(ctx, inventory.NewStore(cli, "", slog.New(slog.DiscardHandler)))
 }
 
 // Facts returns the hardware facts the machine agent reported.

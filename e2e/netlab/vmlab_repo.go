@@ -60,12 +60,20 @@ func (v *VMLab) initRepo() {
 
 // RackYAML is the lab's Rack and Subnet: the gateway and .2–.9 reserved
 // for the lab, VM n at .10+n, dynamic .200–.250.
-func (v *VMLab) RackYAML() string {
+func (v *VMLab) RackYAML() string { return v.RackYAMLWith("") }
+
+// RackYAMLWith is RackYAML with the Rack's spec: YAML lines indented by
+// two spaces, e.g. "  powerDrift: correct\n" ("" for none).
+func (v *VMLab) RackYAMLWith(spec string) string {
 	p := v.Config.Subnet
+	rack := ""
+	if spec != "" {
+		rack = "spec:\n" + strings.TrimRight(spec, "\n") + "\n"
+	}
 	return fmt.Sprintf(`apiVersion: kiln.dev/v1alpha1
 kind: Rack
 metadata: {name: %s}
----
+%s---
 apiVersion: kiln.dev/v1alpha1
 kind: Subnet
 metadata: {name: %s}
@@ -79,7 +87,7 @@ spec:
   dynamicRange: {start: %s, end: %s}
   reserved: [{start: %s, end: %s}]
   leaseTime: 1h
-`, v.Config.Rack, SubnetName, p, v.Config.Rack, v.Gateway, v.Gateway,
+`, v.Config.Rack, rack, SubnetName, p, v.Config.Rack, v.Gateway, v.Gateway,
 		hostAddr(p, 200), hostAddr(p, 250), hostAddr(p, 2), hostAddr(p, 9))
 }
 
@@ -122,6 +130,7 @@ type MachineOpts struct {
 	Erase                string
 	UserData             string
 	Maintenance          bool
+	Adopt                bool // adopt: a running machine, recorded deployed without a power action
 	CommissionGeneration int64
 	DeployGeneration     int64
 	Extra                string // more lines of spec, indented by two spaces
@@ -156,6 +165,9 @@ spec:
 	}
 	if o.Maintenance {
 		b.WriteString("  maintenance: true\n")
+	}
+	if o.Adopt {
+		b.WriteString("  adopt: true\n")
 	}
 	if o.CommissionGeneration != 0 {
 		fmt.Fprintf(&b, "  commissionGeneration: %d\n", o.CommissionGeneration)
