@@ -78,6 +78,9 @@ type Policy struct {
 	// OSReportTimeout bounds how long a deploy waits, after the disk boot,
 	// for the deployed OS to report in (default 15m).
 	OSReportTimeout time.Duration
+	// NoFastTrack powers a machine off after commissioning even when it
+	// is to be deployed (fasttrack.go; kiln server --fast-track=false).
+	NoFastTrack bool
 	// PowerDriftGrace is how long after Kiln's own power action an
 	// observed power state against the phase is not yet drift (default
 	// DefaultPowerDriftGrace; see drift.go).
@@ -405,6 +408,9 @@ func (d *decider) working() bool {
 			}
 			return d.agentSucceeded()
 		}
+		if d.fastTracked() {
+			return false // the agent is up already: no power task to wait for
+		}
 		return d.waitTask(false)
 	case StepDisk:
 		return d.waitTask(true)
@@ -520,7 +526,7 @@ func (d *decider) report() *inventory.MachineReport {
 // than the one waited for was ignored.
 func (d *decider) ignoreOtherBoot() {
 	r, st := d.in.Report, d.st()
-	if r == nil || (r.Result == nil && r.OSReport == nil) || (r.TaskID != "" && r.TaskID == st.BootTaskID) {
+	if r == nil || (r.Result == nil && r.OSReport == nil) || (r.TaskID != "" && (r.TaskID == st.BootTaskID || r.TaskID == st.FastTrackFrom)) {
 		return
 	}
 	task := r.TaskID
@@ -538,7 +544,7 @@ func (d *decider) ignoreOtherBoot() {
 // network boot is known to have been done (or is a person's to do).
 func (d *decider) resultReady() bool {
 	t := d.task
-	return t != nil && t.ID == d.st().TaskID && (t.State == inventory.TaskDone || t.State == inventory.TaskManual)
+	return d.fastTracked() || t != nil && t.ID == d.st().TaskID && (t.State == inventory.TaskDone || t.State == inventory.TaskManual)
 }
 
 // agentSucceeded ends the agent step of a working phase.
@@ -554,6 +560,9 @@ func (d *decider) agentSucceeded() bool {
 		st.Facts = r.Facts // the region's copy: profiles and the CLI read it
 		st.CommissionedGeneration, st.CommissionedAt = sp.CommissionGeneration, now
 		st.SetCondition(CondCommissioned, "True", "AgentReported", "hardware facts reported", now)
+		if d.fastTrack() {
+			return true
+		}
 		d.finish(PhaseReady, "Commissioned", "hardware commissioned")
 		d.checkCabling() // the facts' LLDP neighbours against the rack's ports
 	case PhaseErasing:
@@ -761,6 +770,7 @@ func (d *decider) transition(phase, reason, msg string) {
 	from := st.Phase
 	st.Phase, st.PhaseStartedAt, st.StepStartedAt = phase, d.in.Now, d.in.Now
 	st.Step, st.TaskID, st.Reason = "", "", ""
+	st.FastTrackFrom = "" // a handover lasts one phase
 	st.Message = msg
 	d.out.Events = append(d.out.Events, inventory.Event{Time: d.in.Now, Machine: d.name(), Type: "Normal",
 		Reason: reason, Message: msg, From: from, To: phase})

@@ -183,7 +183,7 @@ func TestFullLifecycle(t *testing.T) {
 		t.Fatalf("Deployed condition: %+v", st.Conditions)
 	}
 	e.waitPhase("c", "deployed", time.Minute)
-	for _, r := range []string{"Commissioning", "Commissioned", "Deploying", "Deployed"} {
+	for _, r := range []string{"Commissioning", "Commissioned", "FastTrack", "Deployed"} { // b is deployed from the start: fast track
 		if !hasEvent(e.events("b"), r, "") {
 			t.Errorf("no %s event for b: %+v", r, e.events("b"))
 		}

@@ -219,6 +219,48 @@ func (s *sim) agent(ctx context.Context, rack, machine, purpose, taskID string) 
 			st.Result.Reason = "simulated " + purpose + " failure"
 		}
 	})
+	if purpose == "commission" && !fail {
+		s.fastTrack(ctx, rack, machine, taskID)
+	}
+}
+
+// fastTrack plays the commissioning agent asking for its next task: when
+// the region hands this boot the deploy (fastTrackFrom), it deploys
+// without a reboot, its reports filed under the deploy's boot as the
+// rack files them.
+func (s *sim) fastTrack(ctx context.Context, rack, machine, taskID string) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	key := s.store.Keys().MachineStatus(machine)
+	resp, err := s.store.Client().Get(ctx, key)
+	if err != nil {
+		return
+	}
+	wc := s.store.Client().Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	kvs := resp.Kvs
+	for {
+		for _, kv := range kvs {
+			var st inventory.MachineStatus
+			if json.Unmarshal(kv.Value, &st) != nil || st.Phase == "commissioning" {
+				continue
+			}
+			if st.FastTrackFrom == taskID {
+				s.mu.Lock()
+				s.boot[machine] = st.BootTaskID // the OS's report is filed there too
+				s.mu.Unlock()
+				s.agent(ctx, rack, machine, "deploy", st.BootTaskID)
+			}
+			return // powered off instead: nothing more to do
+		}
+		wr, ok := <-wc
+		if !ok {
+			return
+		}
+		kvs = kvs[:0]
+		for _, ev := range wr.Events {
+			kvs = append(kvs, ev.Kv)
+		}
+	}
 }
 
 // os plays the deployed OS reporting in after its disk boot.

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,10 @@ type Agent struct {
 	Disks func() ([]agentapi.Disk, error)
 	Arch  string
 	Log   *slog.Logger
+	// FastTrackPoll is how often, and FastTrackWait how long, the agent
+	// asks for its next task after commissioning (fastTrack); 0 means 2 s
+	// and DefaultFastTrackWait.
+	FastTrackPoll, FastTrackWait time.Duration
 	// Console gets the plain status lines an operator (or the e2e test)
 	// reads on the serial console: "kiln-agent: result success".
 	Console io.Writer
@@ -48,7 +53,46 @@ func (a *Agent) Run(ctx context.Context) error {
 	default:
 		err = fmt.Errorf("the boot server says purpose %q, which the ephemeral image has nothing to do for", task.Purpose)
 	}
-	return a.finish(ctx, detail, err)
+	err = a.finish(ctx, detail, err)
+	if err != nil || task.Purpose != agentapi.PurposeCommission {
+		return err
+	}
+	return a.fastTrack(ctx)
+}
+
+// DefaultFastTrackWait bounds how long the agent, after commissioning,
+// asks for a next task: the region decides within seconds whether the
+// machine is deployed now (fast track) or powered off.
+const DefaultFastTrackWait = 2 * time.Minute
+
+// fastTrack asks, after a successful commissioning, for the next task:
+// a deploy (the region handed this boot the deployment: no reboot), or
+// anything else, which ends the agent's work (the machine is powered off
+// by the rack). While the region has not decided, the task still says
+// commission.
+func (a *Agent) fastTrack(ctx context.Context) error {
+	every, within := cmp.Or(a.FastTrackPoll, 2*time.Second), cmp.Or(a.FastTrackWait, DefaultFastTrackWait)
+	wait, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		select {
+		case <-wait.Done():
+			return nil // no deploy came: the power-off will
+		case <-time.After(every):
+		}
+		task, err := a.Client.Task(wait)
+		switch {
+		case err != nil:
+			continue // the rack may be failing over; the deadline bounds it
+		case task.Purpose == agentapi.PurposeCommission:
+			continue // not decided yet
+		case task.Purpose != agentapi.PurposeDeploy:
+			return nil
+		}
+		a.say("kiln-agent: fast track: task %s for %s (boot %s)", task.Purpose, task.Machine, task.BootID)
+		detail, err := a.deploy(ctx, task)
+		return a.finish(ctx, detail, err)
+	}
 }
 
 // finish reports the result; it keeps trying (DefaultRetry) even when ctx

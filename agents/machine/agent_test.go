@@ -7,10 +7,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kilnhq/kiln/agents/machine/facts"
 	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/agentapi"
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 // syncBuffer is a console the test reads.
@@ -50,7 +52,37 @@ func newTestAgent(t *testing.T, env *rackEnv, token string, disks ...agentapi.Di
 		Arch:       "amd64",
 		Log:        env.log,
 		Console:    console,
+		// After commissioning: ask for a next task briefly (fast track).
+		FastTrackPoll: 5 * time.Millisecond, FastTrackWait: 50 * time.Millisecond,
 	}, console
+}
+
+// Fast track: after commissioning, the agent asks for its next task; once
+// the rack says deploy, it deploys without a reboot, with the same token.
+func TestAgentFastTrack(t *testing.T) {
+	t.Parallel()
+	img := gptImage(t)
+	env := newRackEnv(t)
+	env.rack.SetImage("disk.raw.zst", zst(t, img), "")
+	env.rack.SetPurpose(agentapi.PurposeCommission)
+	disk := agentapi.Disk{Name: "vda", Path: tempDisk(t, diskSize), SizeBytes: diskSize}
+	a, console := newTestAgent(t, env, testToken, disk)
+	a.FastTrackWait = time.Minute
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	kilntest.Eventually(t, 30*time.Second, "the commissioning result", func() bool { return len(env.rack.Results()) == 1 })
+	env.rack.SetPurpose(agentapi.PurposeDeploy)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rs := env.rack.Results()
+	if len(rs) != 2 || !rs[0].Success || !rs[1].Success || !strings.Contains(rs[1].Reason, "image debian written to ") {
+		t.Fatalf("results = %+v, want commissioning then the deploy, both successful", rs)
+	}
+	checkDeployed(t, img, disk.Path)
+	if !strings.Contains(console.String(), "kiln-agent: fast track: task deploy") {
+		t.Errorf("console:\n%s", console)
+	}
 }
 
 func TestAgentCommission(t *testing.T) {

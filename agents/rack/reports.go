@@ -2,6 +2,7 @@ package rack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,8 +29,13 @@ func (b bootBackend) Report(ctx context.Context, machine string, r agentapi.Repo
 		}
 		lease = l
 	}
+	task, err := b.handedOver(ctx, machine, r.TaskID)
+	if err != nil {
+		return fmt.Errorf("store report of %s: %w", machine, err)
+	}
+	r.TaskID = task
 	now := time.Now().UTC()
-	err := b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, lease, func(rep *inventory.MachineReport) {
+	err = b.a.store.UpdateReport(ctx, b.a.cfg.Rack, machine, r.TaskID, lease, func(rep *inventory.MachineReport) {
 		if r.BootID != "" {
 			rep.BootID = r.BootID
 		}
@@ -49,4 +55,25 @@ func (b bootBackend) Report(ctx context.Context, machine string, r agentapi.Repo
 		return fmt.Errorf("store report of %s: %w", machine, err)
 	}
 	return nil
+}
+
+// handedOver is the boot a report of boot task belongs to: the deploy's
+// boot when the region handed that (commissioning) boot the deploy (fast
+// track: status fastTrackFrom), else task itself. Only the region's
+// record of that one handover moves a boot's reports; a token of any
+// other boot keeps its own task, whose reports the region ignores.
+func (b bootBackend) handedOver(ctx context.Context, machine, task string) (string, error) {
+	if task == "" || spec.IsDiscovered(machine) {
+		return task, nil
+	}
+	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, b.a.store, b.a.store.Keys().MachineStatus(machine))
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		return task, nil
+	case err != nil:
+		return "", err
+	case st.FastTrackFrom != "" && st.FastTrackFrom == task && st.BootTaskID != "":
+		return st.BootTaskID, nil
+	}
+	return task, nil
 }

@@ -86,3 +86,45 @@ func TestReportsGoUnderTheRacksPrefixOnly(t *testing.T) {
 		t.Fatalf("a new boot kept the earlier boot's report: %+v", rep)
 	}
 }
+
+// Fast track: once the region records that the commissioning boot T1
+// was handed the deploy (fastTrackFrom T1, boot T1.fast-track), T1's
+// reports are filed under the deploy's boot, in a fresh record that
+// does not carry the commissioning result. A token of any other boot
+// keeps its own task (the region ignores it), and nothing moves without
+// the region's record.
+func TestFastTrackHandsTheBootsReportsOver(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	ctx := context.Background()
+	store := inventory.NewStore(cli, "", quiet())
+	b := bootBackend{New(Config{Rack: "r1", ID: "a"}, store, prometheus.NewRegistry(), quiet())}
+	report := func(task string, r agentapi.Report) inventory.MachineReport {
+		t.Helper()
+		r.TaskID = task
+		if err := b.Report(ctx, "m1", r); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := inventory.GetJSON[inventory.MachineReport](ctx, store, store.Keys().Report("r1", "m1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	ok := agentapi.Report{Result: &agentapi.Result{Success: true}}
+	if rep := report("T1", ok); rep.TaskID != "T1" {
+		t.Fatalf("no handover recorded yet: filed under %q, want T1", rep.TaskID)
+	}
+	st := inventory.MachineStatus{Phase: "deploying", BootTaskID: "T1.fast-track", FastTrackFrom: "T1"}
+	v, _ := json.Marshal(st)
+	if _, err := cli.Put(ctx, store.Keys().MachineStatus("m1"), string(v)); err != nil {
+		t.Fatal(err)
+	}
+	rep := report("T1", agentapi.Report{Progress: &agentapi.Progress{Phase: "write"}})
+	if rep.TaskID != "T1.fast-track" || rep.Result != nil || rep.Progress == nil {
+		t.Fatalf("T1's deploy progress after the handover: %+v; want a fresh record of T1.fast-track", rep)
+	}
+	// An older boot's token (T0) is not handed anything.
+	if rep := report("T0", ok); rep.TaskID != "T0" {
+		t.Fatalf("a report of another boot was filed under %q, want its own T0", rep.TaskID)
+	}
+}

@@ -30,4 +30,10 @@ func TestPowerDriftGraceFlag(t *testing.T) {
 	if _, err = parse("--power-drift-grace=0s"); err == nil {
 		t.Fatal("a zero grace was accepted")
 	}
+	if cfg.Policy.NoFastTrack {
+		t.Fatal("fast track is off by default")
+	}
+	if cfg, err = parse("--fast-track=false"); err != nil || !cfg.Policy.NoFastTrack {
+		t.Fatalf("--fast-track=false: %+v, %v", cfg.Policy, err)
+	}
 }

@@ -110,6 +110,7 @@ type regionFlags struct {
 	powerTimeout        time.Duration
 	osReportTimeout     time.Duration
 	powerDriftGrace     time.Duration
+	fastTrack           bool
 	attempts            int
 	backoff, maxBackoff time.Duration
 }
@@ -124,6 +125,7 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.powerTimeout, "power-timeout", 5*time.Minute, "how long a power task may wait for a rack agent")
 	fs.DurationVar(&r.osReportTimeout, "os-report-timeout", reconciler.DefaultOSReportTimeout, "how long a deploy waits, after the disk boot, for the deployed OS to report in (images with confirm: none do not wait)")
 	fs.DurationVar(&r.powerDriftGrace, "power-drift-grace", reconciler.DefaultPowerDriftGrace, "how long after Kiln's own power action an observed power state against the phase is not yet PowerDrift")
+	fs.BoolVar(&r.fastTrack, "fast-track", true, "deploy a machine whose state is deployed right after commissioning, by the still-running agent, without a second boot (false: power off and network-boot again)")
 	fs.IntVar(&r.attempts, "max-attempts", 3, "attempts of a failed phase before the machine waits for a person")
 	fs.DurationVar(&r.backoff, "retry-backoff", time.Minute, "wait before retrying a failed phase; doubles per attempt")
 	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
@@ -153,7 +155,7 @@ func (r *regionFlags) config() (reconciler.Config, error) {
 	}
 	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
 		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff,
-		OSReportTimeout: r.osReportTimeout, PowerDriftGrace: r.powerDriftGrace}}, nil
+		OSReportTimeout: r.osReportTimeout, PowerDriftGrace: r.powerDriftGrace, NoFastTrack: !r.fastTrack}}, nil
 }
 
 // serve runs a region server until ctx ends, then drains: the components
