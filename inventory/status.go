@@ -70,11 +70,11 @@ type MachineStatus struct {
 	BootTaskID string `json:"bootTaskID,omitempty"`
 	// IgnoredReport is the task of the last report of another boot the
 	// region ignored (so that it says so once).
-	IgnoredReport  string    `json:"ignoredReport,omitempty"`
+	IgnoredReport string `json:"ignoredReport,omitempty"`
 	// FastTrackFrom is the commissioning boot (its network-boot task)
 	// whose still-running agent was handed this deploy (fast track): the
 	// rack files that boot's reports under BootTaskID.
-	FastTrackFrom string `json:"fastTrackFrom,omitempty"`
+	FastTrackFrom  string    `json:"fastTrackFrom,omitempty"`
 	PhaseStartedAt time.Time `json:"phaseStartedAt,omitzero"`
 	StepStartedAt  time.Time `json:"stepStartedAt,omitzero"`
 	// Attempts counts failed attempts of the current (or failed) phase.
