@@ -450,6 +450,9 @@ func TestRackServesReservationsWhileEtcdIsAway(t *testing.T) {
 	r := netlab.Rack(t)
 	k := startKilnRack(t, r, "managed", 1)
 	agent, _ := k.leader()
+	// "leading the rack" comes just before DHCP listens: a DISCOVER sent
+	// in between is lost, so wait for the DHCP server itself.
+	kilntest.Eventually(t, 30*time.Second, "the leader's DHCP server", func() bool { return strings.Contains(agent.Log(), "serving interface") })
 	known, err := netlab.NewProbe(r.Cli, r.Iface, netlab.ProbeOpts{MAC: "52:54:00:00:00:11", Wait: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
