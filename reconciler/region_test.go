@@ -172,6 +172,10 @@ func TestFullLifecycle(t *testing.T) {
 	e := newEnv(t)
 	machines := map[string]string{"a": "state: ready", "b": "state: deployed", "c": "state: deployed\nerase: quick"}
 	e.apply(lab(t, machines), "r1")
+	// Fast track needs the image on the rack when commissioning ends; the
+	// simulated rack reports it on its own time, so wait for it first.
+	waitJSON(e, "b", e.store.Keys().ImageStatus("r1", "debian"), time.Minute, "image debian ready on r1",
+		func(st inventory.ImageStatus) bool { return st.State == "ready" })
 	_, reg := e.region("region-1", reconciler.Config{})
 
 	e.waitPhase("a", "ready", time.Minute)
