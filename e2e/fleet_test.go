@@ -86,8 +86,9 @@ const (
 // vm-b is declared on Ethernet1/12 but cabled to (its LLDP says)
 // Ethernet1/2.
 const (
-	torMAC        = "02:5a:00:00:00:01"
-	fleetSwitches = `  switches:
+	torMAC             = "02:5a:00:00:00:01"
+	switchLLDPInterval = 30 * time.Second // a switch's default
+	fleetSwitches      = `  switches:
     - name: tor-1
       chassisID: "` + torMAC + `"
       ports:
@@ -216,8 +217,10 @@ func diskSum(t *testing.T, vm *netlab.LabVM) string {
 func (f *fleet) cablingAndFastTrack() {
 	t, lab := f.t, f.lab
 	a, b := lab.VM("vm-a"), lab.VM("vm-b")
-	lab.NS.SendLLDP(a.Tap, netlab.LLDPPort{ChassisMAC: torMAC, SystemName: "tor-1", Port: "Ethernet1/1", PortDesc: "to vm-a"}, 2*time.Second)
-	lab.NS.SendLLDP(b.Tap, netlab.LLDPPort{ChassisMAC: torMAC, SystemName: "tor-1", Port: "Ethernet1/2", PortDesc: "to vm-b"}, 2*time.Second)
+	// A switch's default: a frame every 30 s (the first goes out now,
+	// before the VMs boot); the agent listens 31 s from its start.
+	lab.NS.SendLLDP(a.Tap, netlab.LLDPPort{ChassisMAC: torMAC, SystemName: "tor-1", Port: "Ethernet1/1", PortDesc: "to vm-a"}, switchLLDPInterval)
+	lab.NS.SendLLDP(b.Tap, netlab.LLDPPort{ChassisMAC: torMAC, SystemName: "tor-1", Port: "Ethernet1/2", PortDesc: "to vm-b"}, switchLLDPInterval)
 	markA, markB := a.VBMC.Mark(), b.VBMC.Mark()
 	lab.Apply("vm-a (deployed) and vm-b (ready), cabled to tor-1", map[string]string{
 		"rack.yaml":                lab.RackYAMLWith(f.rack),

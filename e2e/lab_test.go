@@ -63,6 +63,7 @@ func TestLabLifecycle(t *testing.T) {
 		EtcdMembers:  3,
 		Servers:      3,
 		ServerArgs:   []string{"--os-report-timeout", "10m"},
+		AgentArgs:    []string{"kiln.lldp=5s"}, // no switch sends LLDP here (TestLabFleet's do)
 	})
 	bios, uefi := lab.VM("vm-bios"), lab.VM("vm-uefi")
 	// A known machine without a VM (in maintenance: never powered), whose
@@ -537,7 +538,8 @@ func TestDemo(t *testing.T) {
 			{Name: "vm-1", MAC: "52:54:00:77:00:01", Firmware: netlab.BIOS, BMC: netlab.IPMI, Memory: 1024, CPUs: 1, Serial: "KILN-DEMO-1", NICROM: true},
 			{Name: "vm-2", MAC: "52:54:00:77:00:02", Firmware: netlab.UEFI, BMC: netlab.RedfishTLS, Memory: 1024, CPUs: 1, Serial: "KILN-DEMO-2"},
 		},
-		Images: []netlab.OSImage{{Name: "debian-12", Path: debian, SHA256: sum}},
+		Images:    []netlab.OSImage{{Name: "debian-12", Path: debian, SHA256: sum}},
+		AgentArgs: []string{"kiln.lldp=5s"}, // no switch sends LLDP in the demo
 	})
 	ns := lab.NS.Name
 	say("lab up in network namespace %s (bridge %s, gateway %s, subnet %s)", ns, lab.Bridge, lab.Gateway, lab.Config.Subnet)

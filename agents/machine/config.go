@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/kilnhq/kiln/agents/machine/facts"
 )
 
 // What the agent does once its task is done.
@@ -23,12 +26,19 @@ type Config struct {
 	Token   string // kiln.token: the boot token, a secret
 	After   string // kiln.after: poweroff (default), reboot, wait
 	Debug   bool   // kiln.debug=1
+	// LLDPWait (kiln.lldp=31s) is how long from the agent's start it
+	// listens for LLDP frames; 0 turns listening off.
+	LLDPWait time.Duration
 }
+
+// MaxLLDPWait bounds kiln.lldp: a typo must not hold a boot for hours.
+const MaxLLDPWait = 5 * time.Minute
 
 // ParseCmdline reads the kiln.* arguments of a kernel command line
 // (/proc/cmdline). kiln.url, kiln.machine and kiln.token are required.
 func ParseCmdline(cmdline string) (Config, error) {
-	c := Config{After: AfterPowerOff}
+	c := Config{After: AfterPowerOff, LLDPWait: facts.DefaultLLDPWait}
+	var errs []error
 	for _, f := range strings.Fields(cmdline) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -44,9 +54,17 @@ func ParseCmdline(cmdline string) (Config, error) {
 			c.After = v
 		case "kiln.debug":
 			c.Debug = v == "1" || v == "true" || v == ""
+		case "kiln.lldp":
+			d, err := time.ParseDuration(v)
+			if v == "0" || v == "off" {
+				d, err = 0, nil
+			}
+			if err != nil || d < 0 || d > MaxLLDPWait {
+				errs = append(errs, fmt.Errorf("kiln.lldp=%q: want a duration from 0 (off) to %s, e.g. 31s", v, MaxLLDPWait))
+			}
+			c.LLDPWait = d
 		}
 	}
-	var errs []error
 	if c.URL == "" {
 		errs = append(errs, errors.New("kiln.url is missing"))
 	} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -73,6 +91,6 @@ func ParseCmdline(cmdline string) (Config, error) {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("url", c.URL), slog.String("machine", c.Machine), slog.String("purpose", c.Purpose),
-		slog.String("after", c.After), slog.Bool("debug", c.Debug), slog.Bool("token_set", c.Token != ""),
+		slog.String("after", c.After), slog.Bool("debug", c.Debug), slog.Duration("lldp", c.LLDPWait), slog.Bool("token_set", c.Token != ""),
 	)
 }

@@ -19,4 +19,8 @@ type NetworkOptions struct {
 	Interfaces []string
 	// Timeout for the whole bring-up; default 60 s.
 	Timeout time.Duration
+	// LinksUp, if set, is told the links brought up, before DHCP runs on
+	// them (the agent starts listening for LLDP there: many switches send
+	// a frame as soon as a link comes up).
+	LinksUp func(names ...string)
 }

@@ -59,6 +59,9 @@ func BringUpNetwork(ctx context.Context, log *slog.Logger, opts NetworkOptions) 
 	if len(names) == 0 {
 		return Lease{}, errors.New("no Ethernet interface found (is the NIC's driver in the ephemeral image?)")
 	}
+	if opts.LinksUp != nil {
+		opts.LinksUp(names...)
+	}
 	log.Info("running DHCP", "interfaces", names)
 
 	type result struct {

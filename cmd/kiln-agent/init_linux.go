@@ -53,7 +53,7 @@ func runInit() {
 		fmt.Fprintf(console, "kiln-agent: result failure: %v\n", err)
 		cfg.After = machine.AfterWait // nobody can be told: keep the console for a person
 	} else {
-		opts := options{network: true, netWait: 60 * time.Second, lldpWait: facts.DefaultLLDPWait, roots: facts.DefaultRoots, caPath: machine.CAPath}
+		opts := options{network: true, netWait: 60 * time.Second, roots: facts.DefaultRoots, caPath: machine.CAPath}
 		_ = agentMain(ctx, cfg, opts, log, console) // reported and printed already
 	}
 	finish(cfg.After, log, console)

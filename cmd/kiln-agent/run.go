@@ -20,11 +20,10 @@ import (
 
 // options are what the agent needs besides the kernel command line.
 type options struct {
-	network  bool          // bring the network up with DHCP first
-	netWait  time.Duration // DHCP deadline
-	lldpWait time.Duration
-	roots    facts.Roots
-	caPath   string // the rack's CA; a missing file means plain http
+	network bool          // bring the network up with DHCP first
+	netWait time.Duration // DHCP deadline
+	roots   facts.Roots
+	caPath  string // the rack's CA; a missing file means plain http
 }
 
 // run is the agent as a normal process: the kiln.* arguments come from
@@ -35,7 +34,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cmdline := fs.String("cmdline", "", "kernel command line with the kiln.* arguments (default: /proc/cmdline)")
 	network := fs.Bool("network", true, "bring the network up with DHCP before talking to the rack")
-	lldpWait := fs.Duration("lldp-wait", facts.DefaultLLDPWait, "how long to listen for LLDP frames")
 	caPath := fs.String("ca", machine.CAPath, "the rack's CA (PEM): when the file exists, the agent talks to the rack over https verified against it only, and refuses http")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -59,7 +57,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(stderr, cfg.Debug)
-	opts := options{network: *network, netWait: 60 * time.Second, lldpWait: *lldpWait, roots: facts.DefaultRoots, caPath: *caPath}
+	opts := options{network: *network, netWait: 60 * time.Second, roots: facts.DefaultRoots, caPath: *caPath}
 	if err := agentMain(ctx, cfg, opts, log, stderr); err != nil {
 		return 1
 	}
@@ -79,12 +77,20 @@ func newLogger(w io.Writer, debug bool) *slog.Logger {
 func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.Logger, console io.Writer) error {
 	log = log.With("machine", cfg.Machine)
 	log.Info("kiln-agent starting", "version", version, "config", cfg)
+	// LLDP is heard from the agent's start (each link as soon as it is
+	// up), while it gets its network and its task, so that switches
+	// sending every 30 s are in the facts.
+	lldp := facts.WatchLLDP(ctx, cfg.LLDPWait, log)
+	defer lldp.Stop()
 	if opts.network {
-		if _, err := machine.BringUpNetwork(ctx, log, machine.NetworkOptions{Timeout: opts.netWait}); err != nil {
+		if _, err := machine.BringUpNetwork(ctx, log, machine.NetworkOptions{Timeout: opts.netWait, LinksUp: lldp.Listen}); err != nil {
 			// Nothing can be reported without a network: say it here.
 			fmt.Fprintf(console, "kiln-agent: result failure: network: %v\n", err)
 			return err
 		}
+	}
+	if err := lldp.ListenUp(); err != nil {
+		log.Warn("lldp: cannot listen", "err", err)
 	}
 	client, deployer, err := rackClients(cfg, opts.caPath, log)
 	if err != nil {
@@ -96,7 +102,7 @@ func agentMain(ctx context.Context, cfg machine.Config, opts options, log *slog.
 		Client:     client,
 		Deployer:   deployer,
 		Eraser:     &machine.Eraser{Client: client, Log: log},
-		Collectors: facts.Default(opts.roots, opts.lldpWait, log),
+		Collectors: facts.Watching(opts.roots, lldp, log),
 		Disks:      func() ([]agentapi.Disk, error) { return facts.Disks(opts.roots) },
 		Arch:       runtime.GOARCH,
 		Log:        log,

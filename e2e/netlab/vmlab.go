@@ -75,6 +75,10 @@ type VMLabConfig struct {
 	RackAgents   int      // `kiln rack` agents of the rack; default 2
 	ServerArgs   []string // more `kiln server` flags, e.g. --timeout-commissioning 10m
 	RackArgs     []string // more `kiln rack` flags
+	// AgentArgs are more kernel arguments for the ephemeral image, e.g.
+	// kiln.lldp=5s where no switch sends LLDP (the agent's default is to
+	// listen 31 s for a switch's 30-s frames).
+	AgentArgs []string
 	// Dir keeps the lab's files (repository, disks, logs, consoles) in a
 	// fixed folder, emptied first, instead of a test temporary folder.
 	Dir string
@@ -317,7 +321,7 @@ func (v *VMLab) buildEphemeral() {
 		agent = BuildMachineAgent(t, v.Dir)
 	}
 	start := time.Now()
-	v.Ephemeral = BuildEphemeral(t, v.Config.KilnBin, agent, v.Path("ephemeral"), "", EphemeralCmdline)
+	v.Ephemeral = BuildEphemeral(t, v.Config.KilnBin, agent, v.Path("ephemeral"), "", v.ephemeralCmdline())
 	t.Logf("netlab: built the ephemeral image in %s", time.Since(start).Round(100*time.Millisecond))
 }
 

@@ -91,6 +91,11 @@ spec:
 		hostAddr(p, 200), hostAddr(p, 250), hostAddr(p, 2), hostAddr(p, 9))
 }
 
+// ephemeralCmdline is EphemeralCmdline with the lab's AgentArgs.
+func (v *VMLab) ephemeralCmdline() string {
+	return strings.Join(append([]string{EphemeralCmdline}, v.Config.AgentArgs...), " ")
+}
+
 // ImagesYAML is the ephemeral image and the OS images, with the mirror's
 // URLs.
 func (v *VMLab) ImagesYAML() string {
@@ -105,7 +110,7 @@ spec:
   kernel: {url: %q, sha256: %s}
   initrd: {url: %q, sha256: %s}
   cmdline: %q
-`, EphemeralImageName, v.MirrorURL+"/ephemeral/vmlinuz", e.KernelSHA, v.MirrorURL+"/ephemeral/initramfs.cpio.gz", e.InitrdSHA, EphemeralCmdline)
+`, EphemeralImageName, v.MirrorURL+"/ephemeral/vmlinuz", e.KernelSHA, v.MirrorURL+"/ephemeral/initramfs.cpio.gz", e.InitrdSHA, v.ephemeralCmdline())
 	for _, im := range v.Config.Images {
 		fmt.Fprintf(&b, `---
 apiVersion: kiln.dev/v1alpha1

@@ -3,6 +3,7 @@
 package facts
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,12 @@ var errOS = fmt.Errorf("hardware facts on %s: %w", runtime.GOOS, errors.ErrUnsup
 
 // Default has no collectors off Linux.
 func Default(Roots, time.Duration, *slog.Logger) []Collector { return nil }
+
+// Watching has no collectors off Linux.
+func Watching(Roots, *LLDPWatch, *slog.Logger) []Collector { return nil }
+
+// listenLLDP is Linux only.
+func listenLLDP(context.Context, string) (*agentapi.Neighbor, error) { return nil, errOS }
 
 // Disks is Linux only.
 func Disks(Roots) ([]agentapi.Disk, error) { return nil, errOS }

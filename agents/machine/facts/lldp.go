@@ -14,10 +14,11 @@ import (
 	"github.com/kilnhq/kiln/spec/agentapi"
 )
 
-// DefaultLLDPWait is how long the LLDP collector listens: switches send
-// every 30 s by default, but most send at once when a link comes up, and
-// the agent brings its links up before it collects.
-const DefaultLLDPWait = 5 * time.Second
+// DefaultLLDPWait is how long the agent listens for LLDP from its start:
+// switches send every 30 s by default (many also at once when a link
+// comes up), so 31 s hears each at least once. Facts are sent as soon as
+// every interface that is up has heard its neighbour.
+const DefaultLLDPWait = 31 * time.Second
 
 // EtherTypeLLDP is the ethertype of LLDP frames.
 const EtherTypeLLDP = 0x88cc

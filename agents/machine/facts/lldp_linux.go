@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/kilnhq/kiln/spec/agentapi"
@@ -17,68 +15,8 @@ import (
 // lldpMulticast is the nearest-bridge address LLDP frames are sent to.
 var lldpMulticast = net.HardwareAddr{0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e}
 
-// LLDPCollector listens for LLDP frames on each interface for up to Wait
-// (an interface is done at its first frame) and reports the neighbours.
-type LLDPCollector struct {
-	Wait time.Duration
-	// Interfaces to listen on; nil: the NICs collected before.
-	Interfaces []string
-	Log        *slog.Logger
-}
-
-// Name implements Collector.
-func (LLDPCollector) Name() string { return "lldp" }
-
-// Collect implements Collector. An interface that cannot be listened on
-// is logged and skipped; only when none can be is it an error.
-func (c LLDPCollector) Collect(ctx context.Context, f *agentapi.Facts) error {
-	ifaces := c.Interfaces
-	if ifaces == nil {
-		for _, n := range f.NICs {
-			ifaces = append(ifaces, n.Name)
-		}
-	}
-	if len(ifaces) == 0 {
-		return nil
-	}
-	wait := c.Wait
-	if wait <= 0 {
-		wait = DefaultLLDPWait
-	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	var (
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
-	)
-	found := make([]*agentapi.Neighbor, len(ifaces))
-	for i, name := range ifaces {
-		wg.Go(func() {
-			n, err := ListenLLDP(ctx, name)
-			if err != nil {
-				if c.Log != nil {
-					c.Log.Warn("lldp: cannot listen", "interface", name, "err", err)
-				}
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				return
-			}
-			found[i] = n
-		})
-	}
-	wg.Wait()
-	for _, n := range found {
-		if n != nil {
-			f.LLDP = append(f.LLDP, *n)
-		}
-	}
-	if len(errs) == len(ifaces) {
-		return errors.Join(errs...)
-	}
-	return nil
-}
+// listenLLDP is how a watch listens on one interface.
+var listenLLDP = ListenLLDP
 
 // ListenLLDP waits on one interface for the first valid LLDP frame until
 // ctx ends; it returns nil and no error when none came.
