@@ -28,12 +28,17 @@ func rack(policy string) *spec.Rack {
 }
 
 func TestDecidePowerDrift(t *testing.T) {
-	p := Policy{PowerDriftGrace: 2 * time.Minute}
+	p := Policy{PowerDriftGrace: 2 * time.Minute, FastTrackWindow: 10 * time.Minute}
 	manual := func(s *spec.MachineSpec) { s.BMC = &spec.BMC{Driver: "manual"} }
-	fastTrack := func() inventory.MachineStatus { s := at(PhaseReady, StepFastTrack); s.TaskID = ""; return s }()
 	// The last task: a disk boot done at t0, long before the observations.
 	old := doneAt(task("diskboot", "done"), t0)
 	late := t0.Add(time.Hour)
+	// In the fast-track window since late.
+	fastTrack := func() inventory.MachineStatus {
+		s := at(PhaseReady, StepFastTrack)
+		s.TaskID, s.StepStartedAt = "", late
+		return s
+	}()
 	cases := []struct {
 		name   string
 		m      *spec.Machine

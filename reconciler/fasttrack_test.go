@@ -71,3 +71,78 @@ func TestDecideFastTrack(t *testing.T) {
 		t.Errorf("ready: phase %q, task %+v; want ready and off", d.Status.Phase, d.Task)
 	}
 }
+
+// The fast-track window: a machine commissioned while its spec says ready
+// stays up, its agent waiting, for Policy.FastTrackWindow; a deploy
+// committed within it is handed over, and at its end the machine is
+// powered off as after any commissioning.
+func TestDecideFastTrackWindow(t *testing.T) {
+	p := Policy{FastTrackWindow: 5 * time.Minute}
+	commissioned := func(state string, p Policy) Decision {
+		in := Input{Now: t0.Add(time.Minute), Machine: testMachine(state), Status: at(PhaseCommissioning, StepAgent),
+			Task: task("netboot", "done"), Report: result(true, ""), Image: osImage(""), ImageOnRack: onRack("ready", "")}
+		return Decide(in, p)
+	}
+	reasons := func(d Decision) (out []string) {
+		for _, e := range d.Events {
+			out = append(out, e.Reason)
+		}
+		return out
+	}
+	open := commissioned(spec.StateReady, p)
+	st := open.Status
+	if st.Phase != PhaseReady || st.Step != StepFastTrack || open.Task != nil || st.BootPurpose != "commission" ||
+		open.RequeueAfter != 5*time.Minute || !slices.Equal(reasons(open), []string{"Commissioned"}) || st.Facts == nil {
+		t.Fatalf("window: %+v task %v requeue %s events %v", st, open.Task, open.RequeueAfter, reasons(open))
+	}
+	later := func(after time.Duration, state string, mod ...func(*Input)) Decision {
+		in := Input{Now: t0.Add(time.Minute + after), Machine: testMachine(state), Status: st, Task: task("netboot", "done"),
+			Report: result(true, ""), Image: osImage(""), ImageOnRack: onRack("ready", "")}
+		for _, m := range mod {
+			m(&in)
+		}
+		return Decide(in, p)
+	}
+	// Within the window, nothing wanted: wait for the rest of it.
+	if d := later(2*time.Minute, spec.StateReady); d.Status.Step != StepFastTrack || d.Task != nil || len(d.Events) != 0 || d.RequeueAfter != 3*time.Minute {
+		t.Fatalf("in the window: step %q task %v events %v requeue %s", d.Status.Step, d.Task, reasons(d), d.RequeueAfter)
+	}
+	// A deploy committed within it: handed over, no power task.
+	d := later(2*time.Minute, spec.StateDeployed)
+	if d.Status.Phase != PhaseDeploying || d.Status.Step != StepAgent || d.Task != nil || d.Status.BootPurpose != "deploy" ||
+		d.Status.FastTrackFrom != "T" || d.Status.BootTaskID != "T"+FastTrackSuffix || !slices.Equal(reasons(d), []string{"FastTrack"}) {
+		t.Fatalf("deploy in the window: %+v task %v events %v", d.Status, d.Task, reasons(d))
+	}
+	// A deploy whose image the rack cannot serve yet waits in the window.
+	if d := later(2*time.Minute, spec.StateDeployed, func(in *Input) { in.ImageOnRack = nil }); d.Status.Phase != PhaseReady || d.Task != nil || d.RequeueAfter != 3*time.Minute {
+		t.Fatalf("image not ready in the window: phase %q task %v requeue %s", d.Status.Phase, d.Task, d.RequeueAfter)
+	}
+	// The window's end: powered off, once.
+	if d := later(5*time.Minute, spec.StateReady); d.Status.Phase != PhaseReady || d.Status.Step == StepFastTrack || d.Task == nil ||
+		d.Task.Action != inventory.TaskOff || d.Status.BootPurpose != "off" || !slices.Equal(reasons(d), []string{"FastTrackClosed"}) {
+		t.Errorf("end: %+v task %+v events %v; want powered off", d.Status, d.Task, reasons(d))
+	}
+	// The end with a deploy still waiting for its image: powered off, and
+	// the deploy goes the normal way (a network boot once the image is in).
+	if d := later(6*time.Minute, spec.StateDeployed, func(in *Input) { in.ImageOnRack = nil }); d.Status.Phase != PhaseDeploying ||
+		d.Status.Step != StepImage || d.Task == nil || d.Task.Action != inventory.TaskOff || !slices.Contains(reasons(d), "FastTrackClosed") {
+		t.Errorf("end, image not ready: %+v task %+v events %v", d.Status, d.Task, reasons(d))
+	}
+	// A recommission wanted closes it at once: a network boot to commission.
+	if d := later(time.Minute, spec.StateReady, func(in *Input) { in.Machine.Spec.CommissionGeneration = 1 }); d.Status.Phase != PhaseCommissioning ||
+		d.Task == nil || d.Task.Action != inventory.TaskNetboot || !slices.Contains(reasons(d), "FastTrackClosed") {
+		t.Errorf("recommission: %+v task %+v events %v", d.Status, d.Task, reasons(d))
+	}
+	off := p
+	off.NoFastTrack = true
+	in := Input{Now: t0.Add(2 * time.Minute), Machine: testMachine(spec.StateReady), Status: st, Task: task("netboot", "done"), Image: osImage("")}
+	if d := Decide(in, off); d.Task == nil || d.Task.Action != inventory.TaskOff || !slices.Contains(reasons(d), "FastTrackClosed") {
+		t.Errorf("fast track turned off in the window: task %+v events %v", d.Task, reasons(d))
+	}
+	// No window configured, or fast track off: powered off at once.
+	for name, d := range map[string]Decision{"no window": commissioned(spec.StateReady, Policy{}), "off": commissioned(spec.StateReady, off)} {
+		if d.Status.Step == StepFastTrack || d.Task == nil || d.Task.Action != inventory.TaskOff {
+			t.Errorf("%s: step %q task %+v; want powered off", name, d.Status.Step, d.Task)
+		}
+	}
+}

@@ -81,6 +81,10 @@ type Policy struct {
 	// NoFastTrack powers a machine off after commissioning even when it
 	// is to be deployed (fasttrack.go; kiln server --fast-track=false).
 	NoFastTrack bool
+	// FastTrackWindow keeps a machine that is not to be deployed powered
+	// on after commissioning, its agent waiting for a deploy, this long
+	// (0: powered off at once; at most agentapi.MaxFastTrackWindow).
+	FastTrackWindow time.Duration
 	// PowerDriftGrace is how long after Kiln's own power action an
 	// observed power state against the phase is not yet drift (default
 	// DefaultPowerDriftGrace; see drift.go).
@@ -314,6 +318,9 @@ func (d *decider) step() bool {
 		d.enter(PhaseCommissioning, "Commissioning", "new machine: commissioning its hardware")
 		return true
 	case PhaseReady:
+		if in, changed := d.fastTrackWindow(); in {
+			return changed
+		}
 		d.checkCabling()
 		held := d.cablingHeld()
 		switch {
@@ -563,7 +570,9 @@ func (d *decider) agentSucceeded() bool {
 		if d.fastTrack() {
 			return true
 		}
-		d.finish(PhaseReady, "Commissioned", "hardware commissioned")
+		if !d.openWindow() {
+			d.finish(PhaseReady, "Commissioned", "hardware commissioned")
+		}
 		d.checkCabling() // the facts' LLDP neighbours against the rack's ports
 	case PhaseErasing:
 		d.finish(PhaseReady, "Erased", "disks erased ("+sp.Erase+")")

@@ -20,6 +20,7 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -166,6 +167,40 @@ func hasEvent(evs []inventory.Event, reason, to string) bool {
 		}
 	}
 	return false
+}
+
+// The fast-track window: w, commissioned while ready, stays up; deployed
+// within the window, its running agent takes the deploy (one network boot
+// in all). x, left ready, is powered off when the window ends.
+func TestFastTrackWindow(t *testing.T) {
+	e := newEnv(t)
+	machines := map[string]string{"w": "state: ready", "x": "state: ready"}
+	e.apply(lab(t, machines), "r1")
+	waitJSON(e, "w", e.store.Keys().ImageStatus("r1", "debian"), time.Minute, "image debian ready on r1",
+		func(st inventory.ImageStatus) bool { return st.State == "ready" })
+	cfg := reconciler.Config{Policy: testPolicy}
+	cfg.Policy.FastTrackWindow = 8 * time.Second
+	e.region("region-1", cfg)
+
+	inWindow := func(st inventory.MachineStatus) bool {
+		return st.Phase == "ready" && st.Step == reconciler.StepFastTrack
+	}
+	e.waitStatus("w", time.Minute, "ready in the fast-track window", inWindow)
+	machines["w"] = "state: deployed"
+	e.apply(lab(t, machines), "r2")
+	e.waitPhase("w", "deployed", time.Minute)
+	if !hasEvent(e.events("w"), "FastTrack", "deploying") {
+		t.Errorf("no FastTrack event for w: %+v", e.events("w"))
+	}
+	if n, off := e.sim.count("w", "netboot"), e.sim.count("w", "off"); n != 1 || off != 0 {
+		t.Errorf("w: %d network boots and %d power-offs, want 1 and 0 (commissioning only)", n, off)
+	}
+
+	st := e.waitStatus("x", time.Minute, "the window closed", func(st inventory.MachineStatus) bool { return st.Phase == "ready" && st.Step == "" })
+	if st.BootPurpose != "off" || !hasEvent(e.events("x"), "FastTrackClosed", "ready") {
+		t.Fatalf("x after its window: purpose %q, events %+v", st.BootPurpose, e.events("x"))
+	}
+	kilntest.Eventually(t, 30*time.Second, "x powered off", func() bool { return e.sim.count("x", "off") == 1 })
 }
 
 func TestFullLifecycle(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
+	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -229,7 +230,7 @@ func (s *sim) agent(ctx context.Context, rack, machine, purpose, taskID string) 
 // without a reboot, its reports filed under the deploy's boot as the
 // rack files them.
 func (s *sim) fastTrack(ctx context.Context, rack, machine, taskID string) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	key := s.store.Keys().MachineStatus(machine)
 	resp, err := s.store.Client().Get(ctx, key)
@@ -241,8 +242,8 @@ func (s *sim) fastTrack(ctx context.Context, rack, machine, taskID string) {
 	for {
 		for _, kv := range kvs {
 			var st inventory.MachineStatus
-			if json.Unmarshal(kv.Value, &st) != nil || st.Phase == "commissioning" {
-				continue
+			if json.Unmarshal(kv.Value, &st) != nil || st.Phase == "commissioning" || st.Step == reconciler.StepFastTrack {
+				continue // not decided yet, or in the fast-track window
 			}
 			if st.FastTrackFrom == taskID {
 				s.mu.Lock()

@@ -62,8 +62,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // DefaultFastTrackWait bounds how long the agent, after commissioning,
 // asks for a next task: the region decides within seconds whether the
-// machine is deployed now (fast track) or powered off.
-const DefaultFastTrackWait = 2 * time.Minute
+// machine is deployed now (fast track) or powered off, or at the end of
+// its fast-track window (at most agentapi.MaxFastTrackWindow). The bound
+// is for a region that never decides: the agent then powers off.
+const DefaultFastTrackWait = agentapi.MaxFastTrackWindow + time.Minute
 
 // fastTrack asks, after a successful commissioning, for the next task:
 // a deploy (the region handed this boot the deployment: no reboot), or

@@ -36,4 +36,15 @@ func TestPowerDriftGraceFlag(t *testing.T) {
 	if cfg, err = parse("--fast-track=false"); err != nil || !cfg.Policy.NoFastTrack {
 		t.Fatalf("--fast-track=false: %+v, %v", cfg.Policy, err)
 	}
+	if cfg.Policy.FastTrackWindow != 0 {
+		t.Fatal("a fast-track window by default")
+	}
+	if cfg, err = parse("--fast-track-window=5m"); err != nil || cfg.Policy.FastTrackWindow != 5*time.Minute {
+		t.Fatalf("--fast-track-window=5m: %+v, %v", cfg.Policy, err)
+	}
+	for _, bad := range [][]string{{"--fast-track-window=31m"}, {"--fast-track-window=-1s"}, {"--fast-track-window=1m", "--fast-track=false"}} {
+		if _, err = parse(bad...); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcd"
 	"github.com/kilnhq/kiln/reconciler"
+	"github.com/kilnhq/kiln/spec/agentapi"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -111,6 +112,7 @@ type regionFlags struct {
 	osReportTimeout     time.Duration
 	powerDriftGrace     time.Duration
 	fastTrack           bool
+	fastTrackWindow     time.Duration
 	attempts            int
 	backoff, maxBackoff time.Duration
 }
@@ -126,6 +128,7 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.osReportTimeout, "os-report-timeout", reconciler.DefaultOSReportTimeout, "how long a deploy waits, after the disk boot, for the deployed OS to report in (images with confirm: none do not wait)")
 	fs.DurationVar(&r.powerDriftGrace, "power-drift-grace", reconciler.DefaultPowerDriftGrace, "how long after Kiln's own power action an observed power state against the phase is not yet PowerDrift")
 	fs.BoolVar(&r.fastTrack, "fast-track", true, "deploy a machine whose state is deployed right after commissioning, by the still-running agent, without a second boot (false: power off and network-boot again)")
+	fs.DurationVar(&r.fastTrackWindow, "fast-track-window", 0, "keep a machine that is not to be deployed powered on this long after commissioning, its agent waiting: a deploy committed meanwhile needs no second boot (0: power off at once; at most "+agentapi.MaxFastTrackWindow.String()+")")
 	fs.IntVar(&r.attempts, "max-attempts", 3, "attempts of a failed phase before the machine waits for a person")
 	fs.DurationVar(&r.backoff, "retry-backoff", time.Minute, "wait before retrying a failed phase; doubles per attempt")
 	fs.DurationVar(&r.maxBackoff, "max-retry-backoff", 30*time.Minute, "longest wait between attempts")
@@ -150,12 +153,17 @@ func (r *regionFlags) config() (reconciler.Config, error) {
 		return reconciler.Config{}, fmt.Errorf("--os-report-timeout must be positive, not %s", r.osReportTimeout)
 	case r.powerDriftGrace <= 0:
 		return reconciler.Config{}, fmt.Errorf("--power-drift-grace must be positive, not %s", r.powerDriftGrace)
+	case r.fastTrackWindow < 0 || r.fastTrackWindow > agentapi.MaxFastTrackWindow:
+		return reconciler.Config{}, fmt.Errorf("--fast-track-window must be from 0 to %s (the agent waits no longer), not %s", agentapi.MaxFastTrackWindow, r.fastTrackWindow)
+	case r.fastTrackWindow > 0 && !r.fastTrack:
+		return reconciler.Config{}, fmt.Errorf("--fast-track-window %s needs fast track: drop --fast-track=false", r.fastTrackWindow)
 	case r.powerTimeout <= 0 || r.backoff <= 0 || r.maxBackoff < r.backoff:
 		return reconciler.Config{}, fmt.Errorf("--power-timeout and --retry-backoff must be positive and --max-retry-backoff at least --retry-backoff")
 	}
 	return reconciler.Config{ID: r.id, TTL: r.ttl, Workers: r.workers, Policy: reconciler.Policy{
 		Timeouts: t, PowerTimeout: r.powerTimeout, MaxAttempts: r.attempts, RetryBackoff: r.backoff, MaxRetryBackoff: r.maxBackoff,
-		OSReportTimeout: r.osReportTimeout, PowerDriftGrace: r.powerDriftGrace, NoFastTrack: !r.fastTrack}}, nil
+		OSReportTimeout: r.osReportTimeout, PowerDriftGrace: r.powerDriftGrace, NoFastTrack: !r.fastTrack,
+		FastTrackWindow: r.fastTrackWindow}}, nil
 }
 
 // serve runs a region server until ctx ends, then drains: the components

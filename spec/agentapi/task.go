@@ -1,6 +1,15 @@
 package agentapi
 
-import "github.com/kilnhq/kiln/spec"
+import (
+	"time"
+
+	"github.com/kilnhq/kiln/spec"
+)
+
+// MaxFastTrackWindow bounds the region's fast-track window (kiln server
+// --fast-track-window): after commissioning, the agent asks for a next
+// task while the purpose is still commission, for at least this long.
+const MaxFastTrackWindow = 30 * time.Minute
 
 // Task tells the machine agent what to do.
 type Task struct {
