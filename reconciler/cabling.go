@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/kilnhq/kiln/inventory"
@@ -48,18 +49,50 @@ func (c PortCheck) String() string {
 	return fmt.Sprintf("%s is cabled to %s as declared", ours, declared)
 }
 
+// seenSwitch and seenPort are what the neighbour says, as heard: strings
+// from the network, made safe by netText.
 func (c PortCheck) seenSwitch() string {
 	n := c.Seen
+	name, chassis := netText(n.SystemName), netText(n.ChassisID)
 	switch {
 	case c.ChassisID != "" && n.SystemName != "":
-		return n.SystemName + " (chassis " + n.ChassisID + ")"
+		return name + " (chassis " + chassis + ")"
 	case c.ChassisID != "" || n.SystemName == "":
-		return "chassis " + n.ChassisID
+		return "chassis " + chassis
 	}
-	return n.SystemName
+	return name
 }
 
-func (c PortCheck) seenPort() string { return neighbourPort(*c.Seen) }
+func (c PortCheck) seenPort() string { return netText(neighbourPort(*c.Seen)) }
+
+// maxNetText bounds a string from the network in a message.
+const maxNetText = 64
+
+// netText is a string an LLDP frame carried, for a condition message or
+// an event (read in terminals, YAML, web pages): at most maxNetText
+// characters, and quoted, Go-style, ASCII only, when it holds anything
+// but printable ASCII other than quotes and backslashes, so that no
+// control character, newline or look-alike passes as is.
+func netText(s string) string {
+	cut := false
+	if len(s) > maxNetText {
+		s, cut = s[:maxNetText], true
+	}
+	plain := s != ""
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+			plain = false
+			break
+		}
+	}
+	if !plain {
+		s = strconv.QuoteToASCII(s)
+	}
+	if cut {
+		s += "…"
+	}
+	return s
+}
 
 func orUnknown(s string) string {
 	if s == "" {

@@ -257,3 +257,38 @@ func withFacts(st inventory.MachineStatus, f json.RawMessage) inventory.MachineS
 	st.Facts = f
 	return st
 }
+
+// The attack: a switch (or anything on the provisioning network sending
+// LLDP) names itself with control characters, a newline and YAML, and a
+// long port ID. The mismatch message names what was heard, but bounded
+// and quoted: nothing that can move a terminal's cursor, start a YAML
+// line or pass for another string.
+func TestCablingMessageMakesNetworkStringsSafe(t *testing.T) {
+	evil := "\x1b[2J\x1b[Hleaf-1\nkind: Machine\r\u202eevil"
+	long := strings.Repeat("E", 500)
+	for _, n := range []agentapi.Neighbor{seen(mac0, evil, torB, long), seen(mac0, "", evil, "Ethernet\"1\\")} {
+		checks := CheckCabling(cabledMachine(spec.StateReady), cablingRack("warn", tor("tor-a", torA, "Ethernet1:eth0")), []agentapi.Neighbor{n})
+		if len(checks) != 1 || checks[0].Result != CablingMismatch {
+			t.Fatalf("checks %+v", checks)
+		}
+		msg := checks[0].String()
+		for _, r := range msg {
+			if r < 0x20 || r == 0x7f || r == '\u202e' {
+				t.Fatalf("message carries %U: %q", r, msg)
+			}
+		}
+		if strings.Contains(msg, "kind: Machine") && !strings.Contains(msg, `\nkind: Machine`) {
+			t.Fatalf("the newline passed: %q", msg)
+		}
+		if len(msg) > 400 {
+			t.Fatalf("message of %d bytes: %q", len(msg), msg)
+		}
+		t.Logf("%s", msg)
+	}
+	for in, want := range map[string]string{"Ethernet1/1": "Ethernet1/1", "leaf 1": `"leaf 1"`, "": `""`, "a\"b": `"a\"b"`, "é": `"\u00e9"`,
+		strings.Repeat("x", 70): strings.Repeat("x", 64) + "…"} {
+		if got := netText(in); got != want {
+			t.Errorf("netText(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

@@ -71,6 +71,7 @@ func TestHTTPSListenerServesAnAgentRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	rack := racktest.New(t, quiet()) // its boot server routes and backend
+	rack.OffAfterCommissioning()
 	url := serveTLSOnLoopback(t, rack.Server.Config.Handler, certs)
 
 	retry := machine.Retry{Initial: time.Millisecond, Max: 5 * time.Millisecond, Elapsed: 300 * time.Millisecond}

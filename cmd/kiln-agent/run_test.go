@@ -52,13 +52,14 @@ func TestRunArguments(t *testing.T) {
 func TestAgentMainCommission(t *testing.T) {
 	t.Parallel()
 	rack := racktest.New(t, discard())
-	cfg, err := machine.ParseCmdline("console=ttyS0 kiln.url=" + rack.Server.URL + " kiln.machine=vm-2 kiln.purpose=commission kiln.token=" + racktest.Token)
+	rack.OffAfterCommissioning()
+	cfg, err := machine.ParseCmdline("console=ttyS0 kiln.url=" + rack.Server.URL + " kiln.machine=vm-2 kiln.purpose=commission kiln.lldp=1ms kiln.token=" + racktest.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := facts.Roots{Sys: "../../agents/machine/facts/testdata/sys", Proc: "../../agents/machine/facts/testdata/proc", Dev: "../../agents/machine/facts/testdata/dev"}
 	var console, logs bytes.Buffer
-	opts := options{roots: roots, lldpWait: 1}
+	opts := options{roots: roots}
 	if err := agentMain(context.Background(), cfg, opts, slog.New(slog.NewTextHandler(&logs, nil)), &console); err != nil {
 		t.Fatalf("%v\n%s", err, logs.String())
 	}
@@ -149,17 +150,18 @@ func TestAgentMainTLS(t *testing.T) {
 	}
 	roots := facts.Roots{Sys: "../../agents/machine/facts/testdata/sys", Proc: "../../agents/machine/facts/testdata/proc", Dev: "../../agents/machine/facts/testdata/dev"}
 	runWith := func(url, caPath string) (string, error) {
-		cfg, err := machine.ParseCmdline("kiln.url=" + url + " kiln.machine=vm-2 kiln.token=" + racktest.Token)
+		cfg, err := machine.ParseCmdline("kiln.url=" + url + " kiln.machine=vm-2 kiln.lldp=0 kiln.token=" + racktest.Token)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var console, logs bytes.Buffer
-		err = agentMain(context.Background(), cfg, options{roots: roots, lldpWait: 1, caPath: caPath}, slog.New(slog.NewTextHandler(&logs, nil)), &console)
+		err = agentMain(context.Background(), cfg, options{roots: roots, caPath: caPath}, slog.New(slog.NewTextHandler(&logs, nil)), &console)
 		return console.String() + logs.String(), err
 	}
 	caFile := filepath.Join(dir, pki.CAFile)
 
 	rack := racktest.NewTLS(t, discard(), cert)
+	rack.OffAfterCommissioning()
 	if out, err := runWith(rack.Server.URL, caFile); err != nil || !strings.Contains(out, "over https") {
 		t.Fatalf("over TLS: %v\n%s", err, out)
 	}
@@ -168,6 +170,7 @@ func TestAgentMainTLS(t *testing.T) {
 	}
 
 	plain := racktest.New(t, discard())
+	plain.OffAfterCommissioning()
 	if out, err := runWith(plain.Server.URL, caFile); !errors.Is(err, machine.ErrDowngrade) || !strings.Contains(out, "result failure") {
 		t.Errorf("http kiln.url with a CA: %v\n%s", err, out)
 	}

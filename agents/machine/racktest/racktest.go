@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"path"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,9 +37,11 @@ const (
 // Rack is the boot server's backend and the server.
 type Rack struct {
 	backend *boottest.Backend
-	Server  *httptest.Server
-	Images  *Images
-	log     *slog.Logger
+	// offAfter: a commissioning result turns the purpose to off.
+	offAfter atomic.Bool
+	Server   *httptest.Server
+	Images   *Images
+	log      *slog.Logger
 }
 
 // New starts a rack whose machine vm-2 (purpose commission) holds Token.
@@ -98,7 +101,7 @@ func newRack(t testing.TB, log *slog.Logger) *Rack {
 // Server.TLS is set.
 func (r *Rack) start(o boot.Options) {
 	mux := http.NewServeMux()
-	mux.Handle("/", boot.New(o, r.backend, nil, r.log).Handler())
+	mux.Handle("/", boot.New(o, regionLike{r.backend, r}, nil, r.log).Handler())
 	mux.Handle("/images/", r.Images)
 	r.Server.Config.Handler = mux
 	r.Server.Config.ErrorLog = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug) // TLS handshake refusals
@@ -119,6 +122,30 @@ func (r *Rack) SetImage(name string, body []byte, sha string) {
 	}
 	r.backend.SetImage(&spec.Image{Header: spec.Header{Metadata: spec.Metadata{Name: "debian"}},
 		Spec: spec.ImageSpec{Purpose: spec.PurposeOS, Disk: &spec.Artifact{URL: url, SHA256: sha}}})
+}
+
+// OffAfterCommissioning makes a successful commissioning result turn the
+// machine's purpose to off, as a region does for a machine that stays
+// ready: the agent, asking for a next task (fast track), stops at once
+// rather than after its wait.
+func (r *Rack) OffAfterCommissioning() { r.offAfter.Store(true) }
+
+// regionLike is the backend, deciding after a commissioning result when
+// the rack is told to (OffAfterCommissioning).
+type regionLike struct {
+	*boottest.Backend
+	r *Rack
+}
+
+// Report implements boot.Backend.
+func (b regionLike) Report(ctx context.Context, machine string, rep agentapi.Report) error {
+	if err := b.Backend.Report(ctx, machine, rep); err != nil {
+		return err
+	}
+	if p, _ := b.Purpose(ctx, machine); rep.Result != nil && rep.Result.Success && p == agentapi.PurposeCommission && b.r.offAfter.Load() {
+		b.SetPurpose(machine, agentapi.PurposeOff)
+	}
+	return nil
 }
 
 // SetPurpose sets what the machine's next task is.
