@@ -56,3 +56,25 @@ func (s *Store) CompactEvents(ctx context.Context, machine string, keep int) (in
 	}
 	return int(del.Deleted), nil
 }
+
+// PutEvent records one event written outside the region leader's status
+// writes (an API action: who asked, with which token), living ttl (an
+// etcd lease of its own; 0: until compacted).
+func (s *Store) PutEvent(ctx context.Context, ev Event, ttl time.Duration) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	var opts []clientv3.OpOption
+	if ttl > 0 {
+		l, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+		if err != nil {
+			return fmt.Errorf("event lease: %w", err)
+		}
+		opts = append(opts, clientv3.WithLease(l.ID))
+	}
+	if _, err := s.cli.Put(ctx, s.keys.Event(ev.Machine, ev.Time, 999), string(b), opts...); err != nil {
+		return fmt.Errorf("put event of %s: %w", ev.Machine, err)
+	}
+	return nil
+}

@@ -26,7 +26,12 @@ type Snapshot struct {
 // Current returns the pointer to the applied generation and the etcd
 // revision it was read at. ErrNotFound means nothing was applied yet.
 func (s *Store) Current(ctx context.Context) (Pointer, int64, error) {
-	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer())
+	return s.currentAt(ctx, 0)
+}
+
+// currentAt is Current at etcd revision rev (0: the latest).
+func (s *Store) currentAt(ctx context.Context, rev int64) (Pointer, int64, error) {
+	resp, err := s.cli.Get(ctx, s.keys.DesiredPointer(), clientv3.WithRev(rev))
 	if err != nil {
 		return Pointer{}, 0, err
 	}
@@ -36,6 +41,9 @@ func (s *Store) Current(ctx context.Context) (Pointer, int64, error) {
 	var p Pointer
 	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
 		return Pointer{}, 0, fmt.Errorf("decode desired pointer: %w", err)
+	}
+	if rev > 0 {
+		return p, rev, nil // the header has the latest revision, not rev
 	}
 	return p, resp.Header.Revision, nil
 }
@@ -54,8 +62,18 @@ func (s *Store) Snapshot(ctx context.Context, kinds ...string) (*Snapshot, error
 	}
 }
 
+// SnapshotAt is Snapshot as of etcd revision rev: what a watcher that has
+// seen every change up to rev holds.
+func (s *Store) SnapshotAt(ctx context.Context, rev int64, kinds ...string) (*Snapshot, error) {
+	return s.snapshotAt(ctx, rev, kinds)
+}
+
 func (s *Store) snapshot(ctx context.Context, kinds []string) (*Snapshot, error) {
-	p, rev, err := s.Current(ctx)
+	return s.snapshotAt(ctx, 0, kinds)
+}
+
+func (s *Store) snapshotAt(ctx context.Context, at int64, kinds []string) (*Snapshot, error) {
+	p, rev, err := s.currentAt(ctx, at)
 	if err != nil {
 		return nil, err
 	}

@@ -891,3 +891,7 @@ func (v *validator) userData(m *Machine) {
 
 // SortedNames returns the keys of a map of objects in order.
 func SortedNames[V any](m map[string]V) []string { return sortedKeys(m) }
+
+// ValidName reports whether name is a valid object name (metadata.name):
+// what a caller checks before using a name that came from a request.
+func ValidName(name string) bool { return nameRE.MatchString(name) }

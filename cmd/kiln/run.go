@@ -74,6 +74,7 @@ func commands() map[string]command {
 		"describe": {"show one machine in detail", runDescribe},
 		"events":   {"list lifecycle events of all machines or one; --watch follows", runEvents},
 		"retry":    {"try a failed machine's phase again", runRetry},
+		"token":    {"create, list and revoke region API tokens (kiln token create --role viewer)", runToken},
 		"power":    {"power a machine on or off, read its state, choose its next boot device", runPower},
 		"rack":     {"run a rack agent: leader election per rack, DHCP, TFTP, HTTP(S) boot, image cache, power tasks", runRack},
 		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},

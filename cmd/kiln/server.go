@@ -50,6 +50,9 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		srvCA       = fs.String("etcd-server-ca", "", "embedded etcd: CA that signs client and peer certificates")
 		insecure    = fs.Bool("insecure-etcd", false, "embedded etcd: allow a non-loopback URL without TLS (anyone on that network can read every secret; logged as a warning at start and hourly)")
 		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz, /readyz and the sync trigger")
+		apiAddr     = fs.String("api", "", "address of the region API (docs/api.md), e.g. 127.0.0.1:9443; plain HTTP only on a loopback address, TLS with --api-cert and --api-key; empty: no API")
+		apiCert     = fs.String("api-cert", "", "the API's TLS certificate (PEM; kiln certs issue)")
+		apiKey      = fs.String("api-key", "", "the API's TLS key (PEM)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
 		rf          rackFlags
@@ -71,6 +74,9 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitUsage
 	}
 	regionCfg, err := region.config()
+	if err == nil {
+		err = checkAPIFlags(*apiAddr, *apiCert, *apiKey)
+	}
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln server:", err)
 		return exitUsage
@@ -79,6 +85,7 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		clientFlags: cf, source: *source, gitURL: *gitURL, gitBranch: *gitBranch, gitPath: *gitPath,
 		gitInterval: *gitInterval, dataDir: *dataDir, clientURL: *clientURL, peerURL: *peerURL,
 		embedded: *embedded, srvCert: *srvCert, srvKey: *srvKey, srvCA: *srvCA, insecureEtcd: *insecure, listen: *listen, rack: rf, region: regionCfg,
+		api: *apiAddr, apiCert: *apiCert, apiKey: *apiKey,
 	}); err != nil {
 		log.Error("server stopped", "err", err)
 		return exitFail
@@ -95,6 +102,7 @@ type serverConfig struct {
 	srvCert, srvKey, srvCA             string
 	insecureEtcd                       bool
 	listen                             string
+	api, apiCert, apiKey               string
 	rack                               rackFlags
 	region                             reconciler.Config
 }
@@ -203,6 +211,9 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 	src, region, err := c.startComponents(gctx, g, store, reg, log)
 	if err == nil {
 		err = serveHTTP(gctx, g, c.listen, reg, routes(store, region, src), log)
+	}
+	if err == nil && c.api != "" {
+		err = c.serveAPI(gctx, g, store, region, src, log)
 	}
 	if err != nil {
 		cancel() // stop what started

@@ -99,6 +99,16 @@ func (l Layout) SplitDesired(key string) (gen, segment, name string, ok bool) {
 // Source is a source's status; name "" is the prefix of all.
 func (l Layout) Source(name string) string { return l.prefix + "sources/" + name }
 
+// APIToken is the record of one region API token (its hash, never the
+// token); id "" is the prefix of all.
+func (l Layout) APIToken(id string) string { return l.prefix + "apitokens/" + id }
+
+// SplitAPIToken cuts a key made by APIToken into the token's ID.
+func (l Layout) SplitAPIToken(key string) (id string, ok bool) {
+	id, ok = strings.CutPrefix(key, l.APIToken(""))
+	return id, ok && id != ""
+}
+
 // Elections is the prefix of every election, the region's and the racks'.
 func (l Layout) Elections() string { return l.prefix + "election/" }
 
