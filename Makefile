@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e lab-deps demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp lint run ci schema fuzz clean
+.PHONY: help build test e2e lab-deps demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp bench-api lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ demo-down: ## stop the demo lab and remove what it left (processes, network name
 	done; \
 	rm -rf $(DEMO_DIR)
 
-bench: bench-inventory bench-region bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
+bench: bench-inventory bench-region bench-api bench-dhcp bench-http bench-tftp ## every benchmark, each beside its peer
 
 bench-inventory: ## apply 10k and 100k machines side by side with a raw etcd loop; edit latency
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./inventory/
@@ -74,6 +74,9 @@ clean:
 
 bench-region: ## 10,000 machines ready → deployed with instant simulated agents, beside a plain etcd client's status writes
 	$(GO) test -run '^$$' -bench BenchmarkRegion -benchtime 1x -timeout 30m ./reconciler/
+
+bench-api: ## the region API: 10,000 summaries listed paged beside the same read from etcd; 100 watchers following 10,000 status changes
+	$(GO) test -run '^$$' -bench BenchmarkAPI -benchtime 1x -timeout 30m ./reconciler/api/
 
 bench-dhcp: ## DHCP servers under perfdhcp (root): best DORA rate at ≤2.5% loss, 1,000-client avalanche
 	$(GO) test -tags e2e -run '^$$' -bench BenchmarkDHCP -benchtime 1x -timeout 60m ./e2e/

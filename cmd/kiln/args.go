@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
@@ -38,6 +39,29 @@ func (c *clientFlags) connect(cmd string, errOut io.Writer) (store *inventory.St
 		return nil, nil, false
 	}
 	return store, closeFn, true
+}
+
+// open returns where command cmd reads: the region API when --server is
+// set (store is then nil), else etcd; on failure it says why on errOut.
+func (c *clientFlags) open(cmd string, errOut io.Writer) (r reader, store *inventory.Store, closeFn func(), ok bool) {
+	if c.server != "" {
+		a, err := newAPIReader(c.server, os.Getenv("KILN_TOKEN"), c.serverCA)
+		if err != nil {
+			fmt.Fprintf(errOut, "kiln %s: %v\n", cmd, err)
+			return nil, nil, nil, false
+		}
+		return a, nil, func() {}, true
+	}
+	store, closeFn, ok = c.connect(cmd, errOut)
+	if !ok {
+		return nil, nil, nil, false
+	}
+	return etcdReader{store}, store, closeFn, true
+}
+
+// errEtcdOnly: what the region API does not serve yet.
+func errEtcdOnly(what string) error {
+	return fmt.Errorf("%s is read from etcd only, not through the region API yet: unset --server/KILN_SERVER and give --etcd-endpoints", what)
 }
 
 // loadArg parses the flags of command cmd, whose one argument is an

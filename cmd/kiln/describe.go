@@ -29,7 +29,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		return code
 	}
 	name := pos[1]
-	store, closeFn, ok := cf.connect("describe", errOut)
+	store, _, closeFn, ok := cf.open("describe", errOut)
 	if !ok {
 		return exitFail
 	}
@@ -41,7 +41,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
 		return exitFail
 	}
-	st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, store.Keys().MachineStatus(name))
+	st, err := store.Status(ctx, name)
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		fmt.Fprintln(errOut, "kiln describe:", explain(cf, err))
 		return exitFail
@@ -62,7 +62,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		rack = d.machine.Spec.Rack
 	}
 	if rack != "" {
-		if tl, err := inventory.GetJSON[inventory.Timeline](ctx, store, store.Keys().Timeline(rack, name)); err == nil {
+		if tl, err := store.Timeline(ctx, rack, name); err == nil {
 			d.timeline = tl.Events
 		}
 		if r, err := store.MachineReportOf(ctx, rack, name); err == nil {
@@ -70,7 +70,7 @@ func runDescribe(ctx context.Context, args []string, out, errOut io.Writer) int 
 		}
 	}
 	if d.status != nil && st.TaskID != "" && st.Rack != "" {
-		if t, err := inventory.GetJSON[inventory.PowerTask](ctx, store, store.Keys().Task(st.Rack, name)); err == nil && t.ID == st.TaskID {
+		if t, err := store.Task(ctx, st.Rack, name); err == nil && t.ID == st.TaskID {
 			d.task = &t
 		}
 	}

@@ -34,13 +34,17 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if len(pos) == 1 {
 		machine = pos[0]
 	}
-	store, closeFn, ok := cf.connect("events", errOut)
+	r, store, closeFn, ok := cf.open("events", errOut)
 	if !ok {
 		return exitFail
 	}
 	defer closeFn()
+	if *watch && store == nil {
+		fmt.Fprintln(errOut, "kiln events:", errEtcdOnly("--watch"))
+		return exitUsage
+	}
 	lctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	evs, rev, err := store.Events(lctx, machine)
+	evs, rev, err := r.Events(lctx, machine)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln events:", explain(cf, err))
@@ -105,14 +109,14 @@ func runRetry(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return code
 	}
 	name := pos[0]
-	store, closeFn, ok := cf.connect("retry", errOut)
+	store, _, closeFn, ok := cf.open("retry", errOut)
 	if !ok {
 		return exitFail
 	}
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	phase, err := reconciler.Retry(ctx, store, name)
+	phase, err := store.Retry(ctx, name)
 	switch {
 	case errors.Is(err, reconciler.ErrNotFailed):
 		fmt.Fprintf(errOut, "kiln retry: %s is %s, not failed: nothing to retry\n", name, dash(phase))

@@ -57,13 +57,17 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintf(errOut, "kiln get: -o %q: use wide, yaml, json or name\n", *format)
 		return exitUsage
 	}
-	store, closeFn, ok := cf.connect("get", errOut)
+	r, store, closeFn, ok := cf.open("get", errOut)
 	if !ok {
 		return exitFail
 	}
 	defer closeFn()
+	if *watch && store == nil {
+		fmt.Fprintln(errOut, "kiln get:", errEtcdOnly("--watch"))
+		return exitUsage
+	}
 
-	g := &getter{store: store, kind: kind, name: name, format: *format}
+	g := &getter{r: r, store: store, kind: kind, name: name, format: *format}
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	view, rev, err := g.read(rctx)
 	cancel()
@@ -162,7 +166,8 @@ func (t *table) byName() map[string]string {
 }
 
 type getter struct {
-	store  *inventory.Store
+	r      reader
+	store  *inventory.Store // nil through the API
 	kind   string
 	name   string
 	format string
@@ -186,7 +191,7 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 	if g.kind == spec.KindRack || g.kind == spec.KindProfile {
 		kinds = append(kinds, spec.KindMachine, spec.KindSubnet)
 	}
-	snap, err := g.store.Snapshot(ctx, kinds...)
+	snap, err := g.r.Snapshot(ctx, kinds...)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -196,19 +201,19 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 		for n := range snap.Unmanaged {
 			names = append(names, n)
 		}
-		if statuses, err = g.store.MachineStatusesOf(ctx, names); err != nil {
+		if statuses, err = g.r.MachineStatusesOf(ctx, names); err != nil {
 			return nil, 0, err
 		}
 	}
 	var images map[string][]inventory.ImageStatus
 	if g.kind == spec.KindImage {
-		if images, err = g.store.ImageStatuses(ctx); err != nil {
+		if images, err = g.r.ImageStatuses(ctx); err != nil {
 			return nil, 0, err
 		}
 	}
 	t := buildTable(snap, g.kind, g.format == "wide", statuses, images)
 	if g.kind == spec.KindMachine && (g.format == "yaml" || g.format == "json") {
-		if err := attachReports(ctx, g.store, t, g.name); err != nil {
+		if err := attachReports(ctx, g.r, t, g.name); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -225,12 +230,8 @@ func (g *getter) read(ctx context.Context) (*table, int64, error) {
 }
 
 func (g *getter) readSources(ctx context.Context) (*table, int64, error) {
-	list, err := inventory.ListJSON[inventory.SourceStatus](ctx, g.store, g.store.Keys().Source(""))
+	list, rev, err := g.r.Sources(ctx)
 	if err != nil {
-		return nil, 0, err
-	}
-	_, rev, err := g.store.Current(ctx)
-	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		return nil, 0, err
 	}
 	t := &table{header: []string{"NAME", "TYPE", "STATE", "APPLIED", "OBSERVED", "ERRORS", "WARNINGS", "AGE", "MESSAGE"}, items: map[string]any{}}
@@ -258,6 +259,9 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 	var rev int64
 	var err error
 	if g.kind == "Lease" {
+		if g.store == nil {
+			return nil, 0, errEtcdOnly("kiln get leases")
+		}
 		t.header = []string{"IP", "SUBNET", "MAC", "MACHINE", "KIND", "EXPIRES", "UPDATED"}
 		rev, err = g.store.RangeAt(ctx, g.store.Keys().Lease("", "", ""), 0, func(k string, v []byte) error {
 			var l dhcp.Lease
@@ -276,17 +280,14 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 		})
 	} else {
 		t.header = []string{"MAC", "RACK", "SUBNET", "IP", "ARCH", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN"}
-		rev, err = g.store.RangeAt(ctx, g.store.Keys().Discovered("", ""), 0, func(k string, v []byte) error {
-			var d inventory.Discovered
-			if err := json.Unmarshal(v, &d); err != nil {
-				return fmt.Errorf("decode %s: %w", k, err)
-			}
+		var ds []inventory.Discovered
+		ds, rev, err = g.r.Discovered(ctx)
+		for _, d := range ds {
 			if g.name == "" || g.name == d.MAC {
 				t.rows = append(t.rows, []string{d.MAC, d.Rack, dash(d.Subnet), dash(d.IP), dash(d.Arch), dash(d.VendorClass), age(d.FirstSeen), age(d.LastSeen)})
 				t.items[d.MAC] = d
 			}
-			return nil
-		})
+		}
 	}
 	return t, rev, err
 }
@@ -519,7 +520,7 @@ type machineObject struct {
 
 // attachReports reads the rack's report of each machine in the table
 // (only of name, when given).
-func attachReports(ctx context.Context, store *inventory.Store, t *table, name string) error {
+func attachReports(ctx context.Context, store reader, t *table, name string) error {
 	for n, item := range t.items {
 		mo, ok := item.(machineObject)
 		if !ok || (name != "" && n != name) {

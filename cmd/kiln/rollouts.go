@@ -12,11 +12,11 @@ import (
 // readRollouts lists every profile with rollout and where its machines
 // stand, worked out as the region leader does (reconciler.RolloutPlan).
 func (g *getter) readRollouts(ctx context.Context) (*table, int64, error) {
-	snap, err := g.store.Snapshot(ctx, spec.KindProfile, spec.KindMachine)
+	snap, err := g.r.Snapshot(ctx, spec.KindProfile, spec.KindMachine)
 	if err != nil {
 		return nil, 0, err
 	}
-	statuses, err := g.store.MachineStatusesOf(ctx, spec.SortedNames(snap.Inventory.Machines))
+	statuses, err := g.r.MachineStatusesOf(ctx, spec.SortedNames(snap.Inventory.Machines))
 	if err != nil {
 		return nil, 0, err
 	}

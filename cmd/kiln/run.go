@@ -146,6 +146,8 @@ func parse(fs *flag.FlagSet, args []string) ([]string, int, bool) {
 
 // clientFlags are the flags of commands that talk to etcd.
 type clientFlags struct {
+	server    string // the region API; empty: etcd
+	serverCA  string
 	endpoints string
 	cert, key string
 	ca        string
@@ -156,6 +158,8 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.server, "server", os.Getenv("KILN_SERVER"), "the region API, e.g. https://kiln.example:9443, with the token in $KILN_TOKEN; empty: read etcd directly ($KILN_SERVER)")
+	fs.StringVar(&c.serverCA, "server-ca", os.Getenv("KILN_SERVER_CA"), "CA bundle for the region API's certificate ($KILN_SERVER_CA)")
 	fs.StringVar(&c.endpoints, "etcd-endpoints", envOr("KILN_ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated ($KILN_ETCD_ENDPOINTS)")
 	fs.StringVar(&c.cert, "etcd-cert", os.Getenv("KILN_ETCD_CERT"), "client certificate for etcd ($KILN_ETCD_CERT)")
 	fs.StringVar(&c.key, "etcd-key", os.Getenv("KILN_ETCD_KEY"), "client key for etcd ($KILN_ETCD_KEY)")

@@ -53,8 +53,8 @@ kind: Machine
 metadata: {name: m%03d, labels: {role: %s}}
 spec:
   interfaces: [{name: eno1, mac: "52:54:00:77:%02x:%02x", subnet: net, ip: auto}]
-  bmc: {driver: ipmi, address: 10.77.1.%d, username: admin, password: hunter2}
-`, i, role, i/256, i%256, i%250+1)
+  bmc: {driver: ipmi, address: 10.78.%d.%d, username: admin, password: hunter2}
+`, i, role, i/256, i%256, i/250, i%250+1)
 	}
 	return b.String()
 }

@@ -46,6 +46,8 @@ type Change struct {
 	Machine  *MachineSummary `json:"machine,omitempty"`
 	Name     string          `json:"name"`
 	Deleted  bool            `json:"deleted,omitempty"`
+	// data is the change as JSON, encoded once for every watcher.
+	data []byte
 }
 
 func newCache(store *inventory.Store, ring int, log *slog.Logger) *cache {
@@ -263,6 +265,9 @@ func (c *cache) machineChange(name string, rev int64) Change {
 // sends them to every watcher; a watcher too slow to take them is closed,
 // to resume from its last revision.
 func (c *cache) publish(at int64, changes []Change) {
+	for i := range changes {
+		changes[i].data, _ = json.Marshal(changes[i])
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rev = at

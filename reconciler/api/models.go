@@ -32,8 +32,11 @@ type MachineSummary struct {
 // MachineDetail is one machine: its document (secrets redacted) and
 // where it came from, and its status.
 type MachineDetail struct {
+	Name    string                   `json:"name"`
 	Machine *spec.Machine            `json:"machine,omitempty"`
 	Status  *inventory.MachineStatus `json:"status,omitempty"`
+	// Unmanaged is set for a machine removed from the source.
+	Unmanaged *inventory.Unmanaged `json:"unmanaged,omitempty"`
 }
 
 // List is a page of a list: Continue, when set, is the name to pass as
@@ -43,6 +46,9 @@ type List[T any] struct {
 	Items    []T    `json:"items"`
 	Revision int64  `json:"revision"`
 	Continue string `json:"continue,omitempty"`
+	// Applied is the applied desired state the items come from (lists of
+	// the inventory's kinds).
+	Applied *inventory.Pointer `json:"applied,omitempty"`
 }
 
 // warningConditions are the conditions a summary lists when True.
@@ -57,15 +63,13 @@ func (c *cache) summary(name string) (MachineSummary, bool) {
 	m := c.snap.Inventory.Machines[name]
 	st, hasStatus := c.statuses[name]
 	_, unmanaged := c.snap.Unmanaged[name]
-	if m == nil && !hasStatus {
+	if m == nil && !hasStatus && !unmanaged {
 		return MachineSummary{}, false
 	}
 	s := MachineSummary{Name: name, Unmanaged: m == nil}
 	if m != nil {
 		s.Rack, s.Labels, s.State, s.Image = m.Spec.Rack, m.Metadata.Labels, m.Spec.State, m.Spec.Image
 		s.Maintenance = m.Spec.InMaintenance()
-	} else if !unmanaged && !hasStatus {
-		return MachineSummary{}, false
 	}
 	if hasStatus {
 		s.Phase, s.Step, s.Message, s.Reason = st.Phase, st.Step, st.Message, st.Reason
@@ -80,6 +84,18 @@ func (c *cache) summary(name string) (MachineSummary, bool) {
 		}
 	}
 	return s, true
+}
+
+// detail builds a machine's detail from the cache; c.mu is held.
+func (c *cache) detail(name string) (MachineDetail, bool) {
+	d := MachineDetail{Name: name, Machine: redact(c.snap.Inventory.Machines[name])}
+	if st, ok := c.statuses[name]; ok {
+		d.Status = &st
+	}
+	if u, ok := c.snap.Unmanaged[name]; ok {
+		d.Unmanaged = &u
+	}
+	return d, d.Machine != nil || d.Status != nil || d.Unmanaged != nil
 }
 
 // redact returns a machine safe to show: no plaintext secret.

@@ -72,6 +72,9 @@ func New(cfg Config) *Server {
 		{"GET", "/api/v1/whoami", "", s.whoami},
 		{"GET", "/api/v1/machines", v, s.listMachines},
 		{"GET", "/api/v1/machines/{name}", v, s.getMachine},
+		{"GET", "/api/v1/machines/{name}/report", v, s.machineRecord("report")},
+		{"GET", "/api/v1/machines/{name}/timeline", v, s.machineRecord("timeline")},
+		{"GET", "/api/v1/machines/{name}/task", v, s.machineRecord("task")},
 		{"POST", "/api/v1/machines/{name}/retry", o, s.retry},
 		{"GET", "/api/v1/racks", v, s.listKind(spec.KindRack)},
 		{"GET", "/api/v1/subnets", v, s.listKind(spec.KindSubnet)},
@@ -119,6 +122,7 @@ func (s *Server) Handler() http.Handler {
 			rt.handle(w, r, who)
 		})
 	}
+	s.webRoutes(mux)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API route: "+r.Method+" "+r.URL.Path+" (see docs/api.md)")
 	})
@@ -129,6 +133,11 @@ func (s *Server) Handler() http.Handler {
 // records: 401 without a valid token, 403 when its role is short of role.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, role string) (inventory.APIToken, bool) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if c, err := r.Cookie(cookieName); !ok && err == nil && r.Method == http.MethodGet {
+		// The web view's cookie, for its reads (the watch: EventSource
+		// sends no header); writes need the header, or the web view's forms.
+		token, ok = c.Value, true
+	}
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="kiln"`)
 		writeError(w, http.StatusUnauthorized, "no token: send Authorization: Bearer <token> (kiln token create)")
@@ -215,19 +224,12 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, _ inventor
 		}
 		labels[k] = v
 	}
+	full := q.Get("view") == "full"
 	c := s.cache
 	c.mu.RLock()
-	names := make([]string, 0, len(c.snap.Inventory.Machines)+len(c.statuses))
-	for n := range c.snap.Inventory.Machines {
-		names = append(names, n)
-	}
-	for n := range c.statuses {
-		if c.snap.Inventory.Machines[n] == nil {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
+	names := c.machineNames()
 	out := List[MachineSummary]{Items: []MachineSummary{}, Revision: c.rev}
+	var details []MachineDetail
 	i, _ := slices.BinarySearch(names, after)
 	if after != "" && i < len(names) && names[i] == after {
 		i++
@@ -242,9 +244,42 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, _ inventor
 			break
 		}
 		out.Items = append(out.Items, m)
+		if full {
+			d, _ := c.detail(m.Name)
+			details = append(details, d)
+		}
 	}
+	p := c.snap.Pointer
 	c.mu.RUnlock()
+	if full {
+		writeJSON(w, http.StatusOK, List[MachineDetail]{Items: orEmpty(details), Revision: out.Revision, Continue: out.Continue, Applied: &p})
+		return
+	}
+	out.Applied = &p
 	writeJSON(w, http.StatusOK, out)
+}
+
+// machineNames are the machines of the inventory and those with a
+// status, sorted; c.mu is held.
+func (c *cache) machineNames() []string {
+	names := make([]string, 0, len(c.snap.Inventory.Machines)+len(c.statuses))
+	for n := range c.snap.Inventory.Machines {
+		names = append(names, n)
+	}
+	for n := range c.statuses {
+		if c.snap.Inventory.Machines[n] == nil {
+			names = append(names, n)
+		}
+	}
+	for n := range c.snap.Unmanaged {
+		if c.snap.Inventory.Machines[n] == nil {
+			if _, ok := c.statuses[n]; !ok {
+				names = append(names, n)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 func hasLabels(have, want map[string]string) bool {
@@ -257,20 +292,62 @@ func hasLabels(have, want map[string]string) bool {
 }
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
+	if d, ok := s.machine(w, r); ok {
+		writeJSON(w, http.StatusOK, d)
+	}
+}
+
+// machine reads the path's machine from the cache, or answers 404.
+func (s *Server) machine(w http.ResponseWriter, r *http.Request) (MachineDetail, bool) {
 	name := r.PathValue("name")
-	c := s.cache
-	c.mu.RLock()
-	var d MachineDetail
-	d.Machine = redact(c.snap.Inventory.Machines[name])
-	if st, ok := c.statuses[name]; ok {
-		d.Status = &st
-	}
-	c.mu.RUnlock()
-	if d.Machine == nil && d.Status == nil {
+	s.cache.mu.RLock()
+	d, ok := s.cache.detail(name)
+	s.cache.mu.RUnlock()
+	if !ok {
 		writeError(w, http.StatusNotFound, "no machine "+name)
-		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	return d, ok
+}
+
+// machineRecord serves what the machine's rack wrote of it: the agent's
+// report, the boot timeline or the power task; null when there is none.
+func (s *Server) machineRecord(what string) func(http.ResponseWriter, *http.Request, inventory.APIToken) {
+	return func(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
+		d, ok := s.machine(w, r)
+		if !ok {
+			return
+		}
+		name, rack := d.Name, ""
+		if d.Status != nil {
+			rack = d.Status.Rack
+		}
+		if d.Machine != nil && d.Machine.Spec.Rack != "" && what != "task" {
+			rack = d.Machine.Spec.Rack
+		}
+		if rack == "" {
+			writeJSON(w, http.StatusOK, nil)
+			return
+		}
+		st, k, ctx := s.cfg.Store, s.cfg.Store.Keys(), r.Context()
+		var v any
+		var err error
+		switch what {
+		case "report":
+			v, err = st.MachineReportOf(ctx, rack, name)
+		case "timeline":
+			v, err = inventory.GetJSON[inventory.Timeline](ctx, st, k.Timeline(rack, name))
+		case "task":
+			v, err = inventory.GetJSON[inventory.PowerTask](ctx, st, k.Task(rack, name))
+		}
+		switch {
+		case errors.Is(err, inventory.ErrNotFound):
+			writeJSON(w, http.StatusOK, nil)
+		case err != nil:
+			writeError(w, http.StatusServiceUnavailable, what+": "+err.Error())
+		default:
+			writeJSON(w, http.StatusOK, v)
+		}
+	}
 }
 
 // listKind serves the objects of one kind, by name.
@@ -278,7 +355,7 @@ func (s *Server) listKind(kind string) func(http.ResponseWriter, *http.Request, 
 	return func(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
 		c := s.cache
 		c.mu.RLock()
-		inv, rev := c.snap.Inventory, c.rev
+		inv, rev, p := c.snap.Inventory, c.rev, c.snap.Pointer
 		c.mu.RUnlock()
 		var items []any
 		switch kind {
@@ -302,7 +379,7 @@ func (s *Server) listKind(kind string) func(http.ResponseWriter, *http.Request, 
 		case spec.KindProfile:
 			items = sorted(inv.Profiles)
 		}
-		writeJSON(w, http.StatusOK, List[any]{Items: orEmpty(items), Revision: rev})
+		writeJSON(w, http.StatusOK, List[any]{Items: orEmpty(items), Revision: rev, Applied: &p})
 	}
 }
 
@@ -341,8 +418,8 @@ func (s *Server) listSources(w http.ResponseWriter, _ *http.Request, _ inventory
 // events serves a machine's events (?machine=, required), those after
 // ?since= (RFC 3339) only when given.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
-	machine := r.URL.Query().Get("machine")
-	if !spec.ValidName(machine) && !spec.IsDiscovered(machine) {
+	machine := r.URL.Query().Get("machine") // "": every machine's
+	if machine != "" && !spec.ValidName(machine) && !spec.IsDiscovered(machine) {
 		writeError(w, http.StatusBadRequest, "machine="+strconv.Quote(machine)+": want a machine's name")
 		return
 	}

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -62,15 +61,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, _ inventory.APITo
 	// each, so a resume never starts inside one.
 	send := func(batch []Change) error {
 		for i, c := range batch {
-			b, err := json.Marshal(c)
-			if err != nil {
-				return err
-			}
 			id := ""
 			if i == len(batch)-1 || batch[i+1].Revision != c.Revision {
 				id = "id: " + strconv.FormatInt(c.Revision, 10) + "\n"
 			}
-			if _, err := fmt.Fprintf(w, "%sevent: %s\ndata: %s\n\n", id, c.Type, b); err != nil {
+			if _, err := fmt.Fprintf(w, "%sevent: %s\ndata: %s\n\n", id, c.Type, c.data); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/etcdtest"
+	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
+	"github.com/kilnhq/kiln/reconciler/api"
+	"github.com/kilnhq/kiln/spec/kilntest"
+)
+
+// The CLI through the region API prints what it prints from etcd: get
+// (each kind, each format), describe, events and retry, byte for byte;
+// what only etcd serves says so.
+func TestCLIThroughTheAPI(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	store := invtest.Apply(t, cli, invtest.Load(t, testInventory+goldenExtra))
+	ctx := context.Background()
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	put := func(key string, v any) {
+		b, _ := json.Marshal(v)
+		if _, err := cli.Put(ctx, key, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := store.Keys()
+	put(k.MachineStatus("vm-1"), inventory.MachineStatus{Phase: "failed-deploying", Rack: "r1", Reason: "disk too small", PhaseStartedAt: at,
+		TaskID: "T1", Conditions: []inventory.Condition{{Type: "CablingMismatch", Status: "True", Reason: "Mismatch", Since: at}}})
+	put(k.MachineStatus("vm-2"), inventory.MachineStatus{Phase: "ready", Rack: "r1", PhaseStartedAt: at})
+	put(k.Task("r1", "vm-1"), inventory.PowerTask{ID: "T1", Machine: "vm-1", Action: "netboot", State: "done", CreatedAt: at})
+	put(k.Timeline("r1", "vm-1"), inventory.Timeline{Events: []inventory.TimelineEvent{{Time: at, Type: "dhcp", Detail: "offer 192.0.2.11"}}})
+	put(k.Report("r1", "vm-1"), inventory.MachineReport{TaskID: "T1", Result: &inventory.AgentResult{Reason: "disk too small", At: at}})
+	put(k.ImageStatus("r1", "debian"), inventory.ImageStatus{Rack: "r1", State: "ready", UpdatedAt: at})
+	if err := store.PutEvent(ctx, inventory.Event{Time: at, Machine: "vm-1", Type: "Warning", Reason: "Failed", Message: "disk too small", From: "deploying", To: "failed-deploying"}, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	a := api.New(api.Config{Store: store})
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	tok, _, err := store.CreateAPIToken(ctx, "cli", inventory.RoleOperator, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := cli.Endpoints()[0]
+	kiln := func(viaAPI bool, args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		if viaAPI {
+			t.Setenv("KILN_SERVER", srv.URL)
+			t.Setenv("KILN_TOKEN", tok)
+		} else {
+			t.Setenv("KILN_SERVER", "")
+			args = append(args, "--etcd-endpoints", endpoint)
+		}
+		code := run(ctx, args, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	// The API's cache follows etcd: wait until it holds the last write.
+	kilntest.Eventually(t, 10*time.Second, "the API's cache", func() bool {
+		out, _, _ := kiln(true, "get", "images", "-o", "wide")
+		return strings.Contains(out, "r1=ready")
+	})
+	for _, args := range [][]string{
+		{"get", "machines"}, {"get", "machines", "-o", "wide"}, {"get", "machines", "-o", "json"}, {"get", "machine", "vm-2", "-o", "yaml"},
+		{"get", "machines", "-o", "name"}, {"get", "racks"}, {"get", "subnets", "-o", "wide"}, {"get", "images", "-o", "wide"},
+		{"get", "profiles"}, {"get", "source"}, {"get", "discovered"}, {"get", "rollouts"},
+		{"describe", "machine", "vm-1"}, {"describe", "machine", "vm-2"}, {"events", "vm-1"}, {"events", "-o", "json"},
+		{"get", "machine", "nope"}, {"describe", "machine", "nope"}, {"retry", "vm-2"},
+	} {
+		eout, eerr, ecode := kiln(false, args...)
+		aout, aerr, acode := kiln(true, args...)
+		if eout != aout { // ages are printed to the second: once more, in case one passed between
+			eout, eerr, ecode = kiln(false, args...)
+			aout, aerr, acode = kiln(true, args...)
+		}
+		if eout != aout || ecode != acode {
+			t.Errorf("kiln %s: etcd (%d):\n%s%s\nAPI (%d):\n%s%s", strings.Join(args, " "), ecode, eout, eerr, acode, aout, aerr)
+		}
+	}
+	// The retry through the API is the operator's, and named in an event.
+	out, errOut, code := kiln(true, "retry", "vm-1")
+	if code != exitOK || !strings.Contains(out, "retry of deploying requested") {
+		t.Fatalf("kiln retry vm-1 through the API: %d %s %s", code, out, errOut)
+	}
+	evs, _, _ := store.Events(ctx, "vm-1")
+	if !strings.Contains(evs[len(evs)-1].Message, "token cli") {
+		t.Errorf("last event %+v, want the retry naming the token", evs[len(evs)-1])
+	}
+	for _, args := range [][]string{{"get", "leases"}, {"get", "machines", "--watch"}, {"events", "--watch"}} {
+		if _, errOut, code := kiln(true, args...); code == exitOK || !strings.Contains(errOut, "etcd only") {
+			t.Errorf("kiln %s through the API: %d %q", strings.Join(args, " "), code, errOut)
+		}
+	}
+	t.Setenv("KILN_TOKEN", "")
+	var o, e bytes.Buffer
+	if c := run(ctx, []string{"get", "machines", "--server", srv.URL}, &o, &e); c == exitOK || !strings.Contains(e.String(), "KILN_TOKEN") {
+		t.Errorf("no token: %d %s", c, e.String())
+	}
+}
