@@ -63,23 +63,25 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"server":   {"run a region server: embedded etcd, inventory source, metrics", runServer},
-		"validate": {"validate an inventory folder; exit 1 on errors", runValidate},
-		"etcd":     {"set up etcd access control: roles and users per component (kiln etcd init-roles)", runEtcd},
-		"diff":     {"show what applying a folder would add, change and remove", runDiff},
-		"export":   {"print discovered machines as Machine documents to commit", runExport},
-		"image":    {"build the ephemeral boot image (kiln image build-ephemeral)", runImage},
-		"certs":    {"make a lab CA and issue TLS certificates (kiln certs init, issue)", runCerts},
-		"get":      {"list machines, racks, subnets, images, profiles or the source", runGet},
-		"describe": {"show one machine in detail", runDescribe},
-		"events":   {"list lifecycle events of all machines or one; --watch follows", runEvents},
-		"retry":    {"try a failed machine's phase again", runRetry},
-		"token":    {"create, list and revoke region API tokens (kiln token create --role viewer)", runToken},
-		"power":    {"power a machine on or off, read its state, choose its next boot device", runPower},
-		"rack":     {"run a rack agent: leader election per rack, DHCP, TFTP, HTTP(S) boot, image cache, power tasks", runRack},
-		"schema":   {"print the JSON Schema of Kiln documents (for editors)", runSchema},
-		"version":  {"print the version", runVersion},
-		"vbmc":     {"run virtual BMCs (IPMI and Redfish) that drive QEMU VMs", runVBMC},
+		"server":     {"run a region server: embedded etcd, inventory source, metrics", runServer},
+		"validate":   {"validate an inventory folder; exit 1 on errors", runValidate},
+		"etcd":       {"set up etcd access control: roles and users per component (kiln etcd init-roles)", runEtcd},
+		"diff":       {"show what applying a folder would add, change and remove", runDiff},
+		"export":     {"print discovered machines as Machine documents to commit", runExport},
+		"image":      {"build the ephemeral boot image (kiln image build-ephemeral)", runImage},
+		"certs":      {"make a lab CA and issue TLS certificates (kiln certs init, issue)", runCerts},
+		"get":        {"list machines, racks, subnets, images, profiles or the source", runGet},
+		"describe":   {"show one machine in detail", runDescribe},
+		"events":     {"list lifecycle events of all machines or one; --watch follows", runEvents},
+		"retry":      {"try a failed machine's phase again", runRetry},
+		"token":      {"create, list and revoke region API tokens (kiln token create --role viewer)", runToken},
+		"completion": {"print a shell completion script: kiln completion bash|zsh|fish", runCompletion},
+		"wait":       {"wait until a machine reaches a phase or condition (kiln wait machine vm-1 --for phase=deployed)", runWait},
+		"power":      {"power a machine on or off, read its state, choose its next boot device", runPower},
+		"rack":       {"run a rack agent: leader election per rack, DHCP, TFTP, HTTP(S) boot, image cache, power tasks", runRack},
+		"schema":     {"print the JSON Schema of Kiln documents (for editors)", runSchema},
+		"version":    {"print the version", runVersion},
+		"vbmc":       {"run virtual BMCs (IPMI and Redfish) that drive QEMU VMs", runVBMC},
 	}
 }
 
@@ -91,6 +93,9 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) int {
 			return exitUsage
 		}
 		return exitOK
+	}
+	if args[0] == "__complete" { // hidden: the completion scripts' helper
+		return runComplete(ctx, args[1:], out, errOut)
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
