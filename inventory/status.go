@@ -86,6 +86,13 @@ type MachineStatus struct {
 	FailedGeneration int64 `json:"failedGeneration,omitempty"`
 	// Retry asks the reconciler to try a failed phase again (kiln retry).
 	Retry bool `json:"retry,omitempty"`
+	// PowerRequest is a power action asked through the region API,
+	// waiting for the region leader to decide it (it clears it).
+	PowerRequest *PowerRequest `json:"powerRequest,omitempty"`
+	// PowerWanted is the power state the last power action asked for
+	// ("on" or "off"): until the phase changes, the power watch takes it
+	// over what the phase implies.
+	PowerWanted string `json:"powerWanted,omitempty"`
 	// Paused is the phase a machine in maintenance returns to.
 	Paused string `json:"paused,omitempty"`
 	// SourceRevision is the source revision (git commit) last reconciled.
@@ -133,3 +140,12 @@ type Condition struct {
 	Message string    `json:"message,omitempty"`
 	Since   time.Time `json:"since"`
 }
+
+// PowerRequest is one power action asked through the region API.
+type PowerRequest struct {
+	Action string    `json:"action"` // on, off, cycle
+	By     string    `json:"by"`     // the token's name
+	At     time.Time `json:"at"`
+	Force  bool      `json:"force,omitempty"` // interrupt a working phase
+}
+

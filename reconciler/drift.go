@@ -36,13 +36,16 @@ func (d *decider) observePower() {
 	st.Power, st.PowerAt = o.State, o.ObservedAt
 }
 
-// expectedPower is the power state the machine's phase implies, or ""
+// expectedPower is the power state asked for by a power action in this
+// phase, else the one the machine's phase implies, or ""
 // when the phase implies none: working phases power the machine
 // themselves, a failed one was powered off, maintenance leaves it to a
 // person, and the fast-track wait keeps the commissioning agent running.
 func (d *decider) expectedPower() string {
 	st := d.st()
 	switch {
+	case st.PowerWanted != "" && !working(st.Phase):
+		return st.PowerWanted // a power action asked for it in this phase
 	case st.Phase == PhaseDeployed:
 		return powerOn
 	case st.Phase == PhaseReady && st.Step != StepFastTrack:

@@ -216,6 +216,7 @@ func (d *decider) run() {
 	d.observeTask()
 	d.observePower()
 	defer d.powerDrift() // on the phase this decision leaves
+	d.powerRequest()
 	if d.spec().InMaintenance() {
 		if st.Phase != PhaseMaintenance {
 			paused := st.Phase
@@ -780,6 +781,7 @@ func (d *decider) transition(phase, reason, msg string) {
 	st.Phase, st.PhaseStartedAt, st.StepStartedAt = phase, d.in.Now, d.in.Now
 	st.Step, st.TaskID, st.Reason = "", "", ""
 	st.FastTrackFrom = "" // a handover lasts one phase
+	st.PowerWanted = ""   // so does a power action's wanted state
 	st.Message = msg
 	d.out.Events = append(d.out.Events, inventory.Event{Time: d.in.Now, Machine: d.name(), Type: "Normal",
 		Reason: reason, Message: msg, From: from, To: phase})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -21,11 +23,15 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 	persistent := fs.Bool("persistent", false, "boot-*: every boot from now on, not only the next")
 	uefi := fs.Bool("uefi", false, "boot-*: ask for the UEFI flavour (default: from the machine's firmware)")
 	opTimeout := fs.Duration("op-timeout", 30*time.Second, "timeout of one attempt against the BMC")
+	force := fs.Bool("force", false, "through the API (--server): interrupt a working phase (the phase fails)")
 	pos, code, ok := parseArgs(fs, args, nArgs(2, 2))
 	if !ok {
 		return code
 	}
 	action, name := pos[0], pos[1]
+	if cf.server != "" {
+		return powerThroughAPI(ctx, cf, action, name, *force, out, errOut)
+	}
 	store, closeFn, ok := cf.connect("power", errOut)
 	if !ok {
 		return exitFail
@@ -81,4 +87,41 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	return exitOK
+}
+
+// powerThroughAPI asks the region leader for on, off or cycle (a power
+// task it writes, the wanted state not called drift), or reads the last
+// observed state; the BMC is never driven from here.
+func powerThroughAPI(ctx context.Context, cf clientFlags, action, name string, force bool, out, errOut io.Writer) int {
+	a, err := newAPIReader(cf.server, os.Getenv("KILN_TOKEN"), cf.serverCA)
+	if err != nil {
+		fmt.Fprintln(errOut, "kiln power:", err)
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	switch action {
+	case "on", "off", "cycle":
+		q := "?action=" + action
+		if force {
+			q += "&force=true"
+		}
+		var res struct{ Phase string }
+		if err := a.do(ctx, "POST", "/api/v1/machines/"+url.PathEscape(name)+"/power"+q, &res); err != nil {
+			fmt.Fprintln(errOut, "kiln power:", err)
+			return exitFail
+		}
+		fmt.Fprintf(out, "%s: power %s asked of the region (machine %s); follow it with: kiln events %s\n", name, action, dash(res.Phase), name)
+		return exitOK
+	case "status":
+		st, err := a.Status(ctx, name)
+		if err != nil {
+			fmt.Fprintln(errOut, "kiln power:", err)
+			return exitFail
+		}
+		fmt.Fprintf(out, "%s (observed %s)\n", dash(st.Power), st.PowerAt.Format(time.RFC3339))
+		return exitOK
+	}
+	fmt.Fprintln(errOut, "kiln power:", errEtcdOnly("power "+action))
+	return exitUsage
 }

@@ -97,6 +97,17 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	if !strings.Contains(evs[len(evs)-1].Message, "token cli") {
 		t.Errorf("last event %+v, want the retry naming the token", evs[len(evs)-1])
 	}
+	// Power through the API is the region's decision: recorded in the
+	// status for its leader, never a BMC call from here.
+	if out, errOut, code := kiln(true, "power", "off", "vm-2"); code != exitOK || !strings.Contains(out, "power off asked of the region") {
+		t.Errorf("kiln power off through the API: %d %s %s", code, out, errOut)
+	}
+	if st, err := inventory.GetJSON[inventory.MachineStatus](ctx, store, k.MachineStatus("vm-2")); err != nil || st.PowerRequest == nil || st.PowerRequest.By != "cli" {
+		t.Errorf("vm-2's status after kiln power off: %+v %v", st.PowerRequest, err)
+	}
+	if _, errOut, code := kiln(true, "power", "boot-disk", "vm-2"); code != exitUsage || !strings.Contains(errOut, "etcd only") {
+		t.Errorf("kiln power boot-disk through the API: %d %s", code, errOut)
+	}
 	for _, args := range [][]string{{"get", "leases"}, {"get", "machines", "--watch"}, {"events", "--watch"}} {
 		if _, errOut, code := kiln(true, args...); code == exitOK || !strings.Contains(errOut, "etcd only") {
 			t.Errorf("kiln %s through the API: %d %q", strings.Join(args, " "), code, errOut)

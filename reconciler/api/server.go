@@ -76,6 +76,7 @@ func New(cfg Config) *Server {
 		{"GET", "/api/v1/machines/{name}/timeline", v, s.machineRecord("timeline")},
 		{"GET", "/api/v1/machines/{name}/task", v, s.machineRecord("task")},
 		{"POST", "/api/v1/machines/{name}/retry", o, s.retry},
+		{"POST", "/api/v1/machines/{name}/power", o, s.power},
 		{"GET", "/api/v1/racks", v, s.listKind(spec.KindRack)},
 		{"GET", "/api/v1/subnets", v, s.listKind(spec.KindSubnet)},
 		{"GET", "/api/v1/images", v, s.listKind(spec.KindImage)},
@@ -473,6 +474,35 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request, who inventory.API
 	}
 	s.record(r.Context(), name, "RetryRequested", "retry of "+from+" asked through the API by token "+who.Name+" ("+who.Role+")", from)
 	writeJSON(w, http.StatusAccepted, map[string]string{"machine": name, "from": from})
+}
+
+// power asks the region leader for a power action (?action=on|off|cycle,
+// ?force=true to interrupt a working phase), as a decision of its own.
+func (s *Server) power(w http.ResponseWriter, r *http.Request, who inventory.APIToken) {
+	name, action := r.PathValue("name"), r.URL.Query().Get("action")
+	force := r.URL.Query().Get("force") == "true"
+	phase, err := reconciler.RequestPower(r.Context(), s.cfg.Store, name, action, who.Name, force, s.cfg.Now())
+	switch {
+	case err != nil && !errors.Is(err, inventory.ErrNotFound) && !errors.Is(err, reconciler.ErrBusy) && !slices.Contains(reconciler.PowerActions, action):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case errors.Is(err, inventory.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	case errors.Is(err, reconciler.ErrBusy):
+		s.record(r.Context(), name, "PowerRefused", "power "+action+" asked through the API by token "+who.Name+" refused: the machine is "+phase, phase)
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	how := ""
+	if force {
+		how = " (forced)"
+	}
+	s.record(r.Context(), name, "PowerRequested", "power "+action+how+" asked through the API by token "+who.Name+" ("+who.Role+")", phase)
+	writeJSON(w, http.StatusAccepted, map[string]string{"machine": name, "action": action, "phase": phase})
 }
 
 // record writes an action's event naming the token; a failure to is
