@@ -148,4 +148,3 @@ type PowerRequest struct {
 	At     time.Time `json:"at"`
 	Force  bool      `json:"force,omitempty"` // interrupt a working phase
 }
-
