@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/spec"
@@ -44,8 +43,12 @@ func (c *clientFlags) connect(cmd string, errOut io.Writer) (store *inventory.St
 // open returns where command cmd reads: the region API when --server is
 // set (store is then nil), else etcd; on failure it says why on errOut.
 func (c *clientFlags) open(cmd string, errOut io.Writer) (r reader, store *inventory.Store, closeFn func(), ok bool) {
+	if err := c.resolve(); err != nil {
+		fmt.Fprintf(errOut, "kiln %s: %v\n", cmd, err)
+		return nil, nil, nil, false
+	}
 	if c.server != "" {
-		a, err := newAPIReader(c.server, os.Getenv("KILN_TOKEN"), c.serverCA)
+		a, err := newAPIReader(c.server, c.token, c.serverCA)
 		if err != nil {
 			fmt.Fprintf(errOut, "kiln %s: %v\n", cmd, err)
 			return nil, nil, nil, false

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -29,6 +28,10 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return code
 	}
 	action, name := pos[0], pos[1]
+	if err := cf.resolve(); err != nil {
+		fmt.Fprintln(errOut, "kiln power:", err)
+		return exitUsage
+	}
 	if cf.server != "" {
 		return powerThroughAPI(ctx, cf, action, name, *force, out, errOut)
 	}
@@ -93,7 +96,7 @@ func runPower(ctx context.Context, args []string, out, errOut io.Writer) int {
 // task it writes, the wanted state not called drift), or reads the last
 // observed state; the BMC is never driven from here.
 func powerThroughAPI(ctx context.Context, cf clientFlags, action, name string, force bool, out, errOut io.Writer) int {
-	a, err := newAPIReader(cf.server, os.Getenv("KILN_TOKEN"), cf.serverCA)
+	a, err := newAPIReader(cf.server, cf.token, cf.serverCA)
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln power:", err)
 		return exitUsage

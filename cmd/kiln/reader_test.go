@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -117,5 +118,58 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	var o, e bytes.Buffer
 	if c := run(ctx, []string{"get", "machines", "--server", srv.URL}, &o, &e); c == exitOK || !strings.Contains(e.String(), "KILN_TOKEN") {
 		t.Errorf("no token: %d %s", c, e.String())
+	}
+}
+
+// A config file's context names the server, its CA and the token;
+// --context picks another; flags and the environment win; a token in a
+// file others may read is refused.
+func TestConfigContexts(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := dir + "/lab.token"
+	os.WriteFile(tokFile, []byte("kiln_lab\n"), 0o600)
+	cfg := dir + "/config"
+	os.WriteFile(cfg, []byte(`current-context: prod
+contexts:
+  - {name: prod, server: "https://kiln.example:9443", server-ca: /etc/kiln/ca.pem, token: kiln_prod}
+  - {name: lab, server: "http://127.0.0.1:9443", token-file: `+tokFile+`}
+`), 0o600)
+	t.Setenv("KILN_CONFIG", cfg)
+	t.Setenv("KILN_TOKEN", "")
+	resolve := func(c clientFlags) clientFlags {
+		t.Helper()
+		if c.endpoints == "" {
+			c.endpoints = defaultEtcdEndpoints
+		}
+		if err := c.resolve(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if c := resolve(clientFlags{}); c.server != "https://kiln.example:9443" || c.token != "kiln_prod" || c.serverCA != "/etc/kiln/ca.pem" {
+		t.Errorf("current context: %+v", c)
+	}
+	if c := resolve(clientFlags{context: "lab"}); c.server != "http://127.0.0.1:9443" || c.token != "kiln_lab" {
+		t.Errorf("--context lab: %+v", c)
+	}
+	if c := resolve(clientFlags{endpoints: "http://10.0.0.1:2379"}); c.server != "" {
+		t.Errorf("--etcd-endpoints given: the context still applied: %+v", c)
+	}
+	t.Setenv("KILN_TOKEN", "kiln_env")
+	if c := resolve(clientFlags{server: "http://other:9443"}); c.server != "http://other:9443" || c.token != "kiln_env" {
+		t.Errorf("flags and environment: %+v", c)
+	}
+	c := clientFlags{context: "nope", endpoints: defaultEtcdEndpoints}
+	if err := c.resolve(); err == nil || !strings.Contains(err.Error(), `no context "nope"`) {
+		t.Errorf("unknown context: %v", err)
+	}
+	os.Chmod(cfg, 0o644)
+	c = clientFlags{endpoints: defaultEtcdEndpoints}
+	if err := c.resolve(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a readable config with a token: %v", err)
+	}
+	os.WriteFile(cfg, []byte("current-context: x\nbogus: 1\n"), 0o600)
+	if err := c.resolve(); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("an unknown key: %v", err)
 	}
 }

@@ -150,9 +150,14 @@ func parse(fs *flag.FlagSet, args []string) ([]string, int, bool) {
 }
 
 // clientFlags are the flags of commands that talk to etcd.
+// defaultEtcdEndpoints is --etcd-endpoints when not given.
+const defaultEtcdEndpoints = "http://127.0.0.1:2379"
+
 type clientFlags struct {
 	server    string // the region API; empty: etcd
 	serverCA  string
+	context   string // of the config file (config.go)
+	token     string // $KILN_TOKEN, or the context's
 	endpoints string
 	cert, key string
 	ca        string
@@ -165,7 +170,8 @@ type clientFlags struct {
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", os.Getenv("KILN_SERVER"), "the region API, e.g. https://kiln.example:9443, with the token in $KILN_TOKEN; empty: read etcd directly ($KILN_SERVER)")
 	fs.StringVar(&c.serverCA, "server-ca", os.Getenv("KILN_SERVER_CA"), "CA bundle for the region API's certificate ($KILN_SERVER_CA)")
-	fs.StringVar(&c.endpoints, "etcd-endpoints", envOr("KILN_ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated ($KILN_ETCD_ENDPOINTS)")
+	fs.StringVar(&c.context, "context", os.Getenv("KILN_CONTEXT"), "the context of ~/.config/kiln/config ($KILN_CONFIG) to use: its server, CA and token; default its current-context ($KILN_CONTEXT)")
+	fs.StringVar(&c.endpoints, "etcd-endpoints", envOr("KILN_ETCD_ENDPOINTS", defaultEtcdEndpoints), "etcd endpoints, comma-separated ($KILN_ETCD_ENDPOINTS)")
 	fs.StringVar(&c.cert, "etcd-cert", os.Getenv("KILN_ETCD_CERT"), "client certificate for etcd ($KILN_ETCD_CERT)")
 	fs.StringVar(&c.key, "etcd-key", os.Getenv("KILN_ETCD_KEY"), "client key for etcd ($KILN_ETCD_KEY)")
 	fs.StringVar(&c.ca, "etcd-ca", os.Getenv("KILN_ETCD_CA"), "CA bundle for etcd ($KILN_ETCD_CA)")
