@@ -57,16 +57,17 @@ type server struct {
 	cmd    *exec.Cmd
 	etcd   string
 	http   string
+	api    string
 	log    *bytes.Buffer
 	exited chan error
 }
 
 func startServer(t *testing.T, sourceArgs ...string) *server {
 	t.Helper()
-	s := &server{t: t, etcd: "http://" + freeAddr(t), http: freeAddr(t), log: &bytes.Buffer{}, exited: make(chan error, 1)}
+	s := &server{t: t, etcd: "http://" + freeAddr(t), http: freeAddr(t), api: freeAddr(t), log: &bytes.Buffer{}, exited: make(chan error, 1)}
 	args := append([]string{"server", "--data-dir", t.TempDir(),
 		"--etcd-listen-client", s.etcd, "--etcd-listen-peer", "http://" + freeAddr(t),
-		"--listen", s.http}, sourceArgs...)
+		"--listen", s.http, "--api", s.api}, sourceArgs...)
 	s.cmd = exec.Command(kilnBin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
@@ -347,19 +348,34 @@ func TestServerGitRepository(t *testing.T) {
 	git("add", ".")
 	git("commit", "-q", "-m", "lab")
 	s := startServer(t, "--git", repo, "--git-path", "fleet", "--git-interval", "1h")
+	// The sync trigger is the region API's, an operator's.
+	out, errOut, code := s.kiln("token", "create", "--name", "git-hook", "--role", "operator")
+	if code != 0 {
+		t.Fatalf("kiln token create: %d %s", code, errOut)
+	}
+	token := strings.TrimSpace(out)
+	req, _ := http.NewRequest("POST", "http://"+s.api+"/api/v1/sources/default/sync", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the sync trigger without a token: %v %v", err, resp)
+	}
+	if resp, err := http.Post("http://"+s.http+"/api/v1/sources/default/sync", "", nil); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the old unauthenticated trigger on --listen: %v %v", err, resp)
+	}
 
 	took := s.watchUntil(func() {
 		editorWrite(t, filepath.Join(repo, "fleet", "machines.yaml"), func(s string) string {
 			return strings.Replace(s, "name: vm-2\n  labels: {class: lab-vm}\nspec:\n  state: ready", "name: vm-2\n  labels: {class: lab-vm}\nspec:\n  state: deployed", 1)
 		})
 		git("commit", "-q", "-am", "deploy vm-2")
-		resp, err := http.Post("http://"+s.http+"/api/v1/sources/default/sync", "", nil)
+		req, _ := http.NewRequest("POST", "http://"+s.api+"/api/v1/sources/default/sync", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil || resp.StatusCode != http.StatusAccepted {
 			t.Errorf("sync trigger: %v %v", err, resp)
 		}
 	}, "vm-2", "deployed")
 	t.Logf("a commit plus a sync trigger reached `kiln get machines --watch` in %s", took)
-	out, _, _ := s.kiln("get", "source")
+	out, _, _ = s.kiln("get", "source")
 	if !strings.Contains(out, "git") || !strings.Contains(out, "Applied") {
 		t.Fatalf("get source:\n%s", out)
 	}

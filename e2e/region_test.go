@@ -67,7 +67,7 @@ func TestRegionServersFailover(t *testing.T) {
 	for i := range 3 {
 		s := &regionServer{id: fmt.Sprintf("region-%d", i), http: freeAddr(t), log: &lockedBuffer{}}
 		s.cmd = exec.Command(kilnBin, "server", "--embedded-etcd=false", "--etcd-endpoints", endpoint,
-			"--source", src, "--data-dir", t.TempDir(), "--listen", s.http, "--region-id", s.id,
+			"--source", src, "--data-dir", t.TempDir(), "--listen", s.http, "--api", freeAddr(t), "--region-id", s.id,
 			"--power-timeout", "1s", "--max-attempts", "1")
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 		if err := s.cmd.Start(); err != nil {

@@ -148,3 +148,9 @@ type PowerRequest struct {
 	At     time.Time `json:"at"`
 	Force  bool      `json:"force,omitempty"` // interrupt a working phase
 }
+
+// SyncRequest asks the region leader's source to poll now.
+type SyncRequest struct {
+	By string    `json:"by"`
+	At time.Time `json:"at"`
+}

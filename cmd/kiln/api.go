@@ -11,7 +11,6 @@ import (
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/httpsrv"
-	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/reconciler/api"
 	"golang.org/x/sync/errgroup"
 )
@@ -39,12 +38,8 @@ func checkAPIFlags(addr, cert, key string) error {
 }
 
 // serveAPI runs the region API (reconciler/api) on c.api.
-func (c serverConfig) serveAPI(ctx context.Context, g *errgroup.Group, store *inventory.Store, region *reconciler.Region, src source, log *slog.Logger) error {
-	cfg := api.Config{Store: store, Sync: src.sync, Log: log.With("component", "api")}
-	if region != nil {
-		cfg.Region = region
-	}
-	a := api.New(cfg)
+func (c serverConfig) serveAPI(ctx context.Context, g *errgroup.Group, store *inventory.Store, src source, log *slog.Logger) error {
+	a := api.New(api.Config{Store: store, Sync: src.sync, Log: log.With("component", "api")})
 	opts := httpsrv.Options{}
 	if c.apiCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.apiCert, c.apiKey)

@@ -49,8 +49,8 @@ func runServer(ctx context.Context, args []string, out, errOut io.Writer) int {
 		srvKey      = fs.String("etcd-server-key", "", "embedded etcd: server key")
 		srvCA       = fs.String("etcd-server-ca", "", "embedded etcd: CA that signs client and peer certificates")
 		insecure    = fs.Bool("insecure-etcd", false, "embedded etcd: allow a non-loopback URL without TLS (anyone on that network can read every secret; logged as a warning at start and hourly)")
-		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz, /readyz and the sync trigger")
-		apiAddr     = fs.String("api", "", "address of the region API (docs/api.md), e.g. 127.0.0.1:9443; plain HTTP only on a loopback address, TLS with --api-cert and --api-key; empty: no API")
+		listen      = fs.String("listen", "127.0.0.1:9420", "HTTP address for /metrics, /healthz and /readyz (the sync trigger is the API's)")
+		apiAddr     = fs.String("api", "127.0.0.1:9443", "address of the region API and web view (docs/api.md); plain HTTP only on a loopback address, TLS with --api-cert and --api-key; empty: none")
 		apiCert     = fs.String("api-cert", "", "the API's TLS certificate (PEM; kiln certs issue)")
 		apiKey      = fs.String("api-key", "", "the API's TLS key (PEM)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
@@ -208,12 +208,12 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 		log.Info("etcd client closed")
 	}()
 	store := inventory.NewStore(cli, c.prefix, log)
-	src, region, err := c.startComponents(gctx, g, store, reg, log)
+	src, err := c.startComponents(gctx, g, store, reg, log)
 	if err == nil {
-		err = serveHTTP(gctx, g, c.listen, reg, routes(store, region, src), log)
+		err = serveHTTP(gctx, g, c.listen, reg, routes(store), log)
 	}
 	if err == nil && c.api != "" {
-		err = c.serveAPI(gctx, g, store, region, src, log)
+		err = c.serveAPI(gctx, g, store, src, log)
 	}
 	if err != nil {
 		cancel() // stop what started
@@ -258,7 +258,7 @@ func runEmbedded(g *errgroup.Group, ctx context.Context, e *etcd.Embedded, log *
 
 // startComponents starts, in g, the source syncer (through the region
 // leader), the region reconciler and, with --rack, a rack agent.
-func (c serverConfig) startComponents(ctx context.Context, g *errgroup.Group, store *inventory.Store, reg *prometheus.Registry, log *slog.Logger) (source, *reconciler.Region, error) {
+func (c serverConfig) startComponents(ctx context.Context, g *errgroup.Group, store *inventory.Store, reg *prometheus.Registry, log *slog.Logger) (source, error) {
 	var src source
 	if c.source != "" {
 		src.Source = &inventory.Dir{Name: "default", Path: c.source, Log: log}
@@ -274,15 +274,26 @@ func (c serverConfig) startComponents(ctx context.Context, g *errgroup.Group, st
 	syncer := inventory.NewSyncer(src, store, inventory.NewSyncMetrics(reg), log)
 	region := reconciler.New(c.region, store, reg, log, syncer.Run)
 	goLogged(g, log, "region", func() error { return region.Run(ctx) })
+	if src.sync != nil {
+		// "Poll now", asked through the API of any server: the leader's.
+		goLogged(g, log, "sync requests", func() error {
+			return store.WatchSyncRequests(ctx, "default", func(r inventory.SyncRequest) {
+				if region.Leading() {
+					log.Info("source sync requested", "by", r.By)
+					src.sync()
+				}
+			})
+		})
+	}
 	if c.rack.rack != "" {
 		rc, err := c.rack.config()
 		if err != nil {
-			return src, nil, err
+			return src, err
 		}
 		agent := rack.New(rc, store, reg, log)
 		goLogged(g, log, "rack agent", func() error { return agent.Run(ctx) })
 	}
-	return src, region, nil
+	return src, nil
 }
 
 // source is the server's inventory source; sync, when set, asks it to
@@ -293,7 +304,7 @@ type source struct {
 }
 
 // routes are the server's routes beside /metrics and /healthz.
-func routes(store *inventory.Store, region *reconciler.Region, src source) func(*http.ServeMux) {
+func routes(store *inventory.Store) func(*http.ServeMux) {
 	return func(mux *http.ServeMux) {
 		mux.HandleFunc("GET /readyz", readyz(func(ctx context.Context) error {
 			// A key the region role may read: with auth on, "health" is not.
@@ -302,19 +313,6 @@ func routes(store *inventory.Store, region *reconciler.Region, src source) func(
 			}
 			return nil
 		}))
-		mux.HandleFunc("POST /api/v1/sources/default/sync", func(w http.ResponseWriter, _ *http.Request) {
-			if src.sync == nil {
-				http.Error(w, "the directory source reloads on every change; nothing to trigger", http.StatusConflict)
-				return
-			}
-			if !region.Leading() {
-				http.Error(w, "this server does not lead the region; send the sync to the leader (kiln get source shows the applied revision)", http.StatusServiceUnavailable)
-				return
-			}
-			src.sync()
-			w.WriteHeader(http.StatusAccepted)
-			io.WriteString(w, "sync requested\n")
-		})
 	}
 }
 

@@ -105,6 +105,7 @@ const (
 	MirrorPort   = 8000 // the lab's image mirror on the gateway
 	BootHTTPPort = 8080 // the rack leader's HTTP boot server
 	MetricsPort  = 9420 // server i listens on 127.0.0.1:9420+i
+	APIPort      = 9443 // server i's region API is on 127.0.0.1:9443+i
 	RackPort     = 9500 // rack agent i's /metrics on 127.0.0.1:9500+i
 )
 
@@ -124,11 +125,12 @@ const (
 //	  image mirror 192.168.77.1:8000
 type VMLab struct {
 	*Lab
-	Config  VMLabConfig
-	NS      *NS    // the lab's namespace
-	Bridge  string // br0
-	Gateway netip.Addr
-	Repo    string // the inventory's git repository (a work tree)
+	apiToken string // an operator token for the region API (Sync)
+	Config   VMLabConfig
+	NS       *NS    // the lab's namespace
+	Bridge   string // br0
+	Gateway  netip.Addr
+	Repo     string // the inventory's git repository (a work tree)
 	// Ephemeral is the ephemeral image served by the mirror.
 	Ephemeral *Ephemeral
 	Etcd      []*Proc // ExternalEtcd: the etcd members, etcd-0…
@@ -390,7 +392,8 @@ func (v *VMLab) StartServer() *Proc {
 	i := len(v.Servers)
 	id := fmt.Sprintf("region-%d", i)
 	args := []string{v.Config.KilnBin, "server", "--git", v.Repo, "--git-branch", "main", "--git-interval", "1h",
-		"--data-dir", v.Path(id), "--listen", fmt.Sprintf("127.0.0.1:%d", MetricsPort+i), "--region-id", id}
+		"--data-dir", v.Path(id), "--listen", fmt.Sprintf("127.0.0.1:%d", MetricsPort+i),
+		"--api", fmt.Sprintf("127.0.0.1:%d", APIPort+i), "--region-id", id}
 	if v.Config.ExternalEtcd {
 		args = append(args, "--embedded-etcd=false", "--etcd-endpoints", v.EtcdEndpoints())
 	} else {

@@ -238,21 +238,43 @@ func (v *VMLab) Commit(msg string, files map[string]string) (string, error) {
 	return v.git("rev-parse", "HEAD")
 }
 
-// Sync asks every server to pull now and waits until the source has
-// observed the commit (applied, or rejected as invalid), returning the
-// source's status.
+// Sync asks the region to pull now, through the region API of the first
+// server that takes it (with an operator token the lab makes once), and
+// waits until the source has observed the commit (applied, or rejected
+// as invalid), returning the source's status.
 func (v *VMLab) Sync(rev string, timeout time.Duration) (inventory.SourceStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	client := &http.Client{Transport: &http.Transport{DialContext: v.DialContext}, Timeout: 10 * time.Second}
-	for i, s := range v.Servers {
-		if s.Exited() {
-			continue
+	if v.apiToken == "" {
+		out, err := v.Kiln("token", "create", "--name", "netlab", "--role", "operator", "--expires", "0")
+		if err != nil {
+			return inventory.SourceStatus{}, err
 		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/api/v1/sources/default/sync", MetricsPort+i), nil)
-		if resp, err := client.Do(req); err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+		v.apiToken = strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: v.DialContext}, Timeout: 10 * time.Second}
+	for asked := false; !asked; {
+		for i, s := range v.Servers {
+			if s.Exited() {
+				continue
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/api/v1/sources/default/sync", APIPort+i), nil)
+			req.Header.Set("Authorization", "Bearer "+v.apiToken)
+			if resp, err := client.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusAccepted {
+					asked = true // one is enough: the request goes through etcd to the leader
+					break
+				}
+			}
+		}
+		if !asked {
+			select { // a new token reaches the servers' caches within a moment
+			case <-ctx.Done():
+				return inventory.SourceStatus{}, fmt.Errorf("no server took the sync request: %w", ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 	return v.waitSource(rev, timeout)

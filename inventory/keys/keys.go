@@ -109,6 +109,10 @@ func (l Layout) SplitAPIToken(key string) (id string, ok bool) {
 	return id, ok && id != ""
 }
 
+// SyncRequest is where a source's "poll now" is asked for (the region
+// API writes it on any server; the leader's syncer acts on it).
+func (l Layout) SyncRequest(source string) string { return l.prefix + "syncrequests/" + source }
+
 // Elections is the prefix of every election, the region's and the racks'.
 func (l Layout) Elections() string { return l.prefix + "election/" }
 

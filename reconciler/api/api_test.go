@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,25 +58,19 @@ spec:
 	return b.String()
 }
 
-type leader struct{ on atomic.Bool }
-
-func (l *leader) Leading() bool { return l.on.Load() }
-
 type env struct {
 	t      *testing.T
 	store  *inventory.Store
 	srv    *httptest.Server
 	api    *api.Server
-	region *leader
-	synced atomic.Int32
 	tokens map[string]string // by role, and "revoked", "expired"
 }
 
 func newEnv(t *testing.T, machines int) *env {
 	t.Helper()
 	store, _, _ := invtest.Start(t, fleetDoc(machines))
-	e := &env{t: t, store: store, region: &leader{}, tokens: map[string]string{}}
-	e.api = api.New(api.Config{Store: store, Region: e.region, Sync: func() { e.synced.Add(1) }})
+	e := &env{t: t, store: store, tokens: map[string]string{}}
+	e.api = api.New(api.Config{Store: store, Sync: func() {}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.api.Run(ctx) }()
@@ -136,7 +129,6 @@ func (e *env) putStatus(name string, st inventory.MachineStatus) {
 // Every route × no token, each role, a revoked and an expired token.
 func TestAuthMatrix(t *testing.T) {
 	e := newEnv(t, 3)
-	e.region.on.Store(true)
 	e.putStatus("m001", inventory.MachineStatus{Phase: "failed-deploying", Rack: "r1"})
 	concrete := func(route string) (string, string) {
 		method, path, _ := strings.Cut(route, " ")
@@ -183,8 +175,9 @@ func TestAuthMatrix(t *testing.T) {
 	}) {
 		t.Errorf("no RetryRequested event naming the token: %+v", evs)
 	}
-	if e.synced.Load() == 0 {
-		t.Error("the sync never reached the source")
+	req, err := inventory.GetJSON[inventory.SyncRequest](context.Background(), e.store, e.store.Keys().SyncRequest("default"))
+	if err != nil || req.By == "" {
+		t.Errorf("no sync request in etcd: %+v %v", req, err)
 	}
 }
 
@@ -220,8 +213,7 @@ func TestRevokedWithinASecond(t *testing.T) {
 	})
 }
 
-// Lists are paged by name and filtered; a standby (not leading) answers
-// reads but not the sync; secrets never leave.
+// Lists are paged by name and filtered; secrets never leave.
 func TestMachinesListAndGet(t *testing.T) {
 	e := newEnv(t, 25)
 	e.putStatus("m003", inventory.MachineStatus{Phase: "deployed", Rack: "r1", DeployedImage: "debian"})
@@ -264,9 +256,6 @@ func TestMachinesListAndGet(t *testing.T) {
 		if code, _ := e.do("GET", bad, e.tokens["viewer"]); code != 400 {
 			t.Errorf("%s: %d, want 400", bad, code)
 		}
-	}
-	if code, _ := e.do("POST", "/api/v1/sources/default/sync", e.tokens["operator"]); code != 503 {
-		t.Errorf("sync on a standby: %d, want 503", code)
 	}
 }
 

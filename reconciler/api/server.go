@@ -22,16 +22,12 @@ import (
 	"github.com/kilnhq/kiln/spec"
 )
 
-// Leader is the region server: whether it leads (the sync trigger is the
-// leader's).
-type Leader interface{ Leading() bool }
-
 // Config is what the API needs.
 type Config struct {
-	Store  *inventory.Store
-	Region Leader
-	// Sync asks the source to poll now; nil for a source that needs no
-	// trigger (a watched directory).
+	Store *inventory.Store
+	// Sync is the source's poll-now, nil for a source that needs no
+	// trigger (a watched directory); the API asks for it through etcd
+	// (Store.RequestSync) and the region leader calls it.
 	Sync func()
 	Log  *slog.Logger
 	Now  func() time.Time // default time.Now
@@ -514,16 +510,17 @@ func (s *Server) record(ctx context.Context, machine, reason, msg, phase string)
 	}
 }
 
-// sync asks the source to poll now: the leader's to do.
-func (s *Server) sync(w http.ResponseWriter, _ *http.Request, who inventory.APIToken) {
-	switch {
-	case s.cfg.Sync == nil:
+// sync asks the region leader's source to poll now, through etcd, so any
+// server (a standby too) takes it and the leader acts on it.
+func (s *Server) sync(w http.ResponseWriter, r *http.Request, who inventory.APIToken) {
+	if s.cfg.Sync == nil {
 		writeError(w, http.StatusConflict, "the directory source reloads on every change; nothing to trigger")
-	case s.cfg.Region == nil || !s.cfg.Region.Leading():
-		writeError(w, http.StatusServiceUnavailable, "this server does not lead the region; send the sync to the leader")
-	default:
-		s.cfg.Sync()
-		s.cfg.Log.Info("api: source sync requested", "token", who.Name)
-		writeJSON(w, http.StatusAccepted, map[string]string{"sync": "requested"})
+		return
 	}
+	if err := s.cfg.Store.RequestSync(r.Context(), "default", who.Name, s.cfg.Now()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	s.cfg.Log.Info("api: source sync requested", "token", who.Name)
+	writeJSON(w, http.StatusAccepted, map[string]string{"sync": "requested"})
 }

@@ -1,0 +1,39 @@
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// RequestSync asks the region leader's source to poll now: any server
+// may write it, the leader watches it (WatchSyncRequests).
+func (s *Store) RequestSync(ctx context.Context, source, by string, at time.Time) error {
+	b, err := json.Marshal(SyncRequest{By: by, At: at.UTC()})
+	if err != nil {
+		return err
+	}
+	if _, err := s.cli.Put(ctx, s.keys.SyncRequest(source), string(b)); err != nil {
+		return fmt.Errorf("request a sync of %s: %w", source, err)
+	}
+	return nil
+}
+
+// WatchSyncRequests calls fn for each sync request of source after now,
+// until ctx ends or the watch fails.
+func (s *Store) WatchSyncRequests(ctx context.Context, source string, fn func(SyncRequest)) error {
+	resp, err := s.cli.Get(ctx, s.keys.SyncRequest(source))
+	if err != nil {
+		return err
+	}
+	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.SyncRequest(source), clientv3.WithRev(resp.Header.Revision+1))
+	return EachEvent(ctx, wc, "sync requests", func(ev *clientv3.Event) {
+		var r SyncRequest
+		if ev.Type == clientv3.EventTypePut && json.Unmarshal(ev.Kv.Value, &r) == nil {
+			fn(r)
+		}
+	})
+}
