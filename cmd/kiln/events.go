@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/reconciler"
+	"github.com/kilnhq/kiln/reconciler/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -39,10 +41,7 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	defer closeFn()
-	if *watch && store == nil {
-		fmt.Fprintln(errOut, "kiln events:", errEtcdOnly("--watch"))
-		return exitUsage
-	}
+
 	lctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	evs, rev, err := r.Events(lctx, machine)
 	cancel()
@@ -74,6 +73,21 @@ func runEvents(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "no events (they are kept for a week, at most 100 per machine)")
 	}
 	if !*watch {
+		return exitOK
+	}
+	if store == nil {
+		err := r.(*apiReader).followChanges(ctx, strconv.FormatInt(rev, 10), func() {
+			fmt.Fprintln(errOut, "kiln events: some events may have been missed (the API no longer kept them); following from now")
+		}, func(c api.Change) {
+			if c.Type == "event" && c.Event != nil && (machine == "" || c.Event.Machine == machine) {
+				print(*c.Event)
+				w.Flush()
+			}
+		})
+		if ctx.Err() == nil {
+			fmt.Fprintln(errOut, "kiln events: watch:", err)
+			return exitFail
+		}
 		return exitOK
 	}
 	for resp := range store.Client().Watch(clientv3.WithRequireLeader(ctx), store.Keys().Events(machine), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {

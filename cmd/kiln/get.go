@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -14,6 +15,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler"
+	"github.com/kilnhq/kiln/reconciler/api"
 	"github.com/kilnhq/kiln/spec"
 	"gopkg.in/yaml.v3"
 )
@@ -62,8 +64,9 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	defer closeFn()
-	if *watch && store == nil {
-		fmt.Fprintln(errOut, "kiln get:", errEtcdOnly("--watch"))
+	if *watch && store == nil && (kind == "Lease" || kind == "Discovered") {
+		// The API's watch carries machines and the source, not the racks' records.
+		fmt.Fprintln(errOut, "kiln get:", errEtcdOnly("--watch of "+strings.ToLower(kind)))
 		return exitUsage
 	}
 
@@ -86,7 +89,58 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if !*watch {
 		return exitOK
 	}
+	if store == nil {
+		return g.watchAPI(ctx, cf, r.(*apiReader), out, errOut, view.byName(), rev)
+	}
 	return g.watch(ctx, cf, out, errOut, view.byName(), rev)
+}
+
+// watchAPI is watch through the region API's watch: after changes (a
+// burst taken as one, 100 ms), it reads again and prints what differs.
+func (g *getter) watchAPI(ctx context.Context, cf clientFlags, a *apiReader, out, errOut io.Writer, printed map[string]string, rev int64) int {
+	changed := make(chan struct{}, 1)
+	failed := make(chan error, 1)
+	go func() {
+		failed <- a.followChanges(ctx, strconv.FormatInt(rev, 10), func() {
+			fmt.Fprintln(errOut, "kiln get: the API no longer has the changes since the last read; reading again")
+		}, func(c api.Change) {
+			if c.Type == "event" {
+				return
+			}
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	for {
+		select {
+		case err := <-failed:
+			if ctx.Err() != nil {
+				return exitOK
+			}
+			fmt.Fprintln(errOut, "kiln get: watch:", err)
+			return exitFail
+		case <-changed:
+		}
+		select { // let a burst settle
+		case <-ctx.Done():
+			return exitOK
+		case <-time.After(100 * time.Millisecond):
+		}
+		a.statuses, a.images = nil, nil
+		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+		next, _, err := g.read(rctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(errOut, "kiln get:", err)
+			continue
+		}
+		if d := changedRows(printed, next); len(d.rows) > 0 {
+			g.print(out, d, false)
+		}
+		printed = next.byName()
+	}
 }
 
 // watch prints, after each change from revision rev on, the rows that
@@ -259,15 +313,10 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 	var rev int64
 	var err error
 	if g.kind == "Lease" {
-		if g.store == nil {
-			return nil, 0, errEtcdOnly("kiln get leases")
-		}
 		t.header = []string{"IP", "SUBNET", "MAC", "MACHINE", "KIND", "EXPIRES", "UPDATED"}
-		rev, err = g.store.RangeAt(ctx, g.store.Keys().Lease("", "", ""), 0, func(k string, v []byte) error {
-			var l dhcp.Lease
-			if err := json.Unmarshal(v, &l); err != nil {
-				return fmt.Errorf("decode %s: %w", k, err)
-			}
+		var ls []dhcp.Lease
+		ls, rev, err = g.r.Leases(ctx)
+		for _, l := range ls {
 			kind, expires := "dynamic", until(l.Expires)
 			if l.Reserved {
 				kind, expires = "reserved", "never"
@@ -276,8 +325,7 @@ func (g *getter) readRackState(ctx context.Context) (*table, int64, error) {
 				t.rows = append(t.rows, []string{l.IP.String(), l.Subnet, l.MAC, dash(l.Machine), kind, expires, age(l.Updated)})
 				t.items[l.IP.String()] = l
 			}
-			return nil
-		})
+		}
 	} else {
 		t.header = []string{"MAC", "RACK", "SUBNET", "IP", "ARCH", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN"}
 		var ds []inventory.Discovered

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/reconciler/api"
 	"github.com/kilnhq/kiln/spec"
@@ -34,6 +35,7 @@ type reader interface {
 	Task(ctx context.Context, rack, machine string) (inventory.PowerTask, error)
 	Retry(ctx context.Context, machine string) (from string, err error)
 	Discovered(ctx context.Context) ([]inventory.Discovered, int64, error)
+	Leases(ctx context.Context) ([]dhcp.Lease, int64, error)
 }
 
 // etcdReader reads etcd through the store.
@@ -75,6 +77,19 @@ func (r etcdReader) Discovered(ctx context.Context) ([]inventory.Discovered, int
 			return fmt.Errorf("decode %s: %w", k, err)
 		}
 		out = append(out, d)
+		return nil
+	})
+	return out, rev, err
+}
+
+func (r etcdReader) Leases(ctx context.Context) ([]dhcp.Lease, int64, error) {
+	var out []dhcp.Lease
+	rev, err := r.RangeAt(ctx, r.Keys().Lease("", "", ""), 0, func(k string, v []byte) error {
+		var l dhcp.Lease
+		if err := json.Unmarshal(v, &l); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out = append(out, l)
 		return nil
 	})
 	return out, rev, err
@@ -362,5 +377,11 @@ func (a *apiReader) Retry(ctx context.Context, machine string) (string, error) {
 
 func (a *apiReader) Discovered(ctx context.Context) ([]inventory.Discovered, int64, error) {
 	l, err := list[inventory.Discovered](ctx, a, "/api/v1/discovered")
+	return l.Items, l.Revision, err
+}
+
+func (a *apiReader) Leases(ctx context.Context) ([]dhcp.Lease, int64, error) {
+	var l api.List[dhcp.Lease]
+	err := a.do(ctx, "GET", "/api/v1/leases", &l)
 	return l.Items, l.Revision, err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler/api"
 	"github.com/kilnhq/kiln/spec/kilntest"
 )
@@ -39,6 +41,7 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	put(k.Timeline("r1", "vm-1"), inventory.Timeline{Events: []inventory.TimelineEvent{{Time: at, Type: "dhcp", Detail: "offer 192.0.2.11"}}})
 	put(k.Report("r1", "vm-1"), inventory.MachineReport{TaskID: "T1", Result: &inventory.AgentResult{Reason: "disk too small", At: at}})
 	put(k.ImageStatus("r1", "debian"), inventory.ImageStatus{Rack: "r1", State: "ready", UpdatedAt: at})
+	put(k.Lease("r1", "net1", "192.0.2.11"), dhcp.Lease{Subnet: "net1", IP: netip.MustParseAddr("192.0.2.11"), MAC: "52:54:00:42:00:01", Machine: "vm-1", Reserved: true})
 	if err := store.PutEvent(ctx, inventory.Event{Time: at, Machine: "vm-1", Type: "Warning", Reason: "Failed", Message: "disk too small", From: "deploying", To: "failed-deploying"}, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +78,7 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	for _, args := range [][]string{
 		{"get", "machines"}, {"get", "machines", "-o", "wide"}, {"get", "machines", "-o", "json"}, {"get", "machine", "vm-2", "-o", "yaml"},
 		{"get", "machines", "-o", "name"}, {"get", "racks"}, {"get", "subnets", "-o", "wide"}, {"get", "images", "-o", "wide"},
-		{"get", "profiles"}, {"get", "source"}, {"get", "discovered"}, {"get", "rollouts"},
+		{"get", "profiles"}, {"get", "source"}, {"get", "discovered"}, {"get", "rollouts"}, {"get", "leases"}, {"get", "lease", "vm-1", "-o", "json"},
 		{"describe", "machine", "vm-1"}, {"describe", "machine", "vm-2"}, {"events", "vm-1"}, {"events", "-o", "json"},
 		{"get", "machine", "nope"}, {"describe", "machine", "nope"}, {"retry", "vm-2"},
 	} {
@@ -109,7 +112,7 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	if _, errOut, code := kiln(true, "power", "boot-disk", "vm-2"); code != exitUsage || !strings.Contains(errOut, "etcd only") {
 		t.Errorf("kiln power boot-disk through the API: %d %s", code, errOut)
 	}
-	for _, args := range [][]string{{"get", "leases"}, {"get", "machines", "--watch"}, {"events", "--watch"}} {
+	for _, args := range [][]string{{"get", "leases", "--watch"}, {"get", "discovered", "--watch"}} {
 		if _, errOut, code := kiln(true, args...); code == exitOK || !strings.Contains(errOut, "etcd only") {
 			t.Errorf("kiln %s through the API: %d %q", strings.Join(args, " "), code, errOut)
 		}
@@ -171,5 +174,56 @@ contexts:
 	os.WriteFile(cfg, []byte("current-context: x\nbogus: 1\n"), 0o600)
 	if err := c.resolve(); err == nil || !strings.Contains(err.Error(), "bogus") {
 		t.Errorf("an unknown key: %v", err)
+	}
+}
+
+// kiln get --watch and kiln events --watch through the API print what
+// changes, as they do from etcd.
+func TestWatchThroughTheAPI(t *testing.T) {
+	cli, _ := etcdtest.Start(t)
+	store := invtest.Apply(t, cli, invtest.Load(t, testInventory))
+	ctx := context.Background()
+	put := func(phase string) {
+		b, _ := json.Marshal(inventory.MachineStatus{Phase: phase, Rack: "r1"})
+		if _, err := cli.Put(ctx, store.Keys().MachineStatus("vm-1"), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("ready")
+	a := api.New(api.Config{Store: store})
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	tok, _, _ := store.CreateAPIToken(ctx, "w", inventory.RoleViewer, 0, time.Now())
+	t.Setenv("KILN_SERVER", srv.URL)
+	t.Setenv("KILN_TOKEN", tok)
+	kilntest.Eventually(t, 10*time.Second, "the token admitted", func() bool {
+		var o, e bytes.Buffer
+		return run(ctx, []string{"get", "machines"}, &o, &e) == exitOK
+	})
+	for _, args := range [][]string{{"get", "machines", "--watch"}, {"events", "vm-1", "--watch"}} {
+		wctx, stop := context.WithCancel(ctx)
+		out, errOut := &syncBuffer{}, &syncBuffer{}
+		code := make(chan int, 1)
+		go func() { code <- run(wctx, args, out, errOut) }()
+		kilntest.Eventually(t, 10*time.Second, "the first listing", func() bool {
+			return strings.Contains(out.String(), "vm-1") || strings.Contains(errOut.String(), "no events")
+		})
+		// No wait for the stream: it resumes from the listing's revision.
+		put("deploying")
+		store.PutEvent(ctx, inventory.Event{Time: time.Now(), Machine: "vm-1", Type: "Normal", Reason: "Deploying", Message: "deploying image debian", From: "ready", To: "deploying"}, 0)
+		want := "deploying"
+		if args[0] == "events" {
+			want = "deploying image debian"
+		}
+		kilntest.Eventually(t, 10*time.Second, strings.Join(args, " ")+" prints the change", func() bool { return strings.Contains(out.String(), want) })
+		stop()
+		if c := <-code; c != exitOK {
+			t.Errorf("%v: exit %d %s", args, c, errOut)
+		}
+		put("ready")
 	}
 }

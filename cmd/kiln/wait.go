@@ -160,6 +160,36 @@ func followEtcd(ctx context.Context, store *inventory.Store, name string, to cha
 	return ctx.Err()
 }
 
+// followAPIChanges calls fn for each change of the API's watch after
+// revision since ("" from now on), resuming after a dropped stream, until
+// ctx ends; a 410 resumes from now on (say so with gone).
+func (a *apiReader) followChanges(ctx context.Context, since string, gone func(), fn func(api.Change)) error {
+	last := since
+	for ctx.Err() == nil {
+		err := a.stream(ctx, last, func(id string, c api.Change) {
+			if id != "" {
+				last = id
+			}
+			fn(c)
+		})
+		var e errAPI
+		if errors.As(err, &e) && e.code != http.StatusGone {
+			return err
+		}
+		if errors.As(err, &e) {
+			last = ""
+			if gone != nil {
+				gone()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return ctx.Err()
+}
+
 // followAPI sends the machine's status now and at each change the API's
 // watch reports, reconnecting from the last revision when the stream
 // drops.
@@ -171,33 +201,15 @@ func followAPI(ctx context.Context, a *apiReader, name string, to chan<- invento
 	if err == nil {
 		to <- st
 	}
-	last := ""
-	for ctx.Err() == nil {
-		err := a.stream(ctx, last, func(id string, c api.Change) {
-			if id != "" {
-				last = id
-			}
-			if c.Name != name || c.Machine == nil {
-				return
-			}
-			// The summary has what the line shows; the full status when met.
-			if st, err := a.Status(ctx, name); err == nil {
-				to <- st
-			}
-		})
-		var e errAPI
-		if errors.As(err, &e) && e.code != http.StatusGone {
-			return err
+	return a.followChanges(ctx, "", nil, func(c api.Change) {
+		if c.Type != "machine" || c.Name != name || c.Machine == nil {
+			return
 		}
-		if errors.As(err, &e) {
-			last = "" // too old: from now on
+		// The summary has what the line shows; the full status when met.
+		if st, err := a.Status(ctx, name); err == nil {
+			to <- st
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-	return ctx.Err()
+	})
 }
 
 // stream reads the API's watch from revision since ("" from now on).
@@ -231,7 +243,7 @@ func (a *apiReader) stream(ctx context.Context, since string, fn func(id string,
 			id = line[4:]
 		case strings.HasPrefix(line, "event: "):
 			event = line[7:]
-		case strings.HasPrefix(line, "data: ") && event == "machine":
+		case strings.HasPrefix(line, "data: ") && event != "hello":
 			var c api.Change
 			if json.Unmarshal([]byte(line[6:]), &c) == nil {
 				fn(id, c)

@@ -42,10 +42,12 @@ type cache struct {
 // no status).
 type Change struct {
 	Revision int64           `json:"revision"`
-	Type     string          `json:"type"` // machine, source
+	Type     string          `json:"type"` // machine, source, event
 	Machine  *MachineSummary `json:"machine,omitempty"`
 	Name     string          `json:"name"`
 	Deleted  bool            `json:"deleted,omitempty"`
+	// Event is a machine's new lifecycle event (type event).
+	Event *inventory.Event `json:"event,omitempty"`
 	// data is the change as JSON, encoded once for every watcher.
 	data []byte
 }
@@ -195,6 +197,11 @@ func (c *cache) follow(ctx context.Context, rev int64) error {
 				if ev.Type != clientv3.EventTypeDelete && json.Unmarshal(ev.Kv.Value, &st) == nil {
 					c.sources[st.Name] = st
 					changes = append(changes, Change{Revision: ev.Kv.ModRevision, Type: "source", Name: st.Name})
+				}
+			case strings.HasPrefix(key, k.Events("")) && ev.Type == clientv3.EventTypePut:
+				var e inventory.Event
+				if json.Unmarshal(ev.Kv.Value, &e) == nil {
+					changes = append(changes, Change{Revision: ev.Kv.ModRevision, Type: "event", Name: e.Machine, Event: &e})
 				}
 			case strings.HasPrefix(key, k.APIToken("")):
 				var t inventory.APIToken

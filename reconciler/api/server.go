@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 )
@@ -81,6 +82,7 @@ func New(cfg Config) *Server {
 		{"POST", "/api/v1/sources/default/sync", o, s.sync},
 		{"GET", "/api/v1/events", v, s.events},
 		{"GET", "/api/v1/discovered", v, s.discovered},
+		{"GET", "/api/v1/leases", v, s.leases},
 		{"GET", "/api/v1/watch", v, s.watch},
 	}
 	return s
@@ -450,6 +452,32 @@ func (s *Server) discovered(w http.ResponseWriter, r *http.Request, _ inventory.
 		return
 	}
 	writeJSON(w, http.StatusOK, List[inventory.Discovered]{Items: orEmpty(ds)})
+}
+
+// leases serves the DHCP leases the racks hold, by rack, subnet and
+// address (?rack= keeps one rack's).
+func (s *Server) leases(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
+	rack := r.URL.Query().Get("rack")
+	if rack != "" && !spec.ValidName(rack) {
+		writeError(w, http.StatusBadRequest, "rack="+strconv.Quote(rack)+": want a rack's name")
+		return
+	}
+	out := List[dhcp.Lease]{Items: []dhcp.Lease{}}
+	st := s.cfg.Store
+	rev, err := st.RangeAt(r.Context(), st.Keys().Lease(rack, "", ""), 0, func(k string, v []byte) error {
+		var l dhcp.Lease
+		if err := json.Unmarshal(v, &l); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		out.Items = append(out.Items, l)
+		return nil
+	})
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "leases: "+err.Error())
+		return
+	}
+	out.Revision = rev
+	writeJSON(w, http.StatusOK, out)
 }
 
 // retry asks the region leader to try a failed machine's phase again, as
