@@ -46,13 +46,7 @@ func TestCLIThroughTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a := api.New(api.Config{Store: store})
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(actx) }()
-	defer func() { cancel(); <-done }()
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := startAPI(t, store)
 	tok, _, err := store.CreateAPIToken(ctx, "cli", inventory.RoleOperator, 0, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -190,13 +184,7 @@ func TestWatchThroughTheAPI(t *testing.T) {
 		}
 	}
 	put("ready")
-	a := api.New(api.Config{Store: store})
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(actx) }()
-	defer func() { cancel(); <-done }()
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := startAPI(t, store)
 	tok, _, _ := store.CreateAPIToken(ctx, "w", inventory.RoleViewer, 0, time.Now())
 	t.Setenv("KILN_SERVER", srv.URL)
 	t.Setenv("KILN_TOKEN", tok)
@@ -226,4 +214,16 @@ func TestWatchThroughTheAPI(t *testing.T) {
 		}
 		put("ready")
 	}
+}
+
+// startAPI serves the region API over store until the test ends.
+func startAPI(t *testing.T, store *inventory.Store) *httptest.Server {
+	t.Helper()
+	a := api.New(api.Config{Store: store})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	return srv
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	"github.com/kilnhq/kiln/inventory"
 	"github.com/kilnhq/kiln/inventory/etcdtest"
 	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
-	"github.com/kilnhq/kiln/reconciler/api"
 	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
@@ -48,13 +46,7 @@ func TestWait(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := api.New(api.Config{Store: store})
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(actx) }()
-	defer func() { cancel(); <-done }()
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := startAPI(t, store)
 	tok, _, _ := store.CreateAPIToken(ctx, "w", inventory.RoleViewer, 0, time.Now())
 	for _, viaAPI := range []bool{false, true} {
 		put("ready", "")
