@@ -46,9 +46,9 @@ spec:
 
 // regionServer is a `kiln server` on an external etcd.
 type regionServer struct {
-	id, http string
-	cmd      *exec.Cmd
-	log      *lockedBuffer
+	id, http, api string
+	cmd           *exec.Cmd
+	log           *lockedBuffer
 }
 
 // TestRegionServersFailover runs three `kiln server` processes on one
@@ -65,9 +65,9 @@ func TestRegionServersFailover(t *testing.T) {
 	}
 	var servers []*regionServer
 	for i := range 3 {
-		s := &regionServer{id: fmt.Sprintf("region-%d", i), http: freeAddr(t), log: &lockedBuffer{}}
+		s := &regionServer{id: fmt.Sprintf("region-%d", i), http: freeAddr(t), api: freeAddr(t), log: &lockedBuffer{}}
 		s.cmd = exec.Command(kilnBin, "server", "--embedded-etcd=false", "--etcd-endpoints", endpoint,
-			"--source", src, "--data-dir", t.TempDir(), "--listen", s.http, "--api", freeAddr(t), "--region-id", s.id,
+			"--source", src, "--data-dir", t.TempDir(), "--listen", s.http, "--api", s.api, "--region-id", s.id,
 			"--power-timeout", "1s", "--max-attempts", "1")
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 		if err := s.cmd.Start(); err != nil {
@@ -125,6 +125,28 @@ func TestRegionServersFailover(t *testing.T) {
 	}
 	if m := metric(first.http, `kiln_machines{phase="failed-commissioning",rack="r1"}`); m != "1" {
 		t.Fatalf("kiln_machines{phase=failed-commissioning} = %q on the leader", m)
+	}
+	// Every standby's region API answers reads from its own cache.
+	tokOut, code := kiln("token", "create", "--name", "dash", "--role", "viewer")
+	if code != 0 {
+		t.Fatalf("kiln token create: %d %s", code, tokOut)
+	}
+	token := strings.TrimSpace(strings.SplitN(tokOut, "\n", 2)[0])
+	for _, s := range servers {
+		if s == first {
+			continue
+		}
+		waitFor("standby "+s.id+"'s API to show m1 failed", time.Minute, func() bool {
+			req, _ := http.NewRequest("GET", "http://"+s.api+"/api/v1/machines?phase=failed-commissioning", nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode == 200 && strings.Contains(string(b), `"name":"m1"`)
+		})
 	}
 
 	// kill -9 the leader: another takes over and carries on.
