@@ -21,7 +21,7 @@ import (
 // reported (nil when none).
 type DiscoveredMachine struct {
 	Discovered
-	Facts *agentapi.Facts
+	Facts *agentapi.Facts `json:"facts,omitempty"`
 }
 
 // DiscoveredMachines lists the discovered MACs that no Machine of the

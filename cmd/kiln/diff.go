@@ -27,7 +27,7 @@ func runDiff(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintf(errOut, "kiln diff: %s is invalid (%d errors): it would be rejected whole\n", dir, res.Problems.Errors())
 		return exitTrouble
 	}
-	store, closeFn, ok := cf.connect("diff", errOut)
+	store, _, closeFn, ok := cf.open("diff", errOut)
 	if !ok {
 		return exitTrouble
 	}

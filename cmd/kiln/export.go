@@ -18,7 +18,7 @@ func runExport(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if !ok {
 		return code
 	}
-	store, closeFn, ok := cf.connect("export", errOut)
+	store, _, closeFn, ok := cf.open("export", errOut)
 	if !ok {
 		return exitFail
 	}

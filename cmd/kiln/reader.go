@@ -36,6 +36,7 @@ type reader interface {
 	Retry(ctx context.Context, machine string) (from string, err error)
 	Discovered(ctx context.Context) ([]inventory.Discovered, int64, error)
 	Leases(ctx context.Context) ([]dhcp.Lease, int64, error)
+	DiscoveredMachines(ctx context.Context) ([]inventory.DiscoveredMachine, error)
 }
 
 // etcdReader reads etcd through the store.
@@ -243,6 +244,9 @@ func (a *apiReader) Snapshot(ctx context.Context, kinds ...string) (*inventory.S
 			}
 		}
 	}
+	if snap.Pointer.Generation == "" {
+		return nil, fmt.Errorf("desired state: nothing applied yet: %w", inventory.ErrNotFound)
+	}
 	return snap, nil
 }
 
@@ -385,3 +389,9 @@ func (a *apiReader) Leases(ctx context.Context) ([]dhcp.Lease, int64, error) {
 	err := a.do(ctx, "GET", "/api/v1/leases", &l)
 	return l.Items, l.Revision, err
 }
+
+func (a *apiReader) DiscoveredMachines(ctx context.Context) ([]inventory.DiscoveredMachine, error) {
+	l, err := list[inventory.DiscoveredMachine](ctx, a, "/api/v1/discovered?view=export")
+	return l.Items, err
+}
+

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/kilnhq/kiln/inventory/etcdtest/invtest"
 	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler/api"
+	"github.com/kilnhq/kiln/spec"
 	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
@@ -41,6 +43,8 @@ func TestCLIThroughTheAPI(t *testing.T) {
 	put(k.Timeline("r1", "vm-1"), inventory.Timeline{Events: []inventory.TimelineEvent{{Time: at, Type: "dhcp", Detail: "offer 192.0.2.11"}}})
 	put(k.Report("r1", "vm-1"), inventory.MachineReport{TaskID: "T1", Result: &inventory.AgentResult{Reason: "disk too small", At: at}})
 	put(k.ImageStatus("r1", "debian"), inventory.ImageStatus{Rack: "r1", State: "ready", UpdatedAt: at})
+	put(k.Discovered("r1", "52:54:00:99:00:01"), inventory.Discovered{MAC: "52:54:00:99:00:01", Rack: "r1", Subnet: "net1", IP: "192.0.2.50", FirstSeen: at, LastSeen: at, Arch: "x86_64", VendorClass: "PXEClient"})
+	put(k.Report("r1", spec.DiscoveredName("52:54:00:99:00:01")), map[string]any{"facts": map[string]any{"version": 1, "arch": "amd64", "cpu": map[string]any{"count": 4}, "disks": []map[string]any{{"name": "sda", "sizeBytes": 500 << 30, "serial": "S1"}}}})
 	put(k.Lease("r1", "net1", "192.0.2.11"), dhcp.Lease{Subnet: "net1", IP: netip.MustParseAddr("192.0.2.11"), MAC: "52:54:00:42:00:01", Machine: "vm-1", Reserved: true})
 	if err := store.PutEvent(ctx, inventory.Event{Time: at, Machine: "vm-1", Type: "Warning", Reason: "Failed", Message: "disk too small", From: "deploying", To: "failed-deploying"}, 0); err != nil {
 		t.Fatal(err)
@@ -52,6 +56,14 @@ func TestCLIThroughTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	endpoint := cli.Endpoints()[0]
+	diffDir := t.TempDir() // the inventory with vm-2 deployed and a new machine
+	os.WriteFile(filepath.Join(diffDir, "inv.yaml"), []byte(strings.Replace(testInventory+goldenExtra, "metadata: {name: vm-2}\nspec:\n  state: ready", "metadata: {name: vm-2}\nspec:\n  state: deployed\n  image: debian", 1)+`---
+apiVersion: kiln.dev/v1alpha1
+kind: Machine
+metadata: {name: vm-3}
+spec:
+  interfaces: [{name: eno1, mac: "52:54:00:42:00:03", subnet: net1, ip: 192.0.2.13}]
+`), 0o644)
 	kiln := func(viaAPI bool, args ...string) (string, string, int) {
 		var out, errOut bytes.Buffer
 		if viaAPI {
@@ -75,6 +87,7 @@ func TestCLIThroughTheAPI(t *testing.T) {
 		{"get", "profiles"}, {"get", "source"}, {"get", "discovered"}, {"get", "rollouts"}, {"get", "leases"}, {"get", "lease", "vm-1", "-o", "json"},
 		{"describe", "machine", "vm-1"}, {"describe", "machine", "vm-2"}, {"events", "vm-1"}, {"events", "-o", "json"},
 		{"get", "machine", "nope"}, {"describe", "machine", "nope"}, {"retry", "vm-2"},
+		{"export", "discovered"}, {"diff", diffDir},
 	} {
 		eout, eerr, ecode := kiln(false, args...)
 		aout, aerr, acode := kiln(true, args...)

@@ -446,6 +446,17 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ inventory.APIT
 }
 
 func (s *Server) discovered(w http.ResponseWriter, r *http.Request, _ inventory.APIToken) {
+	if r.URL.Query().Get("view") == "export" {
+		// What kiln export discovered prints: the MACs the inventory
+		// lacks, with the facts their agents reported.
+		ms, err := s.cfg.Store.DiscoveredMachines(r.Context())
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "discovered machines: "+err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, List[inventory.DiscoveredMachine]{Items: orEmpty(ms)})
+		return
+	}
 	ds, err := s.cfg.Store.ListDiscovered(r.Context())
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "discovered machines: "+err.Error())
