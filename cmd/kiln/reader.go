@@ -394,4 +394,3 @@ func (a *apiReader) DiscoveredMachines(ctx context.Context) ([]inventory.Discove
 	l, err := list[inventory.DiscoveredMachine](ctx, a, "/api/v1/discovered?view=export")
 	return l.Items, err
 }
-
