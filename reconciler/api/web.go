@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"cmp"
 	"embed"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"maps"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -17,7 +20,9 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler"
+	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -206,6 +211,32 @@ func (s *Server) fleetPage(w http.ResponseWriter, _ *http.Request, who inventory
 		Phases: reconciler.Phases, Racks: sortedKeys(racks), Initial: orEmpty(list)})
 }
 
+// poolUse says, per subnet with a dynamic range, how much of it live
+// leases hold: "net1 12/100 (12%)".
+func poolUse(subnets []*spec.Subnet, inUse map[string]int) string {
+	slices.SortFunc(subnets, func(a, b *spec.Subnet) int { return strings.Compare(a.Metadata.Name, b.Metadata.Name) })
+	var parts []string
+	for _, sn := range subnets {
+		r := sn.Spec.DynamicRange
+		if r == nil {
+			continue
+		}
+		a, err1 := netip.ParseAddr(r.Start)
+		b, err2 := netip.ParseAddr(r.End)
+		if err1 != nil || err2 != nil || !a.Is4() || !b.Is4() {
+			continue
+		}
+		x, y := a.As4(), b.As4()
+		size := int(binary.BigEndian.Uint32(y[:])) - int(binary.BigEndian.Uint32(x[:])) + 1
+		if size <= 0 {
+			continue
+		}
+		used := inUse[sn.Metadata.Name]
+		parts = append(parts, fmt.Sprintf("%s %d/%d (%d%%)", sn.Metadata.Name, used, size, used*100/size))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -299,8 +330,8 @@ func (s *Server) sourcePage(w http.ResponseWriter, _ *http.Request, who inventor
 }
 
 type rackRow struct {
-	Name, Leader, Images string
-	Machines, Leases     int
+	Name, Leader, Images, Pools string
+	Machines, Leases            int
 }
 
 type racksPage struct {
@@ -314,6 +345,10 @@ func (s *Server) racksPage(w http.ResponseWriter, r *http.Request, who inventory
 	rows := map[string]*rackRow{}
 	for n := range c.snap.Inventory.Racks {
 		rows[n] = &rackRow{Name: n, Leader: "none"}
+	}
+	subnets := map[string][]*spec.Subnet{}
+	for _, sn := range c.snap.Inventory.Subnets {
+		subnets[sn.Spec.Rack] = append(subnets[sn.Spec.Rack], sn)
 	}
 	for _, m := range c.snap.Inventory.Machines {
 		if row := rows[m.Spec.Rack]; row != nil {
@@ -338,9 +373,18 @@ func (s *Server) racksPage(w http.ResponseWriter, r *http.Request, who inventory
 		if resp, err := st.Client().Get(ctx, st.Keys().RackElection(name), clientv3.WithFirstCreate()...); err == nil && len(resp.Kvs) > 0 {
 			row.Leader = string(resp.Kvs[0].Value)
 		}
-		if resp, err := st.Client().Get(ctx, st.Keys().Lease(name, "", ""), clientv3.WithPrefix(), clientv3.WithCountOnly()); err == nil {
-			row.Leases = int(resp.Count)
-		}
+		inUse := map[string]int{} // live dynamic leases by subnet
+		_, _ = st.RangeAt(ctx, st.Keys().Lease(name, "", ""), 0, func(_ string, v []byte) error {
+			var l dhcp.Lease
+			if json.Unmarshal(v, &l) == nil {
+				row.Leases++
+				if !l.Reserved && !l.Ended() && l.Expires.After(time.Now()) {
+					inUse[l.Subnet]++
+				}
+			}
+			return nil
+		})
+		row.Pools = poolUse(subnets[name], inUse)
 		var parts []string
 		for _, state := range slices.Sorted(maps.Keys(counts[name])) {
 			parts = append(parts, state+" "+strconv.Itoa(counts[name][state]))

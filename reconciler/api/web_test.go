@@ -2,10 +2,12 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 )
 
 // browser is an HTTP client with a cookie jar that does not follow
@@ -106,6 +109,22 @@ func TestWebLoginAndRoles(t *testing.T) {
 	evs, _, _ := e.store.Events(context.Background(), "m001")
 	if !slices.ContainsFunc(evs, func(ev inventory.Event) bool { return strings.Contains(ev.Message, "web view by token operator") }) {
 		t.Errorf("no event of the web retry: %+v", evs)
+	}
+	// The racks page: DHCP pool use counts live dynamic leases only.
+	now := time.Now().UTC()
+	for i, l := range []dhcp.Lease{
+		{Subnet: "net", IP: netip.MustParseAddr("10.77.200.1"), MAC: "02:00:00:00:00:01", Expires: now.Add(time.Hour), Updated: now},
+		{Subnet: "net", IP: netip.MustParseAddr("10.77.200.2"), MAC: "02:00:00:00:00:02", Expires: now.Add(time.Hour), Updated: now},
+		{Subnet: "net", IP: netip.MustParseAddr("10.77.200.3"), MAC: "02:00:00:00:00:03", Expires: now.Add(-time.Hour), Updated: now.Add(-2 * time.Hour)},
+		{Subnet: "net", IP: netip.MustParseAddr("10.77.0.5"), MAC: "52:54:00:77:00:00", Machine: "m000", Reserved: true, Expires: now.Add(time.Hour), Updated: now},
+	} {
+		b, _ := json.Marshal(l)
+		if _, err := e.store.Client().Put(context.Background(), e.store.Keys().Lease("r1", "net", l.IP.String()), string(b)); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	if _, body := e.page(c, "/racks"); !strings.Contains(body, "net 2/12801 (0%)") || !strings.Contains(body, "<td>4</td>") {
+		t.Errorf("racks page without the pool use:\n%s", body)
 	}
 	for _, p := range []string{"/source", "/racks", "/static/fleet.js", "/static/kiln.css"} {
 		if code, _ := e.page(c, p); code != 200 {
