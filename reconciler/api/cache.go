@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
+	"github.com/kilnhq/kiln/inventory/keys"
+	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -32,8 +34,11 @@ type cache struct {
 	statuses map[string]inventory.MachineStatus
 	sources  map[string]inventory.SourceStatus
 	tokens   map[string]inventory.APIToken // by ID
-	changes  []Change                      // the newest ring changes, oldest first
-	first    int64                         // changes after first are all in changes
+	// The racks' records, by etcd key: image cache states, discovered
+	// MACs, DHCP leases (each bounded by the racks' own limits).
+	rackRecs map[string]rackRecord
+	changes  []Change // the newest ring changes, oldest first
+	first    int64    // changes after first are all in changes
 	subs     map[chan []Change]struct{}
 }
 
@@ -50,6 +55,49 @@ type Change struct {
 	Event *inventory.Event `json:"event,omitempty"`
 	// data is the change as JSON, encoded once for every watcher.
 	data []byte
+}
+
+// rackRecord is one decoded rack record of the cache.
+type rackRecord struct {
+	image      string // imagestatus: the image
+	imageState *inventory.ImageStatus
+	discovered *inventory.Discovered
+	lease      *dhcp.Lease
+}
+
+// decodeRackRecord decodes a rack record the cache keeps; ok is false for
+// any other key.
+func decodeRackRecord(k keys.Layout, key string, v []byte) (rackRecord, bool) {
+	var r rackRecord
+	switch {
+	case strings.HasPrefix(key, k.ImageStatus("", "")):
+		_, image, ok := k.SplitImageStatus(key)
+		var st inventory.ImageStatus
+		if !ok || json.Unmarshal(v, &st) != nil {
+			return r, false
+		}
+		r.image, r.imageState = image, &st
+	case strings.HasPrefix(key, k.Discovered("", "")):
+		var d inventory.Discovered
+		if json.Unmarshal(v, &d) != nil {
+			return r, false
+		}
+		r.discovered = &d
+	case strings.HasPrefix(key, k.Lease("", "", "")):
+		var l dhcp.Lease
+		if json.Unmarshal(v, &l) != nil {
+			return r, false
+		}
+		r.lease = &l
+	default:
+		return r, false
+	}
+	return r, true
+}
+
+// isRackRecord says whether the cache keeps the records under key.
+func isRackRecord(k keys.Layout, key string) bool {
+	return strings.HasPrefix(key, k.ImageStatus("", "")) || strings.HasPrefix(key, k.Discovered("", "")) || strings.HasPrefix(key, k.Lease("", "", ""))
 }
 
 func newCache(store *inventory.Store, ring int, log *slog.Logger) *cache {
@@ -94,7 +142,14 @@ func (c *cache) load(ctx context.Context) (int64, error) {
 	statuses := map[string]inventory.MachineStatus{}
 	sources := map[string]inventory.SourceStatus{}
 	tokens := map[string]inventory.APIToken{}
+	recs := map[string]rackRecord{}
 	k := c.store.Keys()
+	keepRec := func(key string, v []byte) error {
+		if r, ok := decodeRackRecord(k, key, v); ok {
+			recs[key] = r
+		}
+		return nil
+	}
 	for _, r := range []struct {
 		prefix string
 		fn     func(key string, v []byte) error
@@ -122,6 +177,9 @@ func (c *cache) load(ctx context.Context) (int64, error) {
 			}
 			return nil
 		}},
+		{k.ImageStatus("", ""), keepRec},
+		{k.Discovered("", ""), keepRec},
+		{k.Lease("", "", ""), keepRec},
 	} {
 		if _, err := c.store.RangeAt(ctx, r.prefix, rev, r.fn); err != nil {
 			return 0, err
@@ -129,7 +187,7 @@ func (c *cache) load(ctx context.Context) (int64, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.snap, c.statuses, c.sources, c.tokens, c.rev = snap, statuses, sources, tokens, rev
+	c.snap, c.statuses, c.sources, c.tokens, c.rackRecs, c.rev = snap, statuses, sources, tokens, recs, rev
 	// Watchers cannot be told what happened while nobody watched: they
 	// resume from a revision the changes no longer cover, and list again.
 	c.changes, c.first = nil, rev
@@ -197,6 +255,12 @@ func (c *cache) follow(ctx context.Context, rev int64) error {
 				if ev.Type != clientv3.EventTypeDelete && json.Unmarshal(ev.Kv.Value, &st) == nil {
 					c.sources[st.Name] = st
 					changes = append(changes, Change{Revision: ev.Kv.ModRevision, Type: "source", Name: st.Name})
+				}
+			case isRackRecord(k, key):
+				if r, ok := decodeRackRecord(k, key, ev.Kv.Value); ok && ev.Type == clientv3.EventTypePut {
+					c.rackRecs[key] = r
+				} else {
+					delete(c.rackRecs, key)
 				}
 			case strings.HasPrefix(key, k.Events("")) && ev.Type == clientv3.EventTypePut:
 				var e inventory.Event
@@ -332,4 +396,39 @@ func (c *cache) token(id string) (inventory.APIToken, bool) {
 	defer c.mu.RUnlock()
 	t, ok := c.tokens[id]
 	return t, ok
+}
+
+// rackRecords returns, in key order (rack, then name), the cached records
+// for which pick returns true.
+func (c *cache) rackRecords(pick func(key string, r rackRecord) bool) []rackRecord {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	keys := make([]string, 0, len(c.rackRecs))
+	for k, r := range c.rackRecs {
+		if pick(k, r) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	out := make([]rackRecord, len(keys))
+	for i, k := range keys {
+		out[i] = c.rackRecs[k]
+	}
+	return out
+}
+
+// imageStates are the racks' image cache states by image, in rack order.
+func (c *cache) imageStates() map[string][]inventory.ImageStatus {
+	out := map[string][]inventory.ImageStatus{}
+	for _, r := range c.rackRecords(func(_ string, r rackRecord) bool { return r.imageState != nil }) {
+		out[r.image] = append(out[r.image], *r.imageState)
+	}
+	return out
+}
+
+// revision is the etcd revision the cache holds every change up to.
+func (c *cache) revision() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev
 }

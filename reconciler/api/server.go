@@ -363,11 +363,7 @@ func (s *Server) listKind(kind string) func(http.ResponseWriter, *http.Request, 
 		case spec.KindSubnet:
 			items = sorted(inv.Subnets)
 		case spec.KindImage:
-			images, err := s.cfg.Store.ImageStatuses(r.Context())
-			if err != nil {
-				writeError(w, http.StatusServiceUnavailable, "image cache states: "+err.Error())
-				return
-			}
+			images := s.cache.imageStates()
 			for _, im := range sorted(inv.Images) {
 				img := im.(*spec.Image)
 				items = append(items, struct {
@@ -457,12 +453,11 @@ func (s *Server) discovered(w http.ResponseWriter, r *http.Request, _ inventory.
 		writeJSON(w, http.StatusOK, List[inventory.DiscoveredMachine]{Items: orEmpty(ms)})
 		return
 	}
-	ds, err := s.cfg.Store.ListDiscovered(r.Context())
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "discovered machines: "+err.Error())
-		return
+	var ds []inventory.Discovered
+	for _, rec := range s.cache.rackRecords(func(_ string, r rackRecord) bool { return r.discovered != nil }) {
+		ds = append(ds, *rec.discovered)
 	}
-	writeJSON(w, http.StatusOK, List[inventory.Discovered]{Items: orEmpty(ds)})
+	writeJSON(w, http.StatusOK, List[inventory.Discovered]{Items: orEmpty(ds), Revision: s.cache.revision()})
 }
 
 // leases serves the DHCP leases the racks hold, by rack, subnet and
@@ -473,21 +468,11 @@ func (s *Server) leases(w http.ResponseWriter, r *http.Request, _ inventory.APIT
 		writeError(w, http.StatusBadRequest, "rack="+strconv.Quote(rack)+": want a rack's name")
 		return
 	}
-	out := List[dhcp.Lease]{Items: []dhcp.Lease{}}
-	st := s.cfg.Store
-	rev, err := st.RangeAt(r.Context(), st.Keys().Lease(rack, "", ""), 0, func(k string, v []byte) error {
-		var l dhcp.Lease
-		if err := json.Unmarshal(v, &l); err != nil {
-			return fmt.Errorf("decode %s: %w", k, err)
-		}
-		out.Items = append(out.Items, l)
-		return nil
-	})
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "leases: "+err.Error())
-		return
+	out := List[dhcp.Lease]{Items: []dhcp.Lease{}, Revision: s.cache.revision()}
+	prefix := s.cfg.Store.Keys().Lease(rack, "", "")
+	for _, rec := range s.cache.rackRecords(func(key string, r rackRecord) bool { return r.lease != nil && strings.HasPrefix(key, prefix) }) {
+		out.Items = append(out.Items, *rec.lease)
 	}
-	out.Revision = rev
 	writeJSON(w, http.StatusOK, out)
 }
 

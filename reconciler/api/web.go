@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/kilnhq/kiln/inventory"
-	"github.com/kilnhq/kiln/netboot/dhcp"
 	"github.com/kilnhq/kiln/reconciler"
 	"github.com/kilnhq/kiln/spec"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -358,7 +357,7 @@ func (s *Server) racksPage(w http.ResponseWriter, r *http.Request, who inventory
 	c.mu.RUnlock()
 	ctx := r.Context()
 	st := s.cfg.Store
-	images, _ := st.ImageStatuses(ctx)
+	images := s.cache.imageStates()
 	counts := map[string]map[string]int{}
 	for _, sts := range images {
 		for _, is := range sts {
@@ -374,16 +373,14 @@ func (s *Server) racksPage(w http.ResponseWriter, r *http.Request, who inventory
 			row.Leader = string(resp.Kvs[0].Value)
 		}
 		inUse := map[string]int{} // live dynamic leases by subnet
-		_, _ = st.RangeAt(ctx, st.Keys().Lease(name, "", ""), 0, func(_ string, v []byte) error {
-			var l dhcp.Lease
-			if json.Unmarshal(v, &l) == nil {
-				row.Leases++
-				if !l.Reserved && !l.Ended() && l.Expires.After(time.Now()) {
-					inUse[l.Subnet]++
-				}
+		prefix := st.Keys().Lease(name, "", "")
+		for _, rec := range s.cache.rackRecords(func(key string, r rackRecord) bool { return r.lease != nil && strings.HasPrefix(key, prefix) }) {
+			l := rec.lease
+			row.Leases++
+			if !l.Reserved && !l.Ended() && l.Expires.After(time.Now()) {
+				inUse[l.Subnet]++
 			}
-			return nil
-		})
+		}
 		row.Pools = poolUse(subnets[name], inUse)
 		var parts []string
 		for _, state := range slices.Sorted(maps.Keys(counts[name])) {
