@@ -49,11 +49,15 @@ func (w waitFor) met(st inventory.MachineStatus) bool {
 // runWait waits until a machine's status meets --for, showing where it
 // stands on one line (a terminal) or a line per change.
 func runWait(ctx context.Context, args []string, out, errOut io.Writer) int {
-	fs := newFlags("wait", "machine NAME --for phase=deployed [--timeout-wait 30m]", errOut)
+	fs := newFlags("wait", "machine NAME --for phase=deployed [--timeout 30m]", errOut)
 	var cf clientFlags
 	cf.register(fs)
 	forFlag := fs.String("for", "", "phase=PHASE, or condition=TYPE[=STATUS] (STATUS default True)")
-	limit := fs.Duration("timeout-wait", 30*time.Minute, "give up after this long (exit 1)")
+	// Here --timeout bounds the whole wait, not one etcd call.
+	tf := fs.Lookup("timeout")
+	tf.Usage, tf.DefValue = "give up after this long (exit 1)", "30m0s"
+	tf.Value.Set("30m")
+	limit := &cf.timeout
 	pos, code, ok := parseArgs(fs, args, func(pos []string) bool {
 		return len(pos) == 2 && resources[strings.ToLower(pos[0])] == "Machine"
 	})

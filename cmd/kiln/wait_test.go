@@ -50,7 +50,7 @@ func TestWait(t *testing.T) {
 	tok, _, _ := store.CreateAPIToken(ctx, "w", inventory.RoleViewer, 0, time.Now())
 	for _, viaAPI := range []bool{false, true} {
 		put("ready", "")
-		args := []string{"wait", "machine", "vm-1", "--for", "phase=deployed", "--timeout-wait", "1m"}
+		args := []string{"wait", "machine", "vm-1", "--for", "phase=deployed", "--timeout", "1m"}
 		if viaAPI {
 			t.Setenv("KILN_SERVER", srv.URL)
 			t.Setenv("KILN_TOKEN", tok)
@@ -80,7 +80,7 @@ func TestWait(t *testing.T) {
 	}
 	t.Setenv("KILN_SERVER", "")
 	var o, e bytes.Buffer
-	c := run(ctx, []string{"wait", "machine", "vm-2", "--for", "phase=deployed", "--timeout-wait", "300ms", "--etcd-endpoints", cli.Endpoints()[0]}, &o, &e)
+	c := run(ctx, []string{"wait", "machine", "vm-2", "--for", "phase=deployed", "--timeout", "300ms", "--etcd-endpoints", cli.Endpoints()[0]}, &o, &e)
 	if c != exitFail || !strings.Contains(e.String(), "no phase=deployed within 300ms") {
 		t.Errorf("timeout: exit %d %q", c, e.String())
 	}
