@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	retry "github.com/kilnhq/kiln/inventory/backoff"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -21,6 +22,23 @@ func (s *Store) RequestSync(ctx context.Context, source, by string, at time.Time
 	}
 	return nil
 }
+
+// FollowSyncRequests calls fn for each sync request of source from now
+// until ctx ends, watching again (with backoff) after etcd goes away: a
+// request made while etcd was away could not be stored either.
+func (s *Store) FollowSyncRequests(ctx context.Context, source string, fn func(SyncRequest)) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		err := s.WatchSyncRequests(ctx, source, fn)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("sync requests: watch ended; watching again", "err", err)
+		retry.Sleep(ctx, syncBackoff.Delay(attempt))
+	}
+}
+
+// syncBackoff paces FollowSyncRequests' watches after errors.
+var syncBackoff = retry.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 
 // WatchSyncRequests calls fn for each sync request of source after now,
 // until ctx ends or the watch fails.

@@ -277,12 +277,13 @@ func (c serverConfig) startComponents(ctx context.Context, g *errgroup.Group, st
 	if src.sync != nil {
 		// "Poll now", asked through the API of any server: the leader's.
 		goLogged(g, log, "sync requests", func() error {
-			return store.WatchSyncRequests(ctx, "default", func(r inventory.SyncRequest) {
+			store.FollowSyncRequests(ctx, "default", func(r inventory.SyncRequest) {
 				if region.Leading() {
 					log.Info("source sync requested", "by", r.By)
 					src.sync()
 				}
 			})
+			return nil
 		})
 	}
 	if c.rack.rack != "" {
