@@ -120,16 +120,42 @@ func (r *resumingBody) Read(p []byte) (int, error) {
 		if r.resumes <= 0 || r.total < 0 {
 			return n, fmt.Errorf("GET %s: connection lost after %d of %d bytes: %w", r.url, r.off, r.total, err)
 		}
-		r.resumes--
 		r.log.Warn("image download interrupted, resuming", "url", r.url, "offset", r.off, "err", err)
 		r.close()
-		if oerr := r.open(); oerr != nil {
+		if oerr := r.reopen(); oerr != nil {
 			return n, fmt.Errorf("GET %s: connection lost after %d of %d bytes (%v); resume failed: %w", r.url, r.off, r.total, err, oerr)
 		}
 		if n > 0 {
 			return n, nil
 		}
 	}
+}
+
+// resumeWait is the wait before the second try to resume; it doubles for
+// each later one. A rack leader's failover takes a few seconds before the
+// new leader's boot server answers at the same address: the resumes left
+// (5 by default) wait 0, 0.5, 1, 2 and 4 s.
+var resumeWait = 500 * time.Millisecond
+
+// reopen asks for the rest, trying again with a growing wait while
+// resumes are left: the server may be down for a moment.
+func (r *resumingBody) reopen() error {
+	var err error
+	for wait := time.Duration(0); r.resumes > 0; wait = max(2*wait, resumeWait) {
+		r.resumes--
+		if wait > 0 {
+			select {
+			case <-r.ctx.Done():
+				return r.ctx.Err()
+			case <-time.After(wait):
+			}
+			r.log.Warn("image download: resuming again", "url", r.url, "offset", r.off, "err", err)
+		}
+		if err = r.open(); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 func (r *resumingBody) close() {
