@@ -487,6 +487,16 @@ func TestLabCleanup(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- sleeper.Wait() }()
+	// Only a process already inside can be found there: wait until
+	// `ip netns exec` has entered the namespace and run sleep.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if out, _ := exec.Command("ip", "netns", "pids", stale).Output(); len(strings.TrimSpace(string(out))) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the process never entered namespace %s", stale)
+		}
+	}
 	netlab.New(t)
 	if left := netlab.ListNamespaces(stale); len(left) > 0 {
 		t.Errorf("stale namespace %s was not removed", stale)
