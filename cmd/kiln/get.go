@@ -64,11 +64,6 @@ func runGet(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return exitFail
 	}
 	defer closeFn()
-	if *watch && store == nil && (kind == "Lease" || kind == "Discovered") {
-		// The API's watch carries machines and the source, not the racks' records.
-		fmt.Fprintln(errOut, "kiln get:", errEtcdOnly("--watch of "+strings.ToLower(kind)))
-		return exitUsage
-	}
 
 	g := &getter{r: r, store: store, kind: kind, name: name, format: *format}
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)

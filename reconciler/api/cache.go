@@ -47,7 +47,7 @@ type cache struct {
 // no status).
 type Change struct {
 	Revision int64           `json:"revision"`
-	Type     string          `json:"type"` // machine, source, event
+	Type     string          `json:"type"` // machine, source, event, image, discovered, lease
 	Machine  *MachineSummary `json:"machine,omitempty"`
 	Name     string          `json:"name"`
 	Deleted  bool            `json:"deleted,omitempty"`
@@ -63,6 +63,17 @@ type rackRecord struct {
 	imageState *inventory.ImageStatus
 	discovered *inventory.Discovered
 	lease      *dhcp.Lease
+}
+
+// kind is the watch's change type of the record.
+func (r rackRecord) kind() string {
+	switch {
+	case r.imageState != nil:
+		return "image"
+	case r.discovered != nil:
+		return "discovered"
+	}
+	return "lease"
 }
 
 // decodeRackRecord decodes a rack record the cache keeps; ok is false for
@@ -257,11 +268,16 @@ func (c *cache) follow(ctx context.Context, rev int64) error {
 					changes = append(changes, Change{Revision: ev.Kv.ModRevision, Type: "source", Name: st.Name})
 				}
 			case isRackRecord(k, key):
-				if r, ok := decodeRackRecord(k, key, ev.Kv.Value); ok && ev.Type == clientv3.EventTypePut {
+				old := c.rackRecs[key]
+				r, ok := decodeRackRecord(k, key, ev.Kv.Value)
+				if ok && ev.Type == clientv3.EventTypePut {
 					c.rackRecs[key] = r
 				} else {
 					delete(c.rackRecs, key)
+					r = old
 				}
+				changes = append(changes, Change{Revision: ev.Kv.ModRevision, Type: r.kind(), Name: strings.TrimPrefix(key, k.Prefix()),
+					Deleted: ev.Type == clientv3.EventTypeDelete})
 			case strings.HasPrefix(key, k.Events("")) && ev.Type == clientv3.EventTypePut:
 				var e inventory.Event
 				if json.Unmarshal(ev.Kv.Value, &e) == nil {

@@ -18,7 +18,8 @@ const watchBuffer = 1024
 const heartbeat = 15 * time.Second
 
 // watch streams changes as Server-Sent Events: "event: machine" (or
-// source, or event: a machine's new lifecycle event) with the Change as
+// source, event: a machine's new lifecycle event, image, discovered,
+// lease: a rack record) with the Change as
 // JSON. The id of the last event of each etcd
 // revision is that revision, so a client that reconnects with
 // Last-Event-ID (or ?since=) gets every change after the last revision it

@@ -189,17 +189,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, _ *http.Request, who inventory
 	for n := range c.snap.Inventory.Racks {
 		racks[n] = true
 	}
-	names := make([]string, 0, len(c.snap.Inventory.Machines))
-	for n := range c.snap.Inventory.Machines {
-		names = append(names, n)
-	}
-	for n := range c.statuses {
-		if c.snap.Inventory.Machines[n] == nil {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
-	for _, n := range names {
+	for _, n := range c.machineNames() {
 		if m, ok := c.summary(n); ok {
 			list = append(list, m)
 			racks[m.Rack] = true
