@@ -2,7 +2,6 @@ package reconciler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -39,34 +38,17 @@ func working(phase string) bool {
 // (compare-and-swap on the status; only powerRequest changes). It returns
 // the machine's phase; a machine in a working phase gives ErrBusy unless
 // force, one without status inventory.ErrNotFound.
-func RequestPower(ctx context.Context, store StatusUpdater, machine, action, by string, force bool, now time.Time) (phase string, err error) {
+func RequestPower(ctx context.Context, store StatusUpdater, machine, action, by string, force bool, now time.Time) (string, error) {
 	if !slices.Contains(PowerActions, action) {
 		return "", fmt.Errorf("power action %q: want on, off or cycle", action)
 	}
-	err = store.Update(ctx, store.Keys().MachineStatus(machine), func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, fmt.Errorf("machine %q has no status: %w", machine, inventory.ErrNotFound)
+	req := inventory.PowerRequest{Action: action, By: by, At: now.UTC(), Force: force}
+	return setStatusField(ctx, store, machine, "powerRequest", req, func(st inventory.MachineStatus) error {
+		if working(st.Phase) && !force {
+			return fmt.Errorf("%s is %s: %w (force it to interrupt)", machine, st.Phase, ErrBusy)
 		}
-		var st inventory.MachineStatus
-		if err := json.Unmarshal(old, &st); err != nil {
-			return nil, fmt.Errorf("decode status of %s: %w", machine, err)
-		}
-		phase = st.Phase
-		if working(phase) && !force {
-			return nil, fmt.Errorf("%s is %s: %w (force it to interrupt)", machine, phase, ErrBusy)
-		}
-		var raw map[string]json.RawMessage
-		if err := json.Unmarshal(old, &raw); err != nil {
-			return nil, fmt.Errorf("decode status of %s: %w", machine, err)
-		}
-		b, err := json.Marshal(inventory.PowerRequest{Action: action, By: by, At: now.UTC(), Force: force})
-		if err != nil {
-			return nil, err
-		}
-		raw["powerRequest"] = b
-		return json.Marshal(raw)
+		return nil
 	})
-	return phase, err
 }
 
 // powerRequest carries out the status's power request, once: a working

@@ -32,26 +32,42 @@ type StatusUpdater interface {
 // failed-<phase> on success. A machine without status gives an error
 // wrapping inventory.ErrNotFound; one that is not failed, ErrNotFailed.
 func Retry(ctx context.Context, store StatusUpdater, machine string) (from string, err error) {
+	return setStatusField(ctx, store, machine, "retry", true, func(st inventory.MachineStatus) error {
+		if !strings.HasPrefix(st.Phase, FailedPrefix) {
+			return fmt.Errorf("%s is %q: %w", machine, st.Phase, ErrNotFailed)
+		}
+		return nil
+	})
+}
+
+// setStatusField sets one field of the machine's status to value by
+// compare-and-swap, touching no other (every other field is the region
+// leader's), when check allows it on the status as it is; it returns the
+// phase the status was in. No status is inventory.ErrNotFound.
+func setStatusField(ctx context.Context, store StatusUpdater, machine, field string, value any, check func(inventory.MachineStatus) error) (phase string, err error) {
+	v, err := json.Marshal(value)
+	if err != nil {
+		return "", err
+	}
 	err = store.Update(ctx, store.Keys().MachineStatus(machine), func(old []byte) ([]byte, error) {
-		from = ""
+		phase = ""
 		if old == nil {
 			return nil, fmt.Errorf("machine %q has no status: %w", machine, inventory.ErrNotFound)
 		}
 		var st inventory.MachineStatus
+		var raw map[string]json.RawMessage
 		if err := json.Unmarshal(old, &st); err != nil {
 			return nil, fmt.Errorf("decode status of %s: %w", machine, err)
 		}
-		from = st.Phase
-		if !strings.HasPrefix(from, FailedPrefix) {
-			return nil, fmt.Errorf("%s is %q: %w", machine, from, ErrNotFailed)
-		}
-		// Only the retry flag changes: every other field is the region's.
-		var raw map[string]json.RawMessage
 		if err := json.Unmarshal(old, &raw); err != nil {
 			return nil, fmt.Errorf("decode status of %s: %w", machine, err)
 		}
-		raw["retry"] = json.RawMessage("true")
+		phase = st.Phase
+		if err := check(st); err != nil {
+			return nil, err
+		}
+		raw[field] = v
 		return json.Marshal(raw)
 	})
-	return from, err
+	return phase, err
 }
