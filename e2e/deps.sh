@@ -18,9 +18,10 @@ need=()
 # QEMU are the independent peers the power tests drive; openssl checks the
 # certificates of kiln certs. mmdebstrap and the
 # disk tools build the lab's Debian OS image (e2e/osimage); chromium
-# (headless) drives the web view's test.
+# (headless) drives the web view's test; prometheus (and its promtool)
+# checks the alert rules and scrapes a running Kiln.
 for p in git make ca-certificates ipmitool openipmi redfishtool qemu-system-x86 ipxe-qemu ovmf iproute2 isc-dhcp-client busybox-static dnsmasq-base kea-dhcp4-server kea-admin isc-dhcp-relay tcpdump nginx curl tftp-hpa tftpd-hpa ipxe cloud-init openssl \
-	chromium fonts-liberation mmdebstrap dosfstools mtools syslinux syslinux-common grub-efi-amd64-bin gdisk e2fsprogs zstd; do
+	chromium fonts-liberation prometheus mmdebstrap dosfstools mtools syslinux syslinux-common grub-efi-amd64-bin gdisk e2fsprogs zstd; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 updated=

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -741,6 +742,9 @@ func (c *controller) observe(name string, was inventory.MachineStatus, dec Decis
 	}
 	if !was.PhaseStartedAt.IsZero() && was.Phase != "" {
 		c.r.metrics.phaseDuration.WithLabelValues(was.Phase).Observe(now.Sub(was.PhaseStartedAt).Seconds())
+	}
+	if strings.HasPrefix(dec.Status.Phase, FailedPrefix) {
+		c.r.metrics.failures.WithLabelValues(dec.Status.Phase).Inc()
 	}
 	for _, ev := range dec.Events {
 		if ev.From != ev.To {

@@ -1,6 +1,8 @@
 package reconciler
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -11,6 +13,7 @@ type metrics struct {
 	phaseDuration *prometheus.HistogramVec
 	depth         prometheus.Gauge
 	batch         prometheus.Histogram
+	failures      *prometheus.CounterVec
 }
 
 var machinesDesc = prometheus.NewDesc("kiln_machines", "Machines in the inventory by lifecycle phase and rack (reported by the region leader).",
@@ -31,14 +34,19 @@ func newMetrics(reg prometheus.Registerer, r *Region) *metrics {
 			Help: "Machines waiting for a reconcile worker."}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kiln_reconcile_write_batch_size",
 			Help: "Machine decisions written per etcd transaction (group commit).", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kiln_machine_failures_total",
+			Help: "Machines that entered a failed phase (failed-commissioning, ...), by that phase, counted by the leader that wrote it."}, []string{"phase"}),
 	}
 	for _, res := range []string{"success", "unchanged", "conflict", "error"} {
 		m.reconciles.WithLabelValues(res)
 	}
 	for _, p := range Phases {
 		m.phaseDuration.WithLabelValues(p)
+		if strings.HasPrefix(p, FailedPrefix) {
+			m.failures.WithLabelValues(p)
+		}
 	}
-	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, machinesCollector{r}, driftCollector{r}, cablingCollector{r}, rolloutCollector{r})
+	reg.MustRegister(m.leader, m.reconciles, m.duration, m.phaseDuration, m.depth, m.batch, m.failures, machinesCollector{r}, rackLeaderCollector{r}, driftCollector{r}, cablingCollector{r}, rolloutCollector{r})
 	return m
 }
 

@@ -285,7 +285,7 @@ func TestFailureRetryAndExhaustion(t *testing.T) {
 	e.sim.failures["broken"] = 9 // never commissions
 	machines := map[string]string{"flaky": "state: ready", "broken": "state: ready"}
 	e.apply(lab(t, machines), "r1")
-	e.region("region-1", reconciler.Config{})
+	_, reg := e.region("region-1", reconciler.Config{})
 
 	st := e.waitPhase("flaky", "ready", time.Minute)
 	if st.Attempts != 0 || st.Reason != "" {
@@ -300,6 +300,10 @@ func TestFailureRetryAndExhaustion(t *testing.T) {
 	})
 	if !strings.Contains(st.Reason, "simulated commission failure") || st.BootPurpose != "off" {
 		t.Fatalf("failed status: %+v", st)
+	}
+	// flaky failed twice and broken three times, each counted once.
+	if n := counterValue(t, reg, "kiln_machine_failures_total", "failed-commissioning"); n != 5 {
+		t.Errorf("kiln_machine_failures_total{phase=failed-commissioning} = %v, want 5", n)
 	}
 	// After the attempts ran out nothing happens until a person acts ...
 	if n := e.sim.booted("broken", "commission"); n != 3 {

@@ -180,7 +180,7 @@ func exampleFiles(t *testing.T) []string {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && d.Name() == "deploy" {
+		if d.IsDir() && notInventory[d.Name()] {
 			return filepath.SkipDir // systemd units and manifests, not inventory
 		}
 		if !d.IsDir() && isYAML(p) {

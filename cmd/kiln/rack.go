@@ -157,13 +157,15 @@ func runRack(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "kiln rack:", err)
 		return exitUsage
 	}
-	cli, err := etcd.Connect(cf.config())
+	reg := newRegistry()
+	ecfg := cf.config()
+	ecfg.DialOptions = etcd.Instrument(reg)
+	cli, err := etcd.Connect(ecfg)
 	if err != nil {
 		fmt.Fprintln(errOut, "kiln rack:", err)
 		return exitFail
 	}
 	defer cli.Close()
-	reg := newRegistry()
 	agent := rack.New(cfg, inventory.NewStore(cli, cf.prefix, log), reg, log)
 
 	g, ctx := errgroup.WithContext(ctx)

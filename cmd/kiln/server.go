@@ -199,6 +199,7 @@ func serve(ctx context.Context, log *slog.Logger, c serverConfig) error {
 			ecfg.CAFile = c.srvCA // the CA that signed the server's certificate
 		}
 	}
+	ecfg.DialOptions = etcd.Instrument(reg)
 	cli, err := etcd.Connect(ecfg)
 	if err != nil {
 		return err

@@ -15,6 +15,10 @@ import (
 	"strings"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -51,6 +55,25 @@ type Config struct {
 	// without TLS (--insecure-etcd): anyone on that network can then read
 	// and rewrite everything. Logged loudly at start and every hour.
 	InsecureNetwork bool
+
+	// DialOptions are added to the client's gRPC dial options
+	// (Instrument's interceptors).
+	DialOptions []grpc.DialOption
+}
+
+// Instrument registers the etcd client's request metrics with reg
+// (grpc_client_started_total, grpc_client_handled_total by method and
+// code, and the message counters) and returns the dial options that feed
+// them; put them in Config.DialOptions. These are the "etcd request
+// rates" of the dashboard, seen from each Kiln process, so they exist
+// with an external etcd as with the embedded one.
+func Instrument(reg prometheus.Registerer) []grpc.DialOption {
+	m := grpcprom.NewClientMetrics()
+	reg.MustRegister(m)
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(m.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(m.StreamClientInterceptor()),
+	}
 }
 
 // Embedded returns whether the config asks for an embedded server.
@@ -230,6 +253,7 @@ func Connect(cfg Config) (*clientv3.Client, error) {
 		// A revision is written in requests of up to ~1 MiB; answers to
 		// a whole-inventory read may be larger.
 		MaxCallRecvMsgSize: 256 << 20,
+		DialOptions:        cfg.DialOptions,
 	}
 	if cfg.Username != "" {
 		cc.Username = cfg.Username
