@@ -4,7 +4,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build test e2e lab-deps demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp bench-api lint run ci schema fuzz clean
+.PHONY: help build image test e2e lab-deps demo demo-down bench bench-inventory bench-region bench-dhcp bench-http bench-tftp bench-api lint run ci schema fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -12,6 +12,10 @@ help: ## list the targets
 build: ## build bin/kiln and the static machine agent bin/kiln-agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/kiln ./cmd/kiln
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/kiln-agent ./cmd/kiln-agent
+
+image: ## write the OCI archives dist/kiln.oci.tar (kiln server) and dist/kiln-rack.oci.tar (kiln rack): static kiln, non-root, no shell, no container engine needed
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o dist/kiln ./cmd/kiln
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./cmd/kiln-oci --kiln dist/kiln --out dist --tag $(VERSION)
 
 test: ## run the unit and integration tests (embedded etcd, real git, real sockets)
 	$(GO) test -count=1 $(PKGS)

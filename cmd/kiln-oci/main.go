@@ -1,0 +1,322 @@
+// Command kiln-oci writes Kiln's container images as OCI archives without
+// a container engine, as ko does: the static kiln binary on an empty base
+// with /etc/passwd, /etc/group, the CA bundle and the directories Kiln
+// writes, run as the non-root user kiln (65532). There is no shell, no
+// libc and no package manager in the image.
+//
+//	CGO_ENABLED=0 go build -trimpath -o dist/kiln ./cmd/kiln
+//	go run ./cmd/kiln-oci --kiln dist/kiln --out dist --tag v0.1.0
+//
+// writes dist/kiln.oci.tar (entrypoint kiln server) and
+// dist/kiln-rack.oci.tar (entrypoint kiln rack): tarred OCI image layouts,
+// which skopeo, podman load and containerd's ctr import read.
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// UID and GID of the image's user kiln (distroless's "nonroot" number).
+const (
+	UID = 65532
+	GID = 65532
+)
+
+// Image is one image written by Build.
+type Image struct {
+	Name       string   // file name without .oci.tar, and the title
+	Entrypoint []string // the binary and its subcommand
+	Ports      []string // exposed ports, e.g. "9420/tcp"
+	Volumes    []string
+}
+
+// Images are Kiln's images: the region server and the rack agent.
+var Images = []Image{
+	{Name: "kiln", Entrypoint: []string{"/usr/local/bin/kiln", "server"}, Ports: []string{"9420/tcp", "9443/tcp", "2379/tcp", "2380/tcp"},
+		Volumes: []string{"/var/lib/kiln"}},
+	{Name: "kiln-rack", Entrypoint: []string{"/usr/local/bin/kiln", "rack"}, Ports: []string{"67/udp", "69/udp", "80/tcp", "8080/tcp", "9421/tcp"},
+		Volumes: []string{"/var/cache/kiln"}},
+}
+
+// Config says what Build puts in the images.
+type Config struct {
+	Kiln    string    // the static kiln binary
+	CACerts string    // PEM bundle for /etc/ssl/certs/ca-certificates.crt; "" for none
+	IPXEDir string    // iPXE binaries (*.efi, *.kpxe) for /usr/lib/ipxe, the rack's --ipxe-dir; "" for none
+	Tag     string    // the images' ref name in the archive
+	Created time.Time // file times and the config's creation time (reproducible builds)
+	Out     string    // folder for the archives
+}
+
+func main() {
+	var c Config
+	flag.StringVar(&c.Kiln, "kiln", "dist/kiln", "the static kiln binary (CGO_ENABLED=0)")
+	flag.StringVar(&c.CACerts, "ca-certs", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to put in the image (\"\" for none)")
+	flag.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "iPXE binaries (Debian's ipxe package) to put in /usr/lib/ipxe (\"\" for none)")
+	flag.StringVar(&c.Tag, "tag", "dev", "image tag (the ref name in the archive)")
+	flag.StringVar(&c.Out, "out", "dist", "folder for the .oci.tar archives")
+	flag.Parse()
+	c.Created = time.Unix(0, 0).UTC()
+	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+		sec, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kiln-oci: SOURCE_DATE_EPOCH:", err)
+			os.Exit(2)
+		}
+		c.Created = time.Unix(sec, 0).UTC()
+	}
+	for _, im := range Images {
+		path, size, err := Build(c, im)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kiln-oci:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%s (%.1f MiB)\n", path, float64(size)/(1<<20))
+	}
+}
+
+// Build writes one image's archive to c.Out and returns its path and size.
+func Build(c Config, im Image) (string, int64, error) {
+	if err := checkStatic(c.Kiln); err != nil {
+		return "", 0, err
+	}
+	rootfs, err := rootLayer(c)
+	if err != nil {
+		return "", 0, err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(rootfs)), nil },
+		tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return "", 0, fmt.Errorf("layer: %w", err)
+	}
+	img, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON), layer)
+	if err != nil {
+		return "", 0, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return "", 0, err
+	}
+	cf = cf.DeepCopy()
+	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Created = v1.Time{Time: c.Created}
+	cf.Config.User = fmt.Sprintf("%d:%d", UID, GID)
+	cf.Config.Entrypoint = im.Entrypoint
+	cf.Config.WorkingDir = "/"
+	cf.Config.Env = []string{"PATH=/usr/local/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
+	cf.Config.ExposedPorts = map[string]struct{}{}
+	for _, p := range im.Ports {
+		cf.Config.ExposedPorts[p] = struct{}{}
+	}
+	cf.Config.Volumes = map[string]struct{}{}
+	for _, v := range im.Volumes {
+		cf.Config.Volumes[v] = struct{}{}
+	}
+	cf.Config.Labels = map[string]string{
+		"org.opencontainers.image.title":   im.Name,
+		"org.opencontainers.image.source":  "https://github.com/kilnhq/kiln",
+		"org.opencontainers.image.version": c.Tag,
+	}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return "", 0, err
+	}
+	dir, err := os.MkdirTemp("", "kiln-oci-")
+	if err != nil {
+		return "", 0, err
+	}
+	defer os.RemoveAll(dir)
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return "", 0, err
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": c.Tag})); err != nil {
+		return "", 0, fmt.Errorf("write layout: %w", err)
+	}
+	if err := os.MkdirAll(c.Out, 0o755); err != nil {
+		return "", 0, err
+	}
+	out := filepath.Join(c.Out, im.Name+".oci.tar")
+	size, err := tarDir(dir, out, c.Created)
+	return out, size, err
+}
+
+// checkStatic refuses a binary that needs a dynamic loader: the image has
+// no libc.
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; build it with CGO_ENABLED=0", path)
+		}
+	}
+	return nil
+}
+
+// rootLayer is the image's only layer, as an uncompressed tar.
+func rootLayer(c Config) ([]byte, error) {
+	kiln, err := os.ReadFile(c.Kiln)
+	if err != nil {
+		return nil, err
+	}
+	var certs []byte
+	if c.CACerts != "" {
+		if certs, err = os.ReadFile(c.CACerts); err != nil {
+			return nil, fmt.Errorf("CA bundle: %w (--ca-certs \"\" builds without one)", err)
+		}
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dir := func(name string, mode int64, uid int) error {
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid, ModTime: c.Created, Format: tar.FormatPAX})
+	}
+	file := func(name string, mode int64, b []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: c.Created, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		_, err := tw.Write(b)
+		return err
+	}
+	steps := []func() error{
+		func() error { return dir("etc", 0o755, 0) },
+		func() error {
+			return file("etc/passwd", 0o644, fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nkiln:x:%d:%d:kiln:/var/lib/kiln:/sbin/nologin\n", UID, GID))
+		},
+		func() error { return file("etc/group", 0o644, fmt.Appendf(nil, "root:x:0:\nkiln:x:%d:\n", GID)) },
+		func() error { return dir("etc/kiln", 0o755, 0) },
+		func() error { return dir("etc/ssl", 0o755, 0) },
+		func() error { return dir("etc/ssl/certs", 0o755, 0) },
+		func() error {
+			if certs == nil {
+				return nil
+			}
+			return file("etc/ssl/certs/ca-certificates.crt", 0o644, certs)
+		},
+		func() error { return dir("tmp", 0o1777, 0) },
+		func() error { return dir("proc", 0o555, 0) },
+		func() error { return dir("sys", 0o555, 0) },
+		func() error { return dir("dev", 0o755, 0) },
+		func() error { return dir("usr", 0o755, 0) },
+		func() error { return dir("usr/local", 0o755, 0) },
+		func() error { return dir("usr/local/bin", 0o755, 0) },
+		func() error { return file("usr/local/bin/kiln", 0o755, kiln) },
+		func() error { return ipxe(c.IPXEDir, dir, file) },
+		func() error { return dir("var", 0o755, 0) },
+		func() error { return dir("var/lib", 0o755, 0) },
+		func() error { return dir("var/lib/kiln", 0o700, UID) },
+		func() error { return dir("var/cache", 0o755, 0) },
+		func() error { return dir("var/cache/kiln", 0o700, UID) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// ipxe adds the iPXE binaries of from to usr/lib/ipxe, where the rack
+// agent's --ipxe-dir looks by default.
+func ipxe(from string, dir func(string, int64, int) error, file func(string, int64, []byte) error) error {
+	if from == "" {
+		return nil
+	}
+	names, err := filepath.Glob(filepath.Join(from, "*"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	var bins []string
+	for _, n := range names {
+		if ext := filepath.Ext(n); ext == ".efi" || ext == ".kpxe" {
+			bins = append(bins, n)
+		}
+	}
+	if len(bins) == 0 {
+		return fmt.Errorf("no iPXE binaries (*.efi, *.kpxe) in %s (apt-get install ipxe, or --ipxe-dir \"\")", from)
+	}
+	for _, d := range []string{"usr/lib", "usr/lib/ipxe"} {
+		if err := dir(d, 0o755, 0); err != nil {
+			return err
+		}
+	}
+	for _, n := range bins {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return err
+		}
+		if err := file("usr/lib/ipxe/"+filepath.Base(n), 0o644, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tarDir writes the OCI layout in dir as the tar archive out, in a fixed
+// order with fixed times, and returns its size.
+func tarDir(dir, out string, mtime time.Time) (int64, error) {
+	f, err := os.Create(out)
+	if err != nil {
+		return 0, err
+	}
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: rel + "/", Mode: 0o755, ModTime: mtime})
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: rel, Mode: 0o644, Size: int64(len(b)), ModTime: mtime}); err != nil {
+			return err
+		}
+		_, err = tw.Write(b)
+		return err
+	})
+	err = errors.Join(err, tw.Close())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out)
+		return 0, fmt.Errorf("write %s: %w", out, err)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
