@@ -65,6 +65,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 type env struct {
 	t     *testing.T
 	ctx   context.Context
+	stop  context.CancelFunc
 	cli   *clientv3.Client
 	cfg   etcd.Config
 	store *inventory.Store
@@ -73,9 +74,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	cli, cfg := etcdtest.Start(t)
+	return envOn(t, cli, cfg)
+}
+
+// envOn is an env on an etcd already running; e.stop ends its simulated
+// rack and regions.
+func envOn(t *testing.T, cli *clientv3.Client, cfg etcd.Config) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, cli: cli, cfg: cfg, store: inventory.NewStore(cli, "", quiet())}
+	e := &env{t: t, ctx: ctx, stop: cancel, cli: cli, cfg: cfg, store: inventory.NewStore(cli, "", quiet())}
 	e.sim = newSim(e.store)
 	go e.sim.run(ctx)
 	return e

@@ -74,6 +74,8 @@ func commands() map[string]command {
 		"describe":   {"show one machine in detail", runDescribe},
 		"events":     {"list lifecycle events of all machines or one; --watch follows", runEvents},
 		"retry":      {"try a failed machine's phase again", runRetry},
+		"backup":     {"write a snapshot of etcd (statuses, events, leases, tokens, secrets) to a file", runBackup},
+		"restore":    {"make a fresh etcd data folder for kiln server from a kiln backup snapshot", runRestore},
 		"token":      {"create, list and revoke region API tokens (kiln token create --role viewer)", runToken},
 		"completion": {"print a shell completion script: kiln completion bash|zsh|fish", runCompletion},
 		"wait":       {"wait until a machine reaches a phase or condition (kiln wait machine vm-1 --for phase=deployed)", runWait},
