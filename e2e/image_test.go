@@ -18,13 +18,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/kilnhq/kiln/e2e/netlab"
 	"github.com/kilnhq/kiln/spec/kilntest"
+	"golang.org/x/sys/unix"
 )
 
 // The rack agent's OCI image, as `make image` writes it, unpacked and run
-// the way a restricted pod runs it (podman cannot run here): its
-// entrypoint as the image's user, with only NET_BIND_SERVICE and NET_RAW,
-// on a read-only root, in a network namespace. A real DHCP client gets
-// its reservation from it.
+// the way the Helm chart's restricted pod runs it (podman cannot run
+// here): its entrypoint as the image's user, with only NET_BIND_SERVICE
+// and NET_RAW in the bounding set, no_new_privs, on a read-only root, in a
+// network namespace. The capabilities it keeps come from the binary's file
+// capabilities. A real DHCP client gets its reservation from it.
 func TestRackImageUnprivileged(t *testing.T) {
 	netlab.Require(t)
 	netlab.RequireBinary(t, "dhclient")
@@ -75,7 +77,10 @@ func TestRackImageUnprivileged(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"Uid:\t65532\t65532\t65532\t65532", "Gid:\t65532\t65532\t65532\t65532",
-		"CapPrm:\t0000000000002400", "CapEff:\t0000000000002400", "CapBnd:\t0000000000002400", "CapAmb:\t0000000000002400", "NoNewPrivs:"} {
+		"CapPrm:\t0000000000002400", "CapEff:\t0000000000002400", "CapBnd:\t0000000000002400",
+		// From the binary's file capabilities, not ambient ones (which an
+		// exec of a file with capabilities clears), under no_new_privs.
+		"CapAmb:\t0000000000000000", "NoNewPrivs:\t1"} {
 		if !strings.Contains(string(status), want) {
 			t.Errorf("agent's status lacks %q:\n%s", want, status)
 		}
@@ -193,6 +198,13 @@ func extract(tr *tar.Reader, root string) error {
 		}
 		if err := os.Lchown(name, h.Uid, h.Gid); err != nil {
 			return err
+		}
+		// File capabilities, as containerd applies them (after chown,
+		// which clears them).
+		if caps, ok := h.PAXRecords["SCHILY.xattr.security.capability"]; ok {
+			if err := unix.Setxattr(name, "security.capability", []byte(caps), 0); err != nil {
+				return fmt.Errorf("%s: file capabilities: %w", h.Name, err)
+			}
 		}
 	}
 }

@@ -9,13 +9,16 @@
 //
 // writes dist/kiln.oci.tar (entrypoint kiln server) and
 // dist/kiln-rack.oci.tar (entrypoint kiln rack): tarred OCI image layouts,
-// which skopeo, podman load and containerd's ctr import read.
+// which skopeo, podman load and containerd's ctr import read. The rack
+// image's binary carries NET_BIND_SERVICE and NET_RAW as file
+// capabilities, so that its non-root user holds them under Kubernetes.
 package main
 
 import (
 	"archive/tar"
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -47,6 +50,10 @@ type Image struct {
 	Entrypoint []string // the binary and its subcommand
 	Ports      []string // exposed ports, e.g. "9420/tcp"
 	Volumes    []string
+	// Caps are file capabilities (security.capability) of the kiln
+	// binary: a runtime drops a non-root process's capabilities when it
+	// executes a binary without them (Kubernetes has no ambient ones).
+	Caps []uint
 }
 
 // Images are Kiln's images: the region server and the rack agent.
@@ -54,7 +61,29 @@ var Images = []Image{
 	{Name: "kiln", Entrypoint: []string{"/usr/local/bin/kiln", "server"}, Ports: []string{"9420/tcp", "9443/tcp", "2379/tcp", "2380/tcp"},
 		Volumes: []string{"/var/lib/kiln"}},
 	{Name: "kiln-rack", Entrypoint: []string{"/usr/local/bin/kiln", "rack"}, Ports: []string{"67/udp", "69/udp", "80/tcp", "8080/tcp", "9421/tcp"},
-		Volumes: []string{"/var/cache/kiln"}},
+		Volumes: []string{"/var/cache/kiln"}, Caps: []uint{capNetBindService, capNetRaw}},
+}
+
+// The rack agent's two capabilities (linux/capability.h).
+const (
+	capNetBindService = 10
+	capNetRaw         = 13
+)
+
+// fileCaps is a security.capability value (struct vfs_cap_data, revision
+// 2): caps permitted and effective, none inheritable; what
+// `setcap cap_net_bind_service,cap_net_raw=ep` writes.
+func fileCaps(caps []uint) []byte {
+	var perm [2]uint32
+	for _, c := range caps {
+		perm[c/32] |= 1 << (c % 32)
+	}
+	b := binary.LittleEndian.AppendUint32(nil, 0x02000000|0x1) // VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+	for _, p := range perm {
+		b = binary.LittleEndian.AppendUint32(b, p)
+		b = binary.LittleEndian.AppendUint32(b, 0) // inheritable
+	}
+	return b
 }
 
 // Config says what Build puts in the images.
@@ -99,7 +128,7 @@ func Build(c Config, im Image) (string, int64, error) {
 	if err := checkStatic(c.Kiln); err != nil {
 		return "", 0, err
 	}
-	rootfs, err := rootLayer(c)
+	rootfs, err := rootLayer(c, im)
 	if err != nil {
 		return "", 0, err
 	}
@@ -176,7 +205,7 @@ func checkStatic(path string) error {
 }
 
 // rootLayer is the image's only layer, as an uncompressed tar.
-func rootLayer(c Config) ([]byte, error) {
+func rootLayer(c Config, im Image) ([]byte, error) {
 	kiln, err := os.ReadFile(c.Kiln)
 	if err != nil {
 		return nil, err
@@ -193,7 +222,11 @@ func rootLayer(c Config) ([]byte, error) {
 		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid, ModTime: c.Created, Format: tar.FormatPAX})
 	}
 	file := func(name string, mode int64, b []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: c.Created, Format: tar.FormatPAX}); err != nil {
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: c.Created, Format: tar.FormatPAX}
+		if name == "usr/local/bin/kiln" && len(im.Caps) > 0 {
+			h.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(fileCaps(im.Caps))}
+		}
+		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
 		_, err := tw.Write(b)

@@ -94,6 +94,11 @@ func TestBuild(t *testing.T) {
 			t.Errorf("%s: %+v, want mode %o", name, h, want)
 		}
 	}
+	// setcap cap_net_bind_service,cap_net_raw=ep writes these 20 bytes.
+	wantCaps := "\x01\x00\x00\x02\x00\x24\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+	if got := files["usr/local/bin/kiln"].PAXRecords["SCHILY.xattr.security.capability"]; got != wantCaps {
+		t.Errorf("the rack image's kiln has file capabilities %q, want %q", got, wantCaps)
+	}
 	if h := files["var/cache/kiln"]; h == nil || h.Uid != UID {
 		t.Error("the cache folder is not the user's")
 	}

@@ -2,8 +2,12 @@
 // way a container runtime with a restricted security context would, for
 // the e2e tests (podman cannot run on the test machine): in a new mount
 // namespace, chrooted into the image's root mounted read-only, with
-// tmpfs on the folders given, as the image's user, holding only the
-// capabilities given (ambient, and nothing else in the bounding set).
+// tmpfs on the folders given, as the image's user, with no_new_privs
+// (allowPrivilegeEscalation: false), and only the capabilities given in
+// the bounding set. Like runc for a non-root user, it holds those
+// capabilities up to the exec; what the program keeps after it comes from
+// its file capabilities (the image's) or, without them, from the ambient
+// set.
 // It must start as root; it stays as the parent and passes SIGTERM and
 // SIGINT on.
 //
@@ -98,8 +102,13 @@ func run(root, user, caps, tmpfs string, args []string) error {
 	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("proc: %w", err)
 	}
-	if err := unix.Mount("", root, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+	// Not nosuid: that would ignore the image's file capabilities, which
+	// container runtimes honour.
+	if err := unix.Mount("", root, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("read-only root: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
 	}
 	for c := uintptr(0); c <= unix.CAP_LAST_CAP; c++ {
 		if !keep[c] {
