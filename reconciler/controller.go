@@ -350,7 +350,7 @@ func (c *controller) putReport(key string, v []byte, mod int64) bool {
 	}
 	var rep inventory.MachineReport
 	if err := json.Unmarshal(v, &rep); err != nil {
-		c.r.log.Warn("ignoring an undecodable machine report", "key", key, "err", err)
+		c.r.log.Warn("ignoring an undecodable machine report", "machine", name, "rack", rack, "key", key, "err", err)
 		return false
 	}
 	c.mu.Lock()

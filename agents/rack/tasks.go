@@ -75,7 +75,8 @@ func (t *tasks) run(ctx context.Context) error {
 func (t *tasks) consider(ctx context.Context, key string, v []byte, mod int64) {
 	var pt inventory.PowerTask
 	if err := json.Unmarshal(v, &pt); err != nil {
-		t.a.log.Warn("ignoring an undecodable power task", "key", key, "err", err)
+		_, machine, _ := t.a.store.Keys().SplitTask(key)
+		t.a.log.Warn("ignoring an undecodable power task", "machine", machine, "key", key, "err", err)
 		return
 	}
 	if pt.State != inventory.TaskPending && pt.State != inventory.TaskRunning {
