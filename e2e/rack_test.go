@@ -523,3 +523,60 @@ func TestRackAgentWithoutRoot(t *testing.T) {
 		t.Logf("note: pid %d is the setpriv wrapper's child? status:\n%s", agent.Pid(), status)
 	}
 }
+
+// A rolling upgrade of a rack's agents as docs/install.md describes it:
+// each agent in turn is stopped (SIGTERM, as systemctl restart does) and
+// started again, the leader last; at every step a client keeps its
+// address and a new client is served, and no lease is lost.
+func TestRackRollingUpgrade(t *testing.T) {
+	netlab.Require(t)
+	r := netlab.Rack(t)
+	k := startKilnRack(t, r, "managed", 2)
+	p, err := netlab.NewProbe(r.Cli, r.Iface, netlab.ProbeOpts{MAC: "52:54:00:00:00:12", Wait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	_, ack, _, err := p.DORA()
+	if err != nil || ack == nil {
+		t.Fatalf("client: %v", err)
+	}
+	held := ack.YIAddr
+	k.waitCLI("the lease to be stored", func(s string) bool { return strings.Contains(s, held.String()) }, "get", "leases")
+
+	leader, others := k.leader()
+	standby := others[0]
+	standby.Expect(`rack view loaded`, 60*time.Second)
+	clients := 0
+	renewed := func(when string) {
+		t.Helper()
+		clients++
+		kilntest.Eventually(t, 30*time.Second, "the renewal "+when, func() bool {
+			rep, _, _ := p.InitReboot(held)
+			return rep != nil && rep.Type() == netlab.Ack && rep.YIAddr == held
+		})
+		if fresh := dora(t, r, "roll"+fmt.Sprint(clients), fmt.Sprintf("02:dd:00:00:00:%02d", clients)); fresh == held {
+			t.Fatalf("a new client got %s, which the first one holds", held)
+		}
+	}
+	// The standby first: stopped, and started again upgraded.
+	if err := standby.Stop(); err != nil {
+		t.Logf("stop %s: %v", standby.Name, err)
+	}
+	up1 := k.startAgent("upgraded-1", nil)
+	up1.Expect(`rack view loaded`, 60*time.Second)
+	renewed("with the standby upgraded")
+	// Then the leader: the upgraded standby takes over at once (the old
+	// leader resigns), and the old leader comes back upgraded as standby.
+	if err := leader.Stop(); err != nil {
+		t.Logf("stop %s: %v", leader.Name, err)
+	}
+	up1.Expect(`leading the rack`, 30*time.Second)
+	renewed("after the leader stopped")
+	k.startAgent("upgraded-2", nil).Expect(`rack view loaded`, 60*time.Second)
+	renewed("with both agents upgraded")
+	leases := k.kiln("get", "leases")
+	if !strings.Contains(leases, held.String()) {
+		t.Errorf("the first client's lease is gone:\n%s", leases)
+	}
+}
