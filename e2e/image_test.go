@@ -116,7 +116,8 @@ func goRun(t *testing.T, env []string, args ...string) {
 
 // unpackImage reads the OCI archive's only image with go-containerregistry
 // and writes its flattened file system to root, owners and modes kept; it
-// returns root, the image's user and its entrypoint.
+// returns root, the image's user and its entrypoint followed by its
+// command.
 func unpackImage(t *testing.T, archive, root string) (string, string, []string) {
 	t.Helper()
 	oci := filepath.Join(filepath.Dir(root), "oci")
@@ -142,7 +143,7 @@ func unpackImage(t *testing.T, archive, root string) (string, string, []string) 
 	if err := extract(tar.NewReader(rc), root); err != nil {
 		t.Fatal(err)
 	}
-	return root, cf.Config.User, cf.Config.Entrypoint
+	return root, cf.Config.User, append(cf.Config.Entrypoint, cf.Config.Cmd...)
 }
 
 func untar(t *testing.T, archive, to string) {

@@ -7,9 +7,10 @@
 //	CGO_ENABLED=0 go build -trimpath -o dist/kiln ./cmd/kiln
 //	go run ./cmd/kiln-oci --kiln dist/kiln --out dist --tag v0.1.0
 //
-// writes dist/kiln.oci.tar (entrypoint kiln server) and
-// dist/kiln-rack.oci.tar (entrypoint kiln rack): tarred OCI image layouts,
-// which skopeo, podman load and containerd's ctr import read. The rack
+// writes dist/kiln.oci.tar (kiln server) and dist/kiln-rack.oci.tar
+// (kiln rack): entrypoint kiln, command the subcommand. They are tarred OCI
+// image layouts, which skopeo, podman load and containerd's ctr import
+// read. The rack
 // image's binary carries NET_BIND_SERVICE and NET_RAW as file
 // capabilities, so that its non-root user holds them under Kubernetes.
 package main
@@ -47,7 +48,7 @@ const (
 // Image is one image written by Build.
 type Image struct {
 	Name       string   // file name without .oci.tar, and the title
-	Entrypoint []string // the binary and its subcommand
+	Cmd        []string // the subcommand; the entrypoint is the binary, so a pod's args replace it
 	Ports      []string // exposed ports, e.g. "9420/tcp"
 	Volumes    []string
 	// Caps are file capabilities (security.capability) of the kiln
@@ -58,9 +59,9 @@ type Image struct {
 
 // Images are Kiln's images: the region server and the rack agent.
 var Images = []Image{
-	{Name: "kiln", Entrypoint: []string{"/usr/local/bin/kiln", "server"}, Ports: []string{"9420/tcp", "9443/tcp", "2379/tcp", "2380/tcp"},
+	{Name: "kiln", Cmd: []string{"server"}, Ports: []string{"9420/tcp", "9443/tcp", "2379/tcp", "2380/tcp"},
 		Volumes: []string{"/var/lib/kiln"}},
-	{Name: "kiln-rack", Entrypoint: []string{"/usr/local/bin/kiln", "rack"}, Ports: []string{"67/udp", "69/udp", "80/tcp", "8080/tcp", "9421/tcp"},
+	{Name: "kiln-rack", Cmd: []string{"rack"}, Ports: []string{"67/udp", "69/udp", "80/tcp", "8080/tcp", "9421/tcp"},
 		Volumes: []string{"/var/cache/kiln"}, Caps: []uint{capNetBindService, capNetRaw}},
 }
 
@@ -149,7 +150,8 @@ func Build(c Config, im Image) (string, int64, error) {
 	cf.Architecture, cf.OS = "amd64", "linux"
 	cf.Created = v1.Time{Time: c.Created}
 	cf.Config.User = fmt.Sprintf("%d:%d", UID, GID)
-	cf.Config.Entrypoint = im.Entrypoint
+	cf.Config.Entrypoint = []string{"/usr/local/bin/kiln"}
+	cf.Config.Cmd = im.Cmd
 	cf.Config.WorkingDir = "/"
 	cf.Config.Env = []string{"PATH=/usr/local/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
 	cf.Config.ExposedPorts = map[string]struct{}{}

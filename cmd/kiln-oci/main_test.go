@@ -73,8 +73,8 @@ func TestBuild(t *testing.T) {
 		t.Errorf("manifest media type %s", mt)
 	}
 	cf, _ := img.ConfigFile()
-	if cf.Config.User != "65532:65532" || strings.Join(cf.Config.Entrypoint, " ") != "/usr/local/bin/kiln rack" || cf.OS != "linux" {
-		t.Errorf("config: user %q entrypoint %q os %q", cf.Config.User, cf.Config.Entrypoint, cf.OS)
+	if cf.Config.User != "65532:65532" || strings.Join(cf.Config.Entrypoint, " ") != "/usr/local/bin/kiln" || strings.Join(cf.Config.Cmd, " ") != "rack" || cf.OS != "linux" {
+		t.Errorf("config: user %q entrypoint %q cmd %q os %q", cf.Config.User, cf.Config.Entrypoint, cf.Config.Cmd, cf.OS)
 	}
 	files := map[string]*tar.Header{}
 	tr := tar.NewReader(mutate.Extract(img))

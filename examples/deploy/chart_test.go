@@ -708,6 +708,10 @@ func checkRacks(t *testing.T, objs []object, tc chartCase, known map[string]bool
 		if want.kind == "Deployment" && (w.replicas == nil || *w.replicas != want.replicas) {
 			t.Errorf("%s: replicas %v, want %d", w, deref(w.replicas), want.replicas)
 		}
+		// The rack image: its kiln carries the two file capabilities.
+		if !strings.HasPrefix(c.Image, "ghcr.io/kilnhq/kiln-rack:") {
+			t.Errorf("%s: image %q, want the rack image ghcr.io/kilnhq/kiln-rack", w, c.Image)
+		}
 		if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
 			t.Errorf("%s: hostNetwork %v, dnsPolicy %s: want the host's network with cluster DNS", w, spec.HostNetwork, spec.DNSPolicy)
 		}

@@ -41,6 +41,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{/* The rack agent's image: its kiln has the two file capabilities. */}}
+{{- define "kiln.rackImage" -}}
+{{- printf "%s:%s" .Values.image.rackRepository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
 {{/* --etcd-endpoints, comma-separated; fails without any. */}}
 {{- define "kiln.etcdEndpoints" -}}
 {{- if not .Values.etcd.endpoints }}
