@@ -47,10 +47,10 @@ const (
 
 // Image is one image written by Build.
 type Image struct {
-	Name       string   // file name without .oci.tar, and the title
-	Cmd        []string // the subcommand; the entrypoint is the binary, so a pod's args replace it
-	Ports      []string // exposed ports, e.g. "9420/tcp"
-	Volumes    []string
+	Name    string   // file name without .oci.tar, and the title
+	Cmd     []string // the subcommand; the entrypoint is the binary, so a pod's args replace it
+	Ports   []string // exposed ports, e.g. "9420/tcp"
+	Volumes []string
 	// Caps are file capabilities (security.capability) of the kiln
 	// binary: a runtime drops a non-root process's capabilities when it
 	// executes a binary without them (Kubernetes has no ambient ones).
