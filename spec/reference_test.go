@@ -1,18 +1,18 @@
 package spec
 
 import (
-	"bytes"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
 	"testing"
 	"unicode"
+
+	"github.com/kilnhq/kiln/spec/kilntest"
 )
 
 const referenceFile = "../docs/reference.md"
@@ -28,19 +28,7 @@ func TestReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *update {
-		if err := os.WriteFile(referenceFile, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(referenceFile)
-	if err != nil {
-		t.Fatalf("%v (run go test ./spec -run TestReference -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s is out of date: run go test ./spec -run TestReference -update\n%s", referenceFile, firstDifference(got, want))
-	}
+	kilntest.Golden(t, referenceFile, got, *update, "go test ./spec -run TestReference -update")
 }
 
 // TestReferenceCoversEveryField checks the generator itself: every YAML
@@ -428,22 +416,4 @@ func typeDocs(dir string) (map[string]string, error) {
 		}
 	}
 	return docs, nil
-}
-
-// firstDifference says where two texts first differ, by line.
-func firstDifference(got, want []byte) string {
-	g, w := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-	for i := 0; i < len(g) || i < len(w); i++ {
-		var gl, wl string
-		if i < len(g) {
-			gl = g[i]
-		}
-		if i < len(w) {
-			wl = w[i]
-		}
-		if gl != wl {
-			return fmt.Sprintf("first difference at line %d:\n  generated: %s\n  file:      %s", i+1, gl, wl)
-		}
-	}
-	return ""
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"gopkg.in/yaml.v3"
 )
@@ -29,22 +30,7 @@ func TestSchemaUpToDate(t *testing.T) {
 	if !json.Valid(got) {
 		t.Fatalf("Schema() is not valid JSON")
 	}
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(schemaFile), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(schemaFile, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(schemaFile)
-	if err != nil {
-		t.Fatalf("%v (run go test ./spec -run TestSchemaUpToDate -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s is out of date: run go test ./spec -run TestSchemaUpToDate -update", schemaFile)
-	}
+	kilntest.Golden(t, schemaFile, got, *update, "go test ./spec -run TestSchemaUpToDate -update")
 }
 
 // TestSchemaShape spot-checks what the schema says, through its JSON.

@@ -218,98 +218,115 @@ func rootLayer(c Config, im Image) ([]byte, error) {
 			return nil, fmt.Errorf("CA bundle: %w (--ca-certs \"\" builds without one)", err)
 		}
 	}
+	ipxe, err := ipxeFiles(c.IPXEDir)
+	if err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dir := func(name string, mode int64, uid int) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid, ModTime: c.Created, Format: tar.FormatPAX})
+	l := &layer{tw: tar.NewWriter(&buf), mtime: c.Created}
+	l.dir("etc", 0o755, 0)
+	l.file("etc/passwd", 0o644, fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nkiln:x:%d:%d:kiln:/var/lib/kiln:/sbin/nologin\n", UID, GID), nil)
+	l.file("etc/group", 0o644, fmt.Appendf(nil, "root:x:0:\nkiln:x:%d:\n", GID), nil)
+	l.dir("etc/kiln", 0o755, 0)
+	l.dir("etc/ssl", 0o755, 0)
+	l.dir("etc/ssl/certs", 0o755, 0)
+	if certs != nil {
+		l.file("etc/ssl/certs/ca-certificates.crt", 0o644, certs, nil)
 	}
-	file := func(name string, mode int64, b []byte) error {
-		h := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: c.Created, Format: tar.FormatPAX}
-		if name == "usr/local/bin/kiln" && len(im.Caps) > 0 {
-			h.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(fileCaps(im.Caps))}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		_, err := tw.Write(b)
-		return err
+	for _, d := range []string{"proc", "sys"} {
+		l.dir(d, 0o555, 0)
 	}
-	steps := []func() error{
-		func() error { return dir("etc", 0o755, 0) },
-		func() error {
-			return file("etc/passwd", 0o644, fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nkiln:x:%d:%d:kiln:/var/lib/kiln:/sbin/nologin\n", UID, GID))
-		},
-		func() error { return file("etc/group", 0o644, fmt.Appendf(nil, "root:x:0:\nkiln:x:%d:\n", GID)) },
-		func() error { return dir("etc/kiln", 0o755, 0) },
-		func() error { return dir("etc/ssl", 0o755, 0) },
-		func() error { return dir("etc/ssl/certs", 0o755, 0) },
-		func() error {
-			if certs == nil {
-				return nil
-			}
-			return file("etc/ssl/certs/ca-certificates.crt", 0o644, certs)
-		},
-		func() error { return dir("tmp", 0o1777, 0) },
-		func() error { return dir("proc", 0o555, 0) },
-		func() error { return dir("sys", 0o555, 0) },
-		func() error { return dir("dev", 0o755, 0) },
-		func() error { return dir("usr", 0o755, 0) },
-		func() error { return dir("usr/local", 0o755, 0) },
-		func() error { return dir("usr/local/bin", 0o755, 0) },
-		func() error { return file("usr/local/bin/kiln", 0o755, kiln) },
-		func() error { return ipxe(c.IPXEDir, dir, file) },
-		func() error { return dir("var", 0o755, 0) },
-		func() error { return dir("var/lib", 0o755, 0) },
-		func() error { return dir("var/lib/kiln", 0o700, UID) },
-		func() error { return dir("var/cache", 0o755, 0) },
-		func() error { return dir("var/cache/kiln", 0o700, UID) },
+	l.dir("tmp", 0o1777, 0)
+	for _, d := range []string{"dev", "usr", "usr/local", "usr/local/bin"} {
+		l.dir(d, 0o755, 0)
 	}
-	for _, s := range steps {
-		if err := s(); err != nil {
-			return nil, err
+	var xattrs map[string]string
+	if len(im.Caps) > 0 {
+		xattrs = map[string]string{"SCHILY.xattr.security.capability": string(fileCaps(im.Caps))}
+	}
+	l.file("usr/local/bin/kiln", 0o755, kiln, xattrs)
+	if len(ipxe) > 0 {
+		l.dir("usr/lib", 0o755, 0)
+		l.dir("usr/lib/ipxe", 0o755, 0)
+		for _, f := range ipxe {
+			l.file("usr/lib/ipxe/"+f.name, 0o644, f.data, nil)
 		}
 	}
-	if err := tw.Close(); err != nil {
+	for _, d := range []string{"var", "var/lib", "var/cache"} {
+		l.dir(d, 0o755, 0)
+	}
+	l.dir("var/lib/kiln", 0o700, UID)
+	l.dir("var/cache/kiln", 0o700, UID)
+	if err := l.close(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
 }
 
-// ipxe adds the iPXE binaries of from to usr/lib/ipxe, where the rack
-// agent's --ipxe-dir looks by default.
-func ipxe(from string, dir func(string, int64, int) error, file func(string, int64, []byte) error) error {
+// layer writes tar entries with one time and keeps the first error, as
+// bufio.Writer does, so that a layer reads as the list of what is in it.
+type layer struct {
+	tw    *tar.Writer
+	mtime time.Time
+	err   error
+}
+
+func (l *layer) dir(name string, mode int64, uid int) {
+	if l.err == nil {
+		l.err = l.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid, ModTime: l.mtime, Format: tar.FormatPAX})
+	}
+}
+
+// file writes a regular file owned by root; pax holds its extended
+// attributes (file capabilities), if any.
+func (l *layer) file(name string, mode int64, b []byte, pax map[string]string) {
+	if l.err == nil {
+		l.err = l.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: l.mtime, Format: tar.FormatPAX, PAXRecords: pax})
+	}
+	if l.err == nil {
+		_, l.err = l.tw.Write(b)
+	}
+}
+
+func (l *layer) close() error {
+	if l.err != nil {
+		return l.err
+	}
+	return l.tw.Close()
+}
+
+type namedFile struct {
+	name string
+	data []byte
+}
+
+// ipxeFiles reads the iPXE binaries (*.efi, *.kpxe) of from, in name
+// order, for usr/lib/ipxe, where the rack agent's --ipxe-dir looks by
+// default; from "" means none.
+func ipxeFiles(from string) ([]namedFile, error) {
 	if from == "" {
-		return nil
+		return nil, nil
 	}
 	names, err := filepath.Glob(filepath.Join(from, "*"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sort.Strings(names)
-	var bins []string
+	var out []namedFile
 	for _, n := range names {
-		if ext := filepath.Ext(n); ext == ".efi" || ext == ".kpxe" {
-			bins = append(bins, n)
+		if ext := filepath.Ext(n); ext != ".efi" && ext != ".kpxe" {
+			continue
 		}
-	}
-	if len(bins) == 0 {
-		return fmt.Errorf("no iPXE binaries (*.efi, *.kpxe) in %s (apt-get install ipxe, or --ipxe-dir \"\")", from)
-	}
-	for _, d := range []string{"usr/lib", "usr/lib/ipxe"} {
-		if err := dir(d, 0o755, 0); err != nil {
-			return err
-		}
-	}
-	for _, n := range bins {
 		b, err := os.ReadFile(n)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := file("usr/lib/ipxe/"+filepath.Base(n), 0o644, b); err != nil {
-			return err
-		}
+		out = append(out, namedFile{filepath.Base(n), b})
 	}
-	return nil
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no iPXE binaries (*.efi, *.kpxe) in %s (apt-get install ipxe, or --ipxe-dir \"\")", from)
+	}
+	return out, nil
 }
 
 // tarDir writes the OCI layout in dir as the tar archive out, in a fixed

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kilnhq/kiln/spec/kilntest"
 	"helm.sh/helm/v4/pkg/chart/common"
 	chartutil "helm.sh/helm/v4/pkg/chart/common/util"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
@@ -196,20 +197,7 @@ func TestManifests(t *testing.T) {
 	for _, m := range manifests {
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, strings.TrimSpace(m.Content))
 	}
-	if *update {
-		if err := os.WriteFile(manifestsFile, b.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	got, err := os.ReadFile(manifestsFile)
-	if err != nil {
-		t.Fatalf("%v (go test ./examples/deploy -run TestManifests -update writes it)", err)
-	}
-	if !bytes.Equal(got, b.Bytes()) {
-		t.Errorf("%s differs from the chart's rendering; after changing the chart run\n\tgo test ./examples/deploy -run TestManifests -update\n%s",
-			manifestsFile, firstDiff(string(got), b.String()))
-	}
+	kilntest.Golden(t, manifestsFile, b.Bytes(), *update, "go test ./examples/deploy -run TestManifests -update (the chart changed)")
 }
 
 const manifestsHeader = `# Kiln on Kubernetes without Helm: the chart in ../helm/kiln rendered by
@@ -224,24 +212,6 @@ const manifestsHeader = `# Kiln on Kubernetes without Helm: the chart in ../helm
 # See ../helm/kiln/README.md. Rendered with release "kiln", namespace "kiln"
 # and these values over the chart's defaults:
 `
-
-// firstDiff shows the first line where a and b differ.
-func firstDiff(a, b string) string {
-	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
-	for i := 0; i < len(al) || i < len(bl); i++ {
-		var x, y string
-		if i < len(al) {
-			x = al[i]
-		}
-		if i < len(bl) {
-			y = bl[i]
-		}
-		if x != y {
-			return fmt.Sprintf("line %d:\n\tfile:  %q\n\tchart: %q", i+1, x, y)
-		}
-	}
-	return ""
-}
 
 func loadChart(t *testing.T) *chart.Chart {
 	t.Helper()

@@ -18,8 +18,8 @@ type SnapshotStatus = snapshot.Status
 
 // Backup streams a snapshot of the cluster cli reaches (one member's
 // consistent copy of the whole key space) into path, through a temporary
-// file that is synced and renamed only once complete, and reads it back to
-// check it. An existing path is not overwritten.
+// file that is synced, read back to check it, and linked as path only once
+// complete. An existing path is never overwritten.
 func Backup(ctx context.Context, cli *clientv3.Client, path string) (SnapshotStatus, error) {
 	if _, err := os.Stat(path); err == nil {
 		return SnapshotStatus{}, fmt.Errorf("%s exists; choose a new file", path)
@@ -28,7 +28,7 @@ func Backup(ctx context.Context, cli *clientv3.Client, path string) (SnapshotSta
 	if err != nil {
 		return SnapshotStatus{}, err
 	}
-	defer os.Remove(tmp.Name()) // after the rename, nothing is there
+	defer os.Remove(tmp.Name()) // path keeps its own link
 	rc, err := cli.Snapshot(ctx)
 	if err != nil {
 		tmp.Close()
@@ -52,7 +52,8 @@ func Backup(ctx context.Context, cli *clientv3.Client, path string) (SnapshotSta
 	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
 		return SnapshotStatus{}, err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	// A link, not a rename: it fails if path appeared meanwhile.
+	if err := os.Link(tmp.Name(), path); err != nil {
 		return SnapshotStatus{}, err
 	}
 	return st, nil
