@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +63,16 @@ func TestBackupRestoreMidLifecycle(t *testing.T) {
 	}
 	if err := etcd.Restore(etcd.RestoreConfig{Snapshot: file, DataDir: dir, PeerURL: peer}); err == nil {
 		t.Error("a restore overwrote an existing data folder")
+	}
+	garbage, garbageDir := filepath.Join(t.TempDir(), "not-a-snapshot"), filepath.Join(t.TempDir(), "etcd")
+	if err := os.WriteFile(garbage, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := etcd.Restore(etcd.RestoreConfig{Snapshot: garbage, DataDir: garbageDir}); err == nil || !strings.Contains(err.Error(), "not a readable etcd snapshot") {
+		t.Errorf("restoring a file that is no snapshot: %v", err)
+	}
+	if _, err := os.Stat(garbageDir); err == nil {
+		t.Error("a failed restore left a data folder behind")
 	}
 	cfg := etcd.Config{DataDir: dir, ClientURL: client, PeerURL: peer}
 	em, err := etcd.StartEmbedded(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -89,6 +89,9 @@ func Restore(cfg RestoreConfig) error {
 	if _, err := os.Stat(cfg.DataDir); err == nil {
 		return fmt.Errorf("restore: %s exists; move it away first (a restore never overwrites etcd data)", cfg.DataDir)
 	}
+	if _, err := snapshot.NewV3(zap.NewNop()).Status(cfg.Snapshot); err != nil {
+		return fmt.Errorf("restore: %s is not a readable etcd snapshot (one kiln backup wrote): %w", cfg.Snapshot, err)
+	}
 	if cfg.Name == "" {
 		cfg.Name = "kiln"
 	}
